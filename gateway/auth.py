@@ -1,0 +1,57 @@
+"""API keys and scopes: the built-in `actor_from_request` and `permission_allowed` plugin.
+
+With no keys configured the server is open (and says so at start-up). With keys, every
+mounted route except /health needs `Authorization: Bearer <key>` of a key with the
+route's scope; the `admin` scope grants every scope.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from gateway.errors import AuthenticationFailed
+from gateway.hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    from litestar import Request
+
+    from gateway.gateway import Gateway
+
+
+class Actor(msgspec.Struct, kw_only=True, frozen=True):
+    """Who made a request: an API key's name and scopes, or what a plugin says."""
+
+    id: str
+    scopes: frozenset[str] = frozenset()
+
+
+def bearer_token(request: Request[Any, Any, Any]) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+@hookimpl(trylast=True)
+def actor_from_request(gateway: Gateway, request: Request[Any, Any, Any]) -> Actor | None:
+    keys = gateway.settings.api_keys
+    token = bearer_token(request)
+    if not keys or token is None:
+        return None
+    for index, key in enumerate(keys):
+        if hmac.compare_digest(key.key.encode(), token.encode()):
+            return Actor(id=key.name or f"key-{index}", scopes=frozenset(key.scopes))
+    raise AuthenticationFailed("Invalid API key.", code="invalid_api_key")
+
+
+@hookimpl(trylast=True)
+def permission_allowed(gateway: Gateway, actor: Actor | None, scope: str) -> bool | None:
+    if not gateway.settings.api_keys:
+        return True
+    if actor is None:
+        return None
+    return scope in actor.scopes or "admin" in actor.scopes or None

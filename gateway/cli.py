@@ -1,0 +1,142 @@
+"""The `gateway` command: serve, plugins, models, and what plugins add."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import click
+
+from gateway import __version__
+from gateway.errors import ConfigError
+from gateway.plugins import describe_plugins, make_plugin_manager
+from gateway.settings import Settings, load_settings
+
+CONFIG = click.option(
+    "--config",
+    "config",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="gateway.toml to read",
+)
+
+
+def _settings(config: Path | None, **overrides: Any) -> Settings:
+    try:
+        return load_settings(config, overrides=overrides)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.group()
+@click.version_option(__version__, prog_name="gateway")
+def cli() -> None:
+    """One server for every local-LLM API dialect."""
+
+
+@cli.command()
+@CONFIG
+@click.option("--host", help="address to listen on (default 127.0.0.1)")
+@click.option("--port", type=int, help="port to listen on (default 8000)")
+@click.option("--model", help="serve only this model: a declared name, or a GGUF/HF folder/package")
+def serve(config: Path | None, host: str | None, port: int | None, model: str | None) -> None:
+    """Serve the configured models (by default SmolLM2-135M-Instruct and all-MiniLM-L6-v2)."""
+    import uvicorn
+
+    from gateway.app import GatewayPlugin, create_app
+    from gateway.gateway import Gateway
+
+    started = time.perf_counter()
+    settings = _settings(config, **{"server.host": host, "server.port": port, "model": model})
+    logging.basicConfig(
+        level=settings.server.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        gateway = Gateway(settings)
+        app = create_app(gateway=gateway)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    plugin = app.plugins.get(GatewayPlugin)
+    url = f"http://{settings.server.host}:{settings.server.port}"
+    click.echo(f"gateway {__version__} listening on {url}")
+    click.echo(f"route families mounted: {', '.join(f.name for f in plugin.mounted)}")
+    click.echo(f"models: {', '.join(f'{h.spec.name} ({h.spec.backend})' for h in gateway.models)}")
+    click.echo(f"data directory: {settings.data_path()}")
+    click.echo(f"app built in {time.perf_counter() - started:.2f}s; models load in the background")
+    uvicorn.run(
+        app,
+        host=settings.server.host,
+        port=settings.server.port,
+        log_level=settings.server.log_level,
+        timeout_graceful_shutdown=5,
+    )
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+def plugins(as_json: bool) -> None:
+    """List loaded plugins, the distribution of each, and its hooks."""
+    try:
+        described = describe_plugins(make_plugin_manager())
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(described, indent=2))
+        return
+    for plugin in described:
+        click.echo(f"{plugin['name']}  [{plugin['distribution']}]")
+        click.echo(f"    hooks: {', '.join(plugin['hooks'])}")
+
+
+@cli.command()
+@CONFIG
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+def models(config: Path | None, as_json: bool) -> None:
+    """List configured models, with their state when a server is running."""
+    settings = _settings(config)
+    live = _live_states(settings)
+    rows = [
+        {
+            "name": spec.name,
+            "backend": spec.backend,
+            "source": spec.source,
+            "state": live.get(spec.name, "not running" if not live else "unknown"),
+        }
+        for spec in settings.served_models()
+    ]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        click.echo(f"{row['name']:<28} {row['backend']:<18} {row['state']:<12} {row['source']}")
+
+
+def _live_states(settings: Settings) -> dict[str, str]:
+    url = f"http://{settings.server.host}:{settings.server.port}/health"
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            body = json.load(response)
+    except urllib.error.HTTPError as exc:
+        body = json.load(exc)
+    except OSError:
+        return {}
+    return {m["name"]: m["state"] for m in body.get("models", [])}
+
+
+def main() -> None:
+    try:
+        pm = make_plugin_manager()
+    except ConfigError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(1)
+    pm.hook.register_commands(cli=cli)
+    cli(prog_name="gateway")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""The contract every backend implements.
+
+A backend serves one model. It is async-only: the host awaits it from the event loop and
+the backend keeps heavy compute off that loop (a thread or a process of its own). What a
+backend cannot do it refuses by raising `gateway.errors.Unsupported`.
+"""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from collections.abc import AsyncGenerator, Callable, Sequence
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+from gateway_schemas.canonical import (
+    ChatMessage,
+    EmbeddingResult,
+    GenerationChunk,
+    GenerationRequest,
+)
+
+from gateway.errors import Unsupported
+
+
+class Capability(enum.StrEnum):
+    GENERATE = "generate"
+    CHAT = "chat"
+    EMBED = "embed"
+    TOKENIZE = "tokenize"
+
+
+class ModelSpec(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """A model as configured: `[[models]]` in gateway.toml or `register_models` hooks."""
+
+    name: Annotated[str, msgspec.Meta(min_length=1, pattern=r"^\S+$")]
+    backend: str
+    source: str = ""
+    options: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class Backend(ABC):
+    """One loaded (or loading) model behind one engine."""
+
+    capabilities: frozenset[Capability] = frozenset()
+
+    def __init__(self, spec: ModelSpec, data_dir: Path):
+        self.spec = spec
+        self.data_dir = data_dir
+
+    @abstractmethod
+    async def load(self) -> None:
+        """Load weights. Called once, in the background, after the server accepts requests."""
+
+    async def unload(self) -> None:
+        """Release memory. The default does nothing."""
+
+    def health(self) -> dict[str, Any]:
+        """Diagnostics shown by /health once the model is ready."""
+        return {}
+
+    def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationChunk]:
+        """Stream the chunks of one sequence; the last one has `finish_reason` and usage.
+
+        Closing the iterator early (a client that went away) stops the generation.
+        """
+        raise Unsupported(f"Model `{self.spec.name}` does not generate text.", param="model")
+
+    async def abort(self, request_id: str) -> None:
+        """Stop a running generation; its stream ends with finish_reason `abort`."""
+
+    async def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
+        raise Unsupported(f"Model `{self.spec.name}` has no tokenizer.", param="model")
+
+    async def detokenize(self, tokens: Sequence[int]) -> str:
+        raise Unsupported(f"Model `{self.spec.name}` has no tokenizer.", param="model")
+
+    async def render_chat(self, messages: Sequence[ChatMessage]) -> str:
+        """The prompt text the model's own chat template makes of `messages`."""
+        raise Unsupported(f"Model `{self.spec.name}` has no chat template.", param="model")
+
+    async def embed(self, texts: Sequence[str]) -> EmbeddingResult:
+        raise Unsupported(f"Model `{self.spec.name}` does not compute embeddings.", param="model")
+
+
+BackendFactory = Callable[[ModelSpec, Path], Backend]
+"""What `register_backends` hands over: builds a Backend for one configured model."""

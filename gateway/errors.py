@@ -1,0 +1,68 @@
+"""Typed errors. Code raises them; each route family renders them in its own wire shape."""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    """Base of every error a client may see. `status` is the HTTP status it maps to."""
+
+    status: int = 500
+    kind: str = "server_error"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+
+
+class InvalidRequest(GatewayError):
+    status = 400
+    kind = "invalid_request_error"
+
+
+class Unsupported(GatewayError):
+    """The model or backend cannot do what was asked (a capability it lacks)."""
+
+    status = 400
+    kind = "invalid_request_error"
+
+
+class ModelNotFound(GatewayError):
+    status = 404
+    kind = "invalid_request_error"
+
+    def __init__(self, name: str):
+        super().__init__(
+            f"The model `{name}` does not exist.", param="model", code="model_not_found"
+        )
+
+
+class ModelNotReady(GatewayError):
+    status = 503
+    kind = "unavailable_error"
+
+
+class AuthenticationFailed(GatewayError):
+    status = 401
+    kind = "authentication_error"
+
+
+class PermissionDenied(GatewayError):
+    status = 403
+    kind = "permission_error"
+
+
+class BackendFailure(GatewayError):
+    """The backend failed while serving a valid request: a bug or a broken model."""
+
+    status = 500
+    kind = "server_error"
+
+
+class ConfigError(Exception):
+    """Settings or plugins that the gateway refuses to start with."""
+
+
+class PluginLoadError(ConfigError):
+    pass

@@ -1,0 +1,95 @@
+"""`Gateway`: the one object that holds settings, plugins, models and services.
+
+It is built once per app and injected into route handlers with Litestar DI.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+from gateway.auth import Actor
+from gateway.engine import BackendFactory, ModelManager, ModelSpec
+from gateway.errors import AuthenticationFailed, ConfigError, PermissionDenied
+from gateway.metrics import Metrics
+from gateway.plugins import make_plugin_manager
+from gateway.services.generation import GenerationService
+from gateway.settings import Settings
+from gateway.utils import await_me_maybe
+
+if TYPE_CHECKING:
+    from litestar import Request
+
+log = logging.getLogger("gateway")
+
+
+class Gateway:
+    def __init__(self, settings: Settings, pm: pluggy.PluginManager | None = None):
+        self.settings = settings
+        self.pm = pm or make_plugin_manager()
+        self.hook = self.pm.hook
+        self.metrics = Metrics()
+        self.backends = self._collect_backends()
+        self.models = ModelManager(self._collect_models(), self.backends, settings.data_path())
+        self.generation = GenerationService(self)
+
+    def _collect_backends(self) -> dict[str, BackendFactory]:
+        factories: dict[str, BackendFactory] = {}
+        owners: dict[str, str] = {}
+        for impl in reversed(self.hook.register_backends.get_hookimpls()):
+
+            def register(
+                name: str, factory: BackendFactory, _owner: str = impl.plugin_name
+            ) -> None:
+                if name in factories:
+                    raise ConfigError(
+                        f"backend `{name}` is registered by both `{owners[name]}` and `{_owner}`"
+                    )
+                factories[name], owners[name] = factory, _owner
+
+            impl.function(**({"register": register} if "register" in impl.argnames else {}))
+        return factories
+
+    def _collect_models(self) -> list[ModelSpec]:
+        specs = self.settings.served_models()
+
+        def register(spec: ModelSpec) -> None:
+            specs.append(spec)
+
+        self.hook.register_models(register=register, gateway=self)
+        return specs
+
+    async def startup(self) -> None:
+        for result in self.hook.startup(gateway=self):
+            await await_me_maybe(result)
+        if not self.settings.api_keys:
+            log.warning("no API keys are configured: every route is open to anyone who can connect")
+        self.models.start_loading()
+
+    async def shutdown(self) -> None:
+        await self.models.unload_all()
+        for result in self.hook.shutdown(gateway=self):
+            await await_me_maybe(result)
+
+    async def authorize(self, request: Request[Any, Any, Any], scope: str) -> Actor | None:
+        """The request's actor, if it may use a route needing `scope`; raises otherwise."""
+        actor: Actor | None = None
+        for result in self.hook.actor_from_request(gateway=self, request=request):
+            actor = await await_me_maybe(result)
+            if actor is not None:
+                break
+        votes = [
+            await await_me_maybe(vote)
+            for vote in self.hook.permission_allowed(gateway=self, actor=actor, scope=scope)
+        ]
+        if False not in votes and True in votes:
+            return actor
+        if actor is None:
+            raise AuthenticationFailed(
+                "Missing API key: send `Authorization: Bearer <key>`.", code="missing_api_key"
+            )
+        raise PermissionDenied(
+            f"This API key does not have the `{scope}` scope.", code="insufficient_scope"
+        )

@@ -1,0 +1,244 @@
+"""OpenAI routes: thin handlers that parse, call the generation service, and render."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from gateway_schemas.canonical import GenerationChunk, GenerationRequest
+from gateway_schemas.openai import (
+    AssistantMessage,
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    Completion,
+    CompletionChoice,
+    CompletionRequest,
+    Delta,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    ErrorResponse,
+    ModelCard,
+    ModelList,
+)
+from litestar import Controller, Response, get, post
+from litestar.di import NamedDependency
+from litestar.openapi import ResponseSpec
+from litestar.params import FromPath, JSONBody
+from litestar.response import Stream
+
+from gateway.errors import GatewayError
+from gateway.gateway import Gateway
+from gateway.routes.openai import translate as tr
+from gateway.services.embeddings import embed
+from gateway.services.streams import primed
+
+ERRORS = {
+    400: ResponseSpec(ErrorResponse, description="Invalid request"),
+    404: ResponseSpec(ErrorResponse, description="Unknown model"),
+    503: ResponseSpec(ErrorResponse, description="Model still loading"),
+}
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def _sse(events: AsyncIterator[bytes]) -> Stream:
+    return Stream(events, media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+def _error_event(exc: GatewayError) -> bytes:
+    return tr.encode_event(
+        {"error": {"message": exc.message, "type": exc.kind, "param": exc.param, "code": exc.code}}
+    )
+
+
+class OpenAIController(Controller):
+    path = "/v1"
+
+    @get("/models", responses={200: ResponseSpec(ModelList)})
+    async def list_models(self, gateway: NamedDependency[Gateway]) -> ModelList:
+        return ModelList(
+            data=[
+                ModelCard(id=h.spec.name, created=h.created, owned_by="gateway")
+                for h in gateway.models
+            ]
+        )
+
+    @get("/models/{model_id:path}", responses={200: ResponseSpec(ModelCard), **ERRORS})
+    async def get_model(
+        self, gateway: NamedDependency[Gateway], model_id: FromPath[str]
+    ) -> ModelCard:
+        handle = gateway.models.handle(model_id.lstrip("/"))
+        return ModelCard(id=handle.spec.name, created=handle.created, owned_by="gateway")
+
+    @post(
+        "/chat/completions",
+        status_code=200,
+        responses={
+            200: ResponseSpec(ChatCompletion, description="or an SSE stream of chunks"),
+            **ERRORS,
+        },
+    )
+    async def chat_completions(
+        self, data: JSONBody[ChatCompletionRequest], gateway: NamedDependency[Gateway]
+    ) -> Response[Any]:
+        rid = f"chatcmpl-{uuid.uuid4().hex}"
+        requests = tr.chat_requests(data, rid)
+        gateway.models.get(data.model)
+        if data.stream:
+            chunks = await primed(gateway.generation.stream_many(requests))
+            return _sse(_chat_events(data, rid, chunks))
+        results = await gateway.generation.complete_many(requests)
+        body = ChatCompletion(
+            id=rid,
+            created=int(time.time()),
+            model=data.model,
+            choices=[
+                ChatChoice(
+                    index=i,
+                    message=AssistantMessage(content=r.text),
+                    finish_reason=tr.finish_reason(r.final.finish_reason),
+                    logprobs=tr.chat_logprobs(r.logprobs) if data.logprobs else None,
+                )
+                for i, r in enumerate(results)
+            ],
+            usage=tr.usage([r.final.usage for r in results], prompts=1),
+        )
+        return Response(body)
+
+    @post(
+        "/completions",
+        status_code=200,
+        responses={
+            200: ResponseSpec(Completion, description="or an SSE stream of chunks"),
+            **ERRORS,
+        },
+    )
+    async def completions(
+        self, data: JSONBody[CompletionRequest], gateway: NamedDependency[Gateway]
+    ) -> Response[Any]:
+        rid = f"cmpl-{uuid.uuid4().hex}"
+        requests = tr.completion_requests(data, rid)
+        backend = gateway.models.get(data.model)
+        echoes = [await _prompt_text(backend, r) if data.echo else "" for r in requests]
+        if data.stream:
+            chunks = await primed(gateway.generation.stream_many(requests))
+            return _sse(_completion_events(data, rid, chunks, echoes))
+        results = await gateway.generation.complete_many(requests)
+        body = Completion(
+            id=rid,
+            created=int(time.time()),
+            model=data.model,
+            choices=[
+                CompletionChoice(
+                    index=i,
+                    text=echoes[i] + r.text,
+                    finish_reason=tr.finish_reason(r.final.finish_reason),
+                    logprobs=tr.completion_logprobs(r.logprobs, len(echoes[i]))
+                    if data.logprobs is not None
+                    else None,
+                )
+                for i, r in enumerate(results)
+            ],
+            usage=tr.usage([r.final.usage for r in results], prompts=len(requests) // data.n),
+        )
+        return Response(body)
+
+    @post(
+        "/embeddings", status_code=200, responses={200: ResponseSpec(EmbeddingResponse), **ERRORS}
+    )
+    async def embeddings(
+        self, data: JSONBody[EmbeddingRequest], gateway: NamedDependency[Gateway]
+    ) -> EmbeddingResponse:
+        return await embed(gateway, data)
+
+
+async def _prompt_text(backend: Any, request: GenerationRequest) -> str:
+    prompt = request.prompt
+    return prompt if isinstance(prompt, str) else await backend.detokenize(prompt or [])
+
+
+async def _chat_events(
+    body: ChatCompletionRequest, rid: str, chunks: AsyncIterator[tuple[int, GenerationChunk]]
+) -> AsyncIterator[bytes]:
+    created = int(time.time())
+    include_usage = body.stream_options is not None and body.stream_options.include_usage
+
+    def event(choices: list[ChatChunkChoice], **extra: Any) -> bytes:
+        return tr.encode_event(
+            ChatCompletionChunk(id=rid, created=created, model=body.model, choices=choices, **extra)
+        )
+
+    for index in range(body.n):
+        yield event([ChatChunkChoice(index=index, delta=Delta(role="assistant", content=""))])
+    usages: list[Any] = [None] * body.n
+    try:
+        async for index, chunk in chunks:
+            if chunk.text or chunk.logprobs:
+                logprobs = tr.chat_logprobs(chunk.logprobs) if body.logprobs else None
+                yield event(
+                    [
+                        ChatChunkChoice(
+                            index=index, delta=Delta(content=chunk.text), logprobs=logprobs
+                        )
+                    ]
+                )
+            if chunk.finish_reason is not None:
+                usages[index] = chunk.usage
+                reason = tr.finish_reason(chunk.finish_reason)
+                yield event([ChatChunkChoice(index=index, delta=Delta(), finish_reason=reason)])
+    except GatewayError as exc:
+        yield _error_event(exc)
+        yield tr.DONE
+        return
+    if include_usage:
+        yield event([], usage=tr.usage(usages, prompts=1))
+    yield tr.DONE
+
+
+async def _completion_events(
+    body: CompletionRequest,
+    rid: str,
+    chunks: AsyncIterator[tuple[int, GenerationChunk]],
+    echoes: list[str],
+) -> AsyncIterator[bytes]:
+    created = int(time.time())
+    include_usage = body.stream_options is not None and body.stream_options.include_usage
+    offsets = [len(e) for e in echoes]
+
+    def event(choices: list[CompletionChoice], **extra: Any) -> bytes:
+        return tr.encode_event(
+            Completion(id=rid, created=created, model=body.model, choices=choices, **extra)
+        )
+
+    for index, echo in enumerate(echoes):
+        if echo:
+            yield event([CompletionChoice(index=index, text=echo, finish_reason=None)])
+    usages: list[Any] = [None] * len(echoes)
+    try:
+        async for index, chunk in chunks:
+            logprobs = None
+            if body.logprobs is not None:
+                logprobs = tr.completion_logprobs(chunk.logprobs, offsets[index])
+            offsets[index] += len(chunk.text)
+            if chunk.finish_reason is not None:
+                usages[index] = chunk.usage
+            if chunk.text or chunk.finish_reason is not None:
+                reason = tr.finish_reason(chunk.finish_reason)
+                yield event(
+                    [
+                        CompletionChoice(
+                            index=index, text=chunk.text, finish_reason=reason, logprobs=logprobs
+                        )
+                    ]
+                )
+    except GatewayError as exc:
+        yield _error_event(exc)
+        yield tr.DONE
+        return
+    if include_usage:
+        yield event([], usage=tr.usage(usages, prompts=len(echoes) // body.n))
+    yield tr.DONE

@@ -1,0 +1,73 @@
+"""OpenAI's error shape: `{"error": {"message", "type", "param", "code"}}`."""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.types import ExceptionHandlersMap
+
+from gateway.errors import GatewayError
+
+log = logging.getLogger("gateway.openai")
+
+_STATUS_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error"}
+
+
+def error_response(
+    status: int, message: str, kind: str, param: str | None = None, code: str | int | None = None
+) -> Response[dict[str, Any]]:
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    return Response(body, status_code=status)
+
+
+def on_gateway_error(request: Request[Any, Any, Any], exc: GatewayError) -> Response[Any]:
+    if exc.status >= 500:
+        log.error("%s %s: %s", request.method, request.url.path, exc.message)
+    return error_response(exc.status, exc.message, exc.kind, exc.param, exc.code)
+
+
+def on_validation_error(request: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
+    problems = exc.extra if isinstance(exc.extra, list) else []
+    if not problems:
+        return error_response(400, _detail(exc), "invalid_request_error")
+    first = problems[0]
+    key = str(first.get("key") or "") or None
+    reason = re.sub(r" - at `\$[^`]*`$", "", str(first.get("message", "invalid value")))
+    missing = re.search(r"missing required field `([^`]+)`", reason)
+    if missing:
+        key = missing.group(1) if key in (None, "data") else f"{key}.{missing.group(1)}"
+        return error_response(400, f"Missing required field `{key}`.", "invalid_request_error", key)
+    message = f"Invalid value for `{key}`: {reason}" if key else f"Invalid request body: {reason}"
+    return error_response(400, message, "invalid_request_error", param=key)
+
+
+def on_http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    kind = _STATUS_TYPES.get(exc.status_code, "invalid_request_error")
+    if exc.status_code >= 500:
+        kind = "server_error"
+    return error_response(exc.status_code, _detail(exc), kind)
+
+
+def on_unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    log.exception("unexpected error on %s %s", request.method, request.url.path)
+    return error_response(500, f"Internal server error ({type(exc).__name__}).", "server_error")
+
+
+def _detail(exc: HTTPException) -> str:
+    detail = exc.detail or "Bad request"
+    # msgspec's decode errors: "JSON is malformed: ...", "Input data was truncated".
+    if exc.status_code == 400 and ("malformed" in detail or "truncated" in detail):
+        return f"We could not parse the JSON body of your request: {detail}"
+    return detail
+
+
+EXCEPTION_HANDLERS: ExceptionHandlersMap = {
+    GatewayError: on_gateway_error,
+    ValidationException: on_validation_error,
+    HTTPException: on_http_error,
+    Exception: on_unexpected_error,
+}

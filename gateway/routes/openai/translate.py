@@ -1,0 +1,181 @@
+"""Pure translation between OpenAI bodies and the canonical generation contract."""
+
+from __future__ import annotations
+
+import msgspec
+from gateway_schemas.canonical import (
+    ChatMessage,
+    GenerationRequest,
+    SamplingParams,
+    TokenLogprob,
+    Usage,
+)
+from gateway_schemas.openai import (
+    ChatCompletionRequest,
+    ChatMessageIn,
+    ChoiceLogprobs,
+    CompletionLogprobs,
+    CompletionRequest,
+    PromptTokensDetails,
+    SamplingExtras,
+    TextPart,
+    TokenLogprobOut,
+    TopLogprobOut,
+    UsageOut,
+)
+
+from gateway.errors import InvalidRequest, Unsupported
+from gateway.services.prompts import prompt_batch
+
+# The canonical `abort` (client gone, or aborted by an operator) has no OpenAI name.
+_FINISH = {"stop": "stop", "length": "length", "abort": "stop"}
+
+
+def finish_reason(reason: str | None) -> str | None:
+    return None if reason is None else _FINISH.get(reason, reason)
+
+
+def stop_list(stop: str | list[str] | None) -> list[str]:
+    if stop is None:
+        return []
+    stops = [stop] if isinstance(stop, str) else stop
+    if len(stops) > 16:
+        raise InvalidRequest("At most 16 stop sequences are allowed.", param="stop")
+    return stops
+
+
+def sampling(body: SamplingExtras, choice: int) -> SamplingParams:
+    bias: dict[int, float] = {}
+    for key, value in (body.logit_bias or {}).items():
+        try:
+            bias[int(key)] = value
+        except ValueError:
+            raise InvalidRequest(
+                f"Invalid key `{key}` in `logit_bias`: keys are token ids.", param="logit_bias"
+            ) from None
+    params = SamplingParams(
+        temperature=1.0 if body.temperature is None else body.temperature,
+        top_p=1.0 if body.top_p is None else body.top_p,
+        top_k=max(body.top_k or 0, 0),
+        min_p=body.min_p or 0.0,
+        typical_p=1.0 if body.typical_p is None else body.typical_p,
+        repeat_penalty=body.repetition_penalty or 1.0,
+        presence_penalty=body.presence_penalty,
+        frequency_penalty=body.frequency_penalty,
+        logit_bias=bias,
+        # n choices from one seed must differ and still be reproducible.
+        seed=None if body.seed is None else body.seed + choice,
+    )
+    return params
+
+
+def _message(index: int, message: ChatMessageIn) -> ChatMessage:
+    content = message.content
+    if isinstance(content, list):
+        texts = []
+        for part in content:
+            if not isinstance(part, TextPart):
+                raise Unsupported(
+                    f"Content parts of type `{part.__struct_config__.tag}` are not supported: "
+                    "this model reads text only.",
+                    param=f"messages[{index}].content",
+                )
+            texts.append(part.text)
+        content = "".join(texts)
+    role = "system" if message.role == "developer" else message.role
+    return ChatMessage(role=role, content=content or "", name=message.name)
+
+
+def chat_requests(body: ChatCompletionRequest, request_id: str) -> list[GenerationRequest]:
+    if body.top_logprobs and not body.logprobs:
+        raise InvalidRequest("`top_logprobs` requires `logprobs` to be true.", param="top_logprobs")
+    messages = [_message(i, m) for i, m in enumerate(body.messages)]
+    return [
+        GenerationRequest(
+            id=f"{request_id}-{choice}",
+            model=body.model,
+            messages=messages,
+            sampling=sampling(body, choice),
+            stop=stop_list(body.stop),
+            max_tokens=body.max_completion_tokens or body.max_tokens,
+            ignore_eos=body.ignore_eos,
+            logprobs=body.logprobs,
+            top_logprobs=body.top_logprobs or 0,
+        )
+        for choice in range(body.n)
+    ]
+
+
+def completion_requests(body: CompletionRequest, request_id: str) -> list[GenerationRequest]:
+    if body.suffix:
+        raise Unsupported("`suffix` (insertion) is not supported by this model.", param="suffix")
+    if body.best_of is not None and body.best_of != body.n:
+        raise Unsupported("`best_of` different from `n` is not supported.", param="best_of")
+    requests = []
+    for p_index, prompt in enumerate(prompt_batch(body.prompt, "prompt")):
+        for choice in range(body.n):
+            requests.append(
+                GenerationRequest(
+                    id=f"{request_id}-{p_index}-{choice}",
+                    model=body.model,
+                    prompt=prompt,
+                    sampling=sampling(body, choice),
+                    stop=stop_list(body.stop),
+                    max_tokens=body.max_tokens,
+                    ignore_eos=body.ignore_eos,
+                    logprobs=body.logprobs is not None,
+                    top_logprobs=body.logprobs or 0,
+                )
+            )
+    return requests
+
+
+def usage(usages: list[Usage | None], prompts: int) -> UsageOut:
+    """One usage for a response: each distinct prompt counted once, every completion counted."""
+    known = [u for u in usages if u is not None]
+    per_choice = max(len(known) // max(prompts, 1), 1)
+    prompt_tokens = sum(u.prompt_tokens for u in known[::per_choice])
+    cached = sum(u.cached_tokens for u in known[::per_choice])
+    completion_tokens = sum(u.completion_tokens for u in known)
+    return UsageOut(
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        total_tokens=prompt_tokens + completion_tokens,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=cached),
+    )
+
+
+def chat_logprobs(logprobs: list[TokenLogprob]) -> ChoiceLogprobs:
+    return ChoiceLogprobs(
+        content=[
+            TokenLogprobOut(
+                token=lp.token,
+                logprob=lp.logprob,
+                bytes=lp.bytes,
+                top_logprobs=[
+                    TopLogprobOut(token=t.token, logprob=t.logprob, bytes=t.bytes) for t in lp.top
+                ],
+            )
+            for lp in logprobs
+        ]
+    )
+
+
+def completion_logprobs(logprobs: list[TokenLogprob], offset: int) -> CompletionLogprobs:
+    offsets = []
+    for lp in logprobs:
+        offsets.append(offset)
+        offset += len(lp.token)
+    return CompletionLogprobs(
+        tokens=[lp.token for lp in logprobs],
+        token_logprobs=[lp.logprob for lp in logprobs],
+        top_logprobs=[{t.token: t.logprob for t in lp.top} for lp in logprobs],
+        text_offset=offsets,
+    )
+
+
+def encode_event(payload: msgspec.Struct | dict[str, object]) -> bytes:
+    return b"data: " + msgspec.json.encode(payload) + b"\n\n"
+
+
+DONE = b"data: [DONE]\n\n"

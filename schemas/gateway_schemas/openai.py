@@ -1,0 +1,245 @@
+"""OpenAI wire types: chat completions, completions, embeddings, models, errors.
+
+Field names, defaults and bounds follow OpenAI's OpenAPI description. Unknown request
+fields are ignored (SDKs send vendor extras); the common extras of local servers
+(`top_k`, `min_p`, `typical_p`, `repetition_penalty`) are read.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from msgspec import Meta, Struct, field
+
+Temperature = Annotated[float, Meta(ge=0.0, le=2.0)]
+TopP = Annotated[float, Meta(ge=0.0, le=1.0)]
+Penalty = Annotated[float, Meta(ge=-2.0, le=2.0)]
+PositiveInt = Annotated[int, Meta(ge=1)]
+ChoiceCount = Annotated[int, Meta(ge=1, le=16)]
+Stop = str | list[str] | None
+
+
+# ---- requests ---------------------------------------------------------------------------
+
+
+class TextPart(Struct, kw_only=True, tag="text"):
+    text: str
+
+
+class ImageUrl(Struct, kw_only=True):
+    url: str
+    detail: str | None = None
+
+
+class ImageUrlPart(Struct, kw_only=True, tag="image_url"):
+    image_url: ImageUrl
+
+
+class InputAudioPart(Struct, kw_only=True, tag="input_audio"):
+    input_audio: dict[str, str]
+
+
+ContentPart = TextPart | ImageUrlPart | InputAudioPart
+
+
+class ChatMessageIn(Struct, kw_only=True):
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+    tool_call_id: str | None = None
+
+
+class StreamOptions(Struct, kw_only=True):
+    include_usage: bool = False
+
+
+class SamplingExtras(Struct, kw_only=True):
+    """Sampling fields shared by chat and text completions."""
+
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
+    n: ChoiceCount = 1
+    stop: Stop = None
+    seed: int | None = None
+    presence_penalty: Penalty = 0.0
+    frequency_penalty: Penalty = 0.0
+    logit_bias: dict[str, Annotated[float, Meta(ge=-100.0, le=100.0)]] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+    # Extras understood by local servers (vLLM, llama.cpp):
+    top_k: Annotated[int, Meta(ge=-1)] | None = None
+    min_p: TopP | None = None
+    typical_p: TopP | None = None
+    repetition_penalty: Annotated[float, Meta(gt=0.0)] | None = None
+    ignore_eos: bool = False
+
+
+class ChatCompletionRequest(SamplingExtras, kw_only=True):
+    model: str
+    messages: Annotated[list[ChatMessageIn], Meta(min_length=1)]
+    max_tokens: PositiveInt | None = None
+    max_completion_tokens: PositiveInt | None = None
+    logprobs: bool = False
+    top_logprobs: Annotated[int, Meta(ge=0, le=20)] | None = None
+
+
+class CompletionRequest(SamplingExtras, kw_only=True):
+    model: str
+    prompt: str | list[str | int | list[int]]
+    """Text, token ids, or a batch of either (msgspec allows one list type per union)."""
+    max_tokens: Annotated[int, Meta(ge=0)] | None = 16
+    logprobs: Annotated[int, Meta(ge=0, le=5)] | None = None
+    echo: bool = False
+    suffix: str | None = None
+    best_of: ChoiceCount | None = None
+
+
+class EmbeddingRequest(Struct, kw_only=True):
+    model: str
+    input: str | list[str | int | list[int]]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: PositiveInt | None = None
+    user: str | None = None
+
+
+# ---- responses --------------------------------------------------------------------------
+
+
+class TopLogprobOut(Struct, kw_only=True):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class TokenLogprobOut(Struct, kw_only=True):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+    top_logprobs: list[TopLogprobOut]
+
+
+class ChoiceLogprobs(Struct, kw_only=True):
+    content: list[TokenLogprobOut] | None
+    refusal: None = None
+
+
+class PromptTokensDetails(Struct, kw_only=True):
+    cached_tokens: int = 0
+
+
+class UsageOut(Struct, kw_only=True):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    prompt_tokens_details: PromptTokensDetails | None = None
+
+
+class AssistantMessage(Struct, kw_only=True):
+    role: Literal["assistant"] = "assistant"
+    content: str | None = None
+    refusal: None = None
+
+
+class ChatChoice(Struct, kw_only=True):
+    index: int
+    message: AssistantMessage
+    finish_reason: str | None
+    logprobs: ChoiceLogprobs | None = None
+
+
+class ChatCompletion(Struct, kw_only=True):
+    id: str
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: UsageOut
+    object: Literal["chat.completion"] = "chat.completion"
+    system_fingerprint: str | None = None
+
+
+class Delta(Struct, kw_only=True, omit_defaults=True):
+    role: str | None = None
+    content: str | None = None
+
+
+class ChatChunkChoice(Struct, kw_only=True):
+    index: int
+    delta: Delta
+    finish_reason: str | None = None
+    logprobs: ChoiceLogprobs | None = None
+
+
+class ChatCompletionChunk(Struct, kw_only=True):
+    id: str
+    created: int
+    model: str
+    choices: list[ChatChunkChoice]
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    usage: UsageOut | None = None
+    system_fingerprint: str | None = None
+
+
+class CompletionLogprobs(Struct, kw_only=True):
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int]
+
+
+class CompletionChoice(Struct, kw_only=True):
+    index: int
+    text: str
+    finish_reason: str | None
+    logprobs: CompletionLogprobs | None = None
+
+
+class Completion(Struct, kw_only=True):
+    id: str
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    object: Literal["text_completion"] = "text_completion"
+    usage: UsageOut | None = None
+    system_fingerprint: str | None = None
+
+
+class EmbeddingData(Struct, kw_only=True):
+    index: int
+    embedding: list[float] | str
+    object: Literal["embedding"] = "embedding"
+
+
+class EmbeddingUsage(Struct, kw_only=True):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingResponse(Struct, kw_only=True):
+    data: list[EmbeddingData]
+    model: str
+    usage: EmbeddingUsage
+    object: Literal["list"] = "list"
+
+
+class ModelCard(Struct, kw_only=True):
+    id: str
+    created: int
+    owned_by: str
+    object: Literal["model"] = "model"
+
+
+class ModelList(Struct, kw_only=True):
+    data: list[ModelCard] = field(default_factory=list)
+    object: Literal["list"] = "list"
+
+
+class ErrorBody(Struct, kw_only=True):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | int | None = None
+
+
+class ErrorResponse(Struct, kw_only=True):
+    error: ErrorBody

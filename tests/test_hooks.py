@@ -1,0 +1,203 @@
+"""Every hookspec is documented and has a test here; each hook is exercised for real."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import click
+import msgspec
+import pytest
+from click.testing import CliRunner
+from litestar import Router, get
+from litestar.testing import TestClient
+
+from gateway import InvalidRequest, hookimpl, hookspecs
+from gateway.app import create_app
+from gateway.auth import Actor
+from gateway.engine import ModelSpec
+from gateway.gateway import Gateway
+from gateway.plugins import make_plugin_manager
+from gateway.routes.family import RouteFamily
+from gateway.settings import ApiKey, Settings
+from gateway.testing import EchoBackend
+
+DOCS = Path(__file__).parents[1] / "docs" / "plugin_hooks.md"
+HOOKS = sorted(name for name, value in vars(hookspecs).items() if hasattr(value, "gateway_spec"))
+
+
+def test_every_hook_is_documented_and_tested():
+    assert len(HOOKS) >= 10
+    documented = set(re.findall(r"^## `(\w+)`$", DOCS.read_text(), re.M))
+    tests = {name for name in vars(sys.modules[__name__]) if name.startswith("test_hook_")}
+    for name in HOOKS:
+        assert (getattr(hookspecs, name).__doc__ or "").strip(), f"{name} has no docstring"
+        assert name in documented, f"{name} has no section in docs/plugin_hooks.md"
+        assert f"test_hook_{name}" in tests, f"{name} has no test_hook_{name}"
+
+
+def app_with(plugin: object, **settings: object) -> TestClient:
+    pm = make_plugin_manager(environ={"GATEWAY_LOAD_PLUGINS": ""})
+    pm.register(plugin, name="test-plugin")
+    settings.setdefault("models", [ModelSpec(name="echo", backend="echo")])
+    return TestClient(create_app(gateway=Gateway(Settings(**settings), pm)))
+
+
+def chat(client: TestClient, text: str = "hello", **headers: str):
+    return client.post(
+        "/v1/chat/completions",
+        json={"model": "echo", "messages": [{"role": "user", "content": text}]},
+        headers=headers,
+    )
+
+
+def test_hook_register_backends():
+    class Upper(EchoBackend):
+        async def render_chat(self, messages):
+            return "x"
+
+    class Plugin:
+        @hookimpl
+        def register_backends(self, register):
+            register("upper", lambda spec, data_dir: Upper(spec, data_dir))
+
+    with app_with(Plugin(), models=[ModelSpec(name="echo", backend="upper")]) as client:
+        assert chat(client).json()["usage"]["prompt_tokens"] == 1  # the plugin's render_chat
+
+    class Clash:
+        @hookimpl
+        def register_backends(self, register):
+            register("echo", lambda spec, data_dir: EchoBackend(spec, data_dir))
+
+    with pytest.raises(Exception, match="backend `echo` is registered by both"):
+        app_with(Clash())
+
+
+def test_hook_register_models():
+    class Plugin:
+        @hookimpl
+        def register_models(self, register, gateway):
+            register(ModelSpec(name="extra", backend="echo"))
+
+    with app_with(Plugin()) as client:
+        ids = [m["id"] for m in client.get("/v1/models").json()["data"]]
+        assert ids == ["echo", "extra"]
+
+
+def test_hook_register_routes():
+    @get("/hello", opt={"family": "hello", "scope": "inference"})
+    async def hello() -> dict[str, str]:
+        return {"hello": "world"}
+
+    class Plugin:
+        @hookimpl
+        def register_routes(self, register, gateway):
+            register(RouteFamily("hello", Router(path="/", route_handlers=[hello])))
+
+    with app_with(Plugin()) as client:
+        assert client.get("/hello").json() == {"hello": "world"}
+    with app_with(Plugin(), routes={"hello": False}) as client:
+        assert client.get("/hello").status_code == 404
+
+
+def test_hook_register_commands():
+    class Plugin:
+        @hookimpl
+        def register_commands(self, cli):
+            @cli.command()
+            def hello():
+                click.echo("hello from a plugin")
+
+    from gateway.cli import cli
+
+    group = click.Group(commands=dict(cli.commands))
+    pm = make_plugin_manager(environ={"GATEWAY_LOAD_PLUGINS": ""})
+    pm.register(Plugin())
+    pm.hook.register_commands(cli=group)
+    result = CliRunner().invoke(group, ["hello"])
+    assert result.output == "hello from a plugin\n"
+
+
+def test_hook_startup():
+    seen = []
+
+    class Plugin:
+        @hookimpl
+        def startup(self, gateway):
+            async def later():
+                seen.append(("startup", len(gateway.models)))
+
+            return later()
+
+    with app_with(Plugin()):
+        assert seen == [("startup", 1)]
+
+
+def test_hook_shutdown():
+    seen = []
+
+    class Plugin:
+        @hookimpl
+        def shutdown(self, gateway):
+            seen.append("shutdown")
+
+    with app_with(Plugin()):
+        assert seen == []
+    assert seen == ["shutdown"]
+
+
+def test_hook_actor_from_request():
+    class Plugin:
+        @hookimpl
+        def actor_from_request(self, gateway, request):
+            if request.headers.get("x-team") == "blue":
+                return Actor(id="blue-team", scopes=frozenset({"inference"}))
+            return None
+
+    keys = [ApiKey(key="a-real-key-1", scopes=["inference"])]
+    with app_with(Plugin(), api_keys=keys) as client:
+        assert chat(client).status_code == 401
+        assert chat(client, **{"x-team": "blue"}).status_code == 200
+        assert chat(client, Authorization="Bearer a-real-key-1").status_code == 200
+
+
+def test_hook_permission_allowed():
+    class Plugin:
+        @hookimpl
+        def permission_allowed(self, gateway, actor, scope):
+            return False if scope == "admin" else None
+
+    with app_with(Plugin()) as client:  # no keys: open, except what the plugin denies
+        assert chat(client).status_code == 200
+        assert client.get("/metrics").status_code == 401
+
+
+def test_hook_prepare_generation():
+    class Plugin:
+        @hookimpl
+        def prepare_generation(self, gateway, request):
+            if request.messages and request.messages[-1].content == "forbidden":
+                raise InvalidRequest("That topic is off limits.", param="messages")
+            return msgspec.structs.replace(request, max_tokens=2)
+
+    with app_with(Plugin()) as client:
+        body = chat(client, "hello").json()
+        assert body["choices"][0]["message"]["content"] == "he"
+        refused = chat(client, "forbidden")
+        assert refused.status_code == 400
+        assert refused.json()["error"]["message"] == "That topic is off limits."
+
+
+def test_hook_generation_finished():
+    finished = []
+
+    class Plugin:
+        @hookimpl
+        def generation_finished(self, gateway, request, final):
+            finished.append((request.model, final.finish_reason, final.usage.completion_tokens))
+            raise RuntimeError("a broken hook must not reach the client")
+
+    with app_with(Plugin()) as client:
+        assert chat(client, "abc").status_code == 200
+    assert finished == [("echo", "stop", 3)]
