@@ -83,10 +83,14 @@ def start_server(
                 f"gateway serve exited with {process.returncode}:\n{log.read_text()}"
             )
         try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return LiveServer(url, process, log)
+            reply = httpx.get(f"{url}/health", timeout=2)
         except httpx.TransportError:
-            pass
+            reply = None
+        if reply is not None and reply.status_code == 200:
+            return LiveServer(url, process, log)
+        if reply is not None and "failed to load" in reply.text:
+            process.kill()
+            raise RuntimeError(f"a model failed to load:\n{log.read_text()}")
         time.sleep(0.5)
     process.kill()
     raise RuntimeError(f"gateway serve was not ready after {timeout}s:\n{log.read_text()}")

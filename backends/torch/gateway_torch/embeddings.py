@@ -53,9 +53,8 @@ class TorchEmbeddingBackend(Backend):
         self._encoder = await asyncio.to_thread(self._load_blocking)
 
     def _load_blocking(self) -> _Encoder:
-        from transformers import AutoModel, AutoTokenizer
-
         from gateway.errors import ConfigError
+        from gateway_torch.imports import transformers_module
         from gateway_torch.options import parse_options, positive_int
         from gateway_torch.sources import resolve_source
 
@@ -64,8 +63,8 @@ class TorchEmbeddingBackend(Backend):
         if source.kind != "hf":
             raise ConfigError("Embedding models must be Hugging Face folders, not GGUF files.")
         folder = source.path
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-        model: Any = AutoModel.from_pretrained(folder, dtype=options.dtype)
+        tokenizer = transformers_module().AutoTokenizer.from_pretrained(folder)
+        model: Any = transformers_module().AutoModel.from_pretrained(folder, dtype=options.dtype)
         model.to(options.device)
         model.eval()
         pooling, normalize = _pooling_settings(folder)

@@ -42,7 +42,13 @@ def load_causal(source: ModelSource, data_dir: Path, options: RuntimeOptions) ->
     """Load (converting a GGUF once) the model of `source` with `options`."""
     import inspect
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from gateway_torch.imports import transformers_module
+
+    transformers = transformers_module()
+    AutoModelForCausalLM, AutoTokenizer = (
+        transformers.AutoModelForCausalLM,
+        transformers.AutoTokenizer,
+    )
 
     started = time.perf_counter()
     folder = source.path
