@@ -261,15 +261,26 @@ def engine_specs(args: argparse.Namespace, gguf: Path) -> dict[str, EngineSpec]:
     """The three engines, configured from the command line and the environment."""
     data_dir = args.data_dir.expanduser()
     return {
-        "gateway": _gateway_spec(data_dir),
+        "gateway": _gateway_spec(data_dir, gguf, args),
         "transformers": _baseline_spec(data_dir, gguf, args.threads),
         "llama.cpp": _llama_spec(gguf, args.threads, args.ctx_per_slot),
     }
 
 
-def _gateway_spec(data_dir: Path) -> EngineSpec:
+def _gateway_spec(data_dir: Path, gguf: Path, args: argparse.Namespace) -> EngineSpec:
     env = dict(os.environ, GATEWAY_DATA_DIR=str(data_dir))
     env.setdefault("GATEWAY_LOG_LEVEL", "warning")  # no access log per request
+    # As many slots as the highest concurrency level, each with llama-server's context.
+    slots = max(args.concurrency)
+    args.log_dir.mkdir(parents=True, exist_ok=True)
+    config = args.log_dir / "gateway.toml"
+    config.write_text(
+        "[[models]]\n"
+        f'name = "{MODEL_NAME}"\n'
+        'backend = "torch"\n'
+        f'source = "{gguf}"\n'
+        f"options = {{ slots = {slots}, context_length = {args.ctx_per_slot} }}\n"
+    )
 
     def command(port: int, concurrency: int) -> list[str]:
         return [
@@ -277,15 +288,16 @@ def _gateway_spec(data_dir: Path) -> EngineSpec:
             "-m",
             "gateway.cli",
             "serve",
+            "--config",
+            str(config),
             "--host",
             "127.0.0.1",
             "--port",
             str(port),
-            "--model",
-            MODEL_NAME,
         ]
 
-    return EngineSpec("gateway", command, env, note=f"data dir {data_dir}")
+    note = f"data dir {data_dir}; {slots} slots of {args.ctx_per_slot} tokens"
+    return EngineSpec("gateway", command, env, note=note)
 
 
 def _baseline_spec(data_dir: Path, gguf: Path, threads: int) -> EngineSpec:
@@ -814,7 +826,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="CPU threads for llama-server and the baseline",
     )
     parser.add_argument(
-        "--ctx-per-slot", type=int, default=1024, help="llama-server context per parallel slot"
+        "--ctx-per-slot",
+        type=int,
+        default=1024,
+        help="context per parallel slot (llama-server and the gateway)",
     )
     parser.add_argument(
         "--start-timeout",

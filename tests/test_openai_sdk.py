@@ -208,6 +208,24 @@ async def test_concurrent_requests_are_all_served(async_sdk):
     assert replies[0].choices[0].message.content == alone.choices[0].message.content
 
 
+def test_prompt_cache_reports_cached_tokens_and_timings(live_server):
+    system = {"role": "system", "content": "You answer in one short sentence. " * 20}
+    body = {"model": CHAT_MODEL, "temperature": 0, "max_tokens": 8}
+    url = f"{live_server.url}/v1/chat/completions"
+    first = httpx.post(
+        url, json=body | {"messages": [system, {"role": "user", "content": "Name a fruit."}]}
+    ).json()
+    second = httpx.post(
+        url, json=body | {"messages": [system, {"role": "user", "content": "Name a tree."}]}
+    ).json()
+    cached = second["usage"]["prompt_tokens_details"]["cached_tokens"]
+    assert cached > 100
+    assert second["timings"]["cache_n"] == cached
+    assert second["timings"]["prompt_n"] == second["usage"]["prompt_tokens"] - cached
+    assert first["timings"]["predicted_n"] == first["usage"]["completion_tokens"]
+    assert second["timings"]["predicted_per_second"] > 0
+
+
 def generated_tokens(url: str) -> float:
     text = httpx.get(f"{url}/metrics").text
     match = re.search(rf'gateway_generated_tokens_total{{model="{CHAT_MODEL}"}} (\S+)', text)

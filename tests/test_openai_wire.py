@@ -51,6 +51,10 @@ def test_chat_completion_shape(client):
     usage = body["usage"]
     assert usage["completion_tokens"] == len(b"Hello there")
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    timings = body["timings"]
+    assert timings["predicted_n"] == usage["completion_tokens"]
+    assert timings["prompt_n"] + timings["cache_n"] == usage["prompt_tokens"]
+    assert {"prompt_ms", "predicted_ms", "predicted_per_second"} <= set(timings)
 
 
 def test_chat_content_parts_and_developer_role(client):
@@ -126,6 +130,8 @@ def test_chat_stream(client):
     assert text == "Hi!"
     assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
     assert all(c["usage"] is None for c in chunks)
+    assert chunks[-1]["timings"]["predicted_n"] == len(b"Hi!")
+    assert all("timings" not in c for c in chunks[:-1])
 
 
 def test_chat_stream_include_usage(client):
@@ -136,6 +142,7 @@ def test_chat_stream_include_usage(client):
     last = events[-2]
     assert last["choices"] == []
     assert last["usage"]["completion_tokens"] == 6
+    assert last["timings"]["predicted_n"] == 6
     finishes = [c for c in events[:-2] if c["choices"] and c["choices"][0]["finish_reason"]]
     assert sorted(c["choices"][0]["index"] for c in finishes) == [0, 1]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from msgspec import Meta, Struct, field
+from msgspec import UNSET, Meta, Struct, UnsetType, field
 
 Temperature = Annotated[float, Meta(ge=0.0, le=2.0)]
 TopP = Annotated[float, Meta(ge=0.0, le=1.0)]
@@ -135,6 +135,20 @@ class UsageOut(Struct, kw_only=True):
     prompt_tokens_details: PromptTokensDetails | None = None
 
 
+class TimingsOut(Struct, kw_only=True):
+    """llama.cpp's `timings` extension: how long the prompt and the output took."""
+
+    cache_n: int
+    prompt_n: int
+    prompt_ms: float
+    prompt_per_token_ms: float
+    prompt_per_second: float
+    predicted_n: int
+    predicted_ms: float
+    predicted_per_token_ms: float
+    predicted_per_second: float
+
+
 class AssistantMessage(Struct, kw_only=True):
     role: Literal["assistant"] = "assistant"
     content: str | None = None
@@ -156,6 +170,7 @@ class ChatCompletion(Struct, kw_only=True):
     usage: UsageOut
     object: Literal["chat.completion"] = "chat.completion"
     system_fingerprint: str | None = None
+    timings: TimingsOut | UnsetType = UNSET
 
 
 class Delta(Struct, kw_only=True, omit_defaults=True):
@@ -178,6 +193,7 @@ class ChatCompletionChunk(Struct, kw_only=True):
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
     usage: UsageOut | None = None
     system_fingerprint: str | None = None
+    timings: TimingsOut | UnsetType = UNSET
 
 
 class CompletionLogprobs(Struct, kw_only=True):
@@ -202,6 +218,7 @@ class Completion(Struct, kw_only=True):
     object: Literal["text_completion"] = "text_completion"
     usage: UsageOut | None = None
     system_fingerprint: str | None = None
+    timings: TimingsOut | UnsetType = UNSET
 
 
 class EmbeddingData(Struct, kw_only=True):

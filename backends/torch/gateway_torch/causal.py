@@ -1,8 +1,8 @@
 """TorchBackend: a causal LM (GGUF or Hugging Face folder) served by transformers.
 
-`load()` loads the model in a thread, then starts one worker thread that owns it; each
-`generate()` validates and tokenizes its request, queues a job and streams the chunks the
-worker sends back through the event loop.
+`load()` loads the model in a thread, then starts the continuous-batching scheduler
+(`gateway_torch.scheduler`) that owns it; each `generate()` validates and tokenizes its
+request, queues a job and streams the chunks the scheduler sends back through the event loop.
 """
 
 from __future__ import annotations
@@ -33,14 +33,15 @@ class TorchBackend(Backend):
     def __init__(self, spec: ModelSpec, data_dir: Path):
         super().__init__(spec, data_dir)
         self._lm: Any = None  # gateway_torch.loading.CausalModel once loaded
-        self._worker: Any = None  # gateway_torch.worker.Worker once loaded
+        self._worker: Any = None  # gateway_torch.scheduler.Scheduler once loaded
         self._jobs: dict[int, Job] = {}
 
     async def load(self) -> None:
         from gateway_torch.loading import load_causal
         from gateway_torch.options import parse_options
+        from gateway_torch.runners import make_runner, warm_up
+        from gateway_torch.scheduler import Scheduler
         from gateway_torch.sources import resolve_source
-        from gateway_torch.worker import Worker
 
         def blocking() -> Any:
             options = parse_options(self.spec.options)
@@ -48,7 +49,11 @@ class TorchBackend(Backend):
             return load_causal(source, self.data_dir, options)
 
         lm = await asyncio.to_thread(blocking)
-        worker = Worker(lm, name=f"gateway-torch-{self.spec.name}")
+        runner = await asyncio.to_thread(make_runner, lm, lm.options.slots, lm.context_length)
+        await asyncio.to_thread(warm_up, runner)
+        worker = Scheduler(
+            lm, runner, prefill_chunk=lm.options.prefill_chunk, name=f"gateway-{self.spec.name}"
+        )
         worker.start()
         self._lm, self._worker = lm, worker
 
@@ -62,6 +67,8 @@ class TorchBackend(Backend):
         await asyncio.to_thread(_release_memory)
 
     def health(self) -> dict[str, Any]:
+        from gateway_torch.scheduler import describe
+
         lm, worker = self._lm, self._worker
         if lm is None or worker is None:
             return {"loaded": False}
@@ -71,12 +78,18 @@ class TorchBackend(Backend):
             "dtype": str(lm.options.dtype).removeprefix("torch."),
             "context_length": lm.context_length,
             "vocab_size": lm.vocab_size,
-            "queued": worker.queued,
-            "active": worker.active,
-            "served": worker.served,
+            "runner": worker.runner_name,
+            **describe(worker),
             "load_seconds": round(lm.load_seconds, 3),
             "weights": str(lm.folder),
         }
+
+    def slots(self) -> list[dict[str, Any]]:
+        """Each slot's id, state and cached tokens."""
+        import dataclasses
+
+        _, worker = self._running()
+        return [dataclasses.asdict(state) for state in worker.slot_states()]
 
     def _loaded(self) -> Any:
         return self._running()[0]
@@ -119,6 +132,11 @@ class TorchBackend(Backend):
                 param="prompt" if request.messages is None else "messages",
                 code="context_length_exceeded",
             )
+        if request.slot is not None and not 0 <= request.slot < worker.slots:
+            raise InvalidRequest(
+                f"There is no slot {request.slot}; slots are 0 to {worker.slots - 1}.",
+                param="id_slot",
+            )
         limit = room if request.max_tokens is None else min(room, request.max_tokens)
         queue: asyncio.Queue[Item] = asyncio.Queue()
         job = Job(
@@ -132,6 +150,7 @@ class TorchBackend(Backend):
             if (request.logprobs or request.top_logprobs > 0)
             else None,
             use_prompt_cache=request.cache_prompt,
+            slot=request.slot,
             send=sender(asyncio.get_running_loop(), queue),
         )
         key = id(job)

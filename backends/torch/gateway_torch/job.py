@@ -30,6 +30,8 @@ class Job:
     """None: no logprobs; else how many alternatives each token carries."""
     use_prompt_cache: bool
     send: Callable[[Item], None]
+    slot: int | None = None
+    """A slot asked for by the client (llama.cpp's `id_slot`); None: any free one."""
     aborted: threading.Event = field(default_factory=threading.Event)
 
     def abort(self) -> None:

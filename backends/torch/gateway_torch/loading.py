@@ -74,7 +74,6 @@ def load_causal(source: ModelSource, data_dir: Path, options: RuntimeOptions) ->
         load_seconds=time.perf_counter() - started,
         accepts_logits_to_keep=accepts,
     )
-    _warm_up(model, options)
     loaded.load_seconds = time.perf_counter() - started
     log.info("Loaded %s in %.2fs on %s", folder, loaded.load_seconds, options.device)
     return loaded
@@ -90,16 +89,3 @@ def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
         elif isinstance(value, list | tuple):
             ids.update(int(v) for v in value)
     return frozenset(ids)
-
-
-def _warm_up(model: Any, options: RuntimeOptions) -> None:
-    """A prefill and a decode step, so the first request does not pay for lazy set-up
-    (memory-mapped weights paged in, kernels selected)."""
-    import torch
-    from transformers import DynamicCache
-
-    with torch.inference_mode():
-        cache = DynamicCache(config=model.config)
-        ids = torch.zeros((1, 8), dtype=torch.long, device=options.device)
-        model(input_ids=ids, past_key_values=cache, use_cache=True)
-        model(input_ids=ids[:, :1], past_key_values=cache, use_cache=True)

@@ -1,8 +1,10 @@
 """Parsing of a model's `options` table into typed runtime settings.
 
 Options (all optional): `device` ("auto": cuda when available, else cpu), `dtype`
-("auto": bfloat16 on CUDA, float32 elsewhere), `context_length` (default: the model's
-`max_position_embeddings`, capped at 8192), `threads` (torch intra-op threads).
+("auto": bfloat16 on CUDA, float32 elsewhere), `slots` (sequences decoded in parallel,
+default 8), `context_length` (tokens per slot; default: the model's
+`max_position_embeddings`, capped at 4096), `prefill_chunk` (prompt tokens computed per
+step, default 256), `threads` (torch intra-op threads).
 Torch is imported lazily: call these functions only from `load()`.
 """
 
@@ -16,7 +18,9 @@ from gateway.errors import ConfigError
 if TYPE_CHECKING:
     import torch
 
-DEFAULT_MAX_CONTEXT = 8192
+DEFAULT_MAX_CONTEXT = 4096
+DEFAULT_SLOTS = 8
+DEFAULT_PREFILL_CHUNK = 256
 
 _DTYPES = {
     "float32": "float32",
@@ -38,6 +42,8 @@ class RuntimeOptions:
     dtype: torch.dtype
     context_length: int | None
     threads: int | None
+    slots: int = DEFAULT_SLOTS
+    prefill_chunk: int = DEFAULT_PREFILL_CHUNK
 
 
 def parse_options(options: dict[str, Any], extra: frozenset[str] = frozenset()) -> RuntimeOptions:
@@ -47,7 +53,7 @@ def parse_options(options: dict[str, Any], extra: frozenset[str] = frozenset()) 
     """
     import torch
 
-    known = {"device", "dtype", "context_length", "threads"} | extra
+    known = {"device", "dtype", "context_length", "threads", "slots", "prefill_chunk"} | extra
     unknown = sorted(set(options) - known)
     if unknown:
         raise ConfigError(f"Unknown torch backend option(s): {', '.join(unknown)}.")
@@ -57,11 +63,18 @@ def parse_options(options: dict[str, Any], extra: frozenset[str] = frozenset()) 
     threads = positive_int(options, "threads")
     if threads is not None:
         torch.set_num_threads(threads)
-    return RuntimeOptions(device=device, dtype=dtype, context_length=context, threads=threads)
+    return RuntimeOptions(
+        device=device,
+        dtype=dtype,
+        context_length=context,
+        threads=threads,
+        slots=positive_int(options, "slots") or DEFAULT_SLOTS,
+        prefill_chunk=positive_int(options, "prefill_chunk") or DEFAULT_PREFILL_CHUNK,
+    )
 
 
 def resolve_context_length(requested: int | None, config: Any) -> int:
-    """The context length to serve: the option, else the model's own (capped at 8192)."""
+    """The context per slot: the option, else the model's own (capped at 4096)."""
     native = getattr(config, "max_position_embeddings", None)
     if requested is not None:
         return requested

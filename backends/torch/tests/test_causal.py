@@ -14,7 +14,7 @@ from gateway_schemas.canonical import (
     JsonSchemaConstraint,
     SamplingParams,
 )
-from gateway_torch import decode, gguf_cache
+from gateway_torch import gguf_cache
 from gateway_torch.causal import TorchBackend
 
 from gateway.engine import ModelSpec
@@ -197,7 +197,7 @@ async def test_worker_errors_surface_as_backend_failure(
         raise RuntimeError("boom")
 
     with monkeypatch.context() as patch:
-        patch.setattr(decode, "forward", broken)
+        patch.setattr(smol._worker._runner, "forward", broken)
         with pytest.raises(BackendFailure, match="boom"):
             await collect(smol, chat(max_tokens=4))
     text, _ = await collect(smol, chat(max_tokens=12))
@@ -261,5 +261,5 @@ async def test_tokenize_detokenize_round_trip(smol: TorchBackend) -> None:
 def test_health_reports_the_runtime(smol: TorchBackend) -> None:
     health = smol.health()
     assert health["device"] == "cpu" and health["dtype"] == "float32"
-    assert health["context_length"] == 8192
+    assert health["context_length"] == 4096
     assert {"queued", "active"} <= set(health)

@@ -106,6 +106,7 @@ class OpenAIController(Controller):
                 for i, r in enumerate(results)
             ],
             usage=tr.usage([r.final.usage for r in results], prompts=1),
+            timings=tr.timings([r.final.timings for r in results]),
         )
         return Response(body)
 
@@ -144,6 +145,7 @@ class OpenAIController(Controller):
                 for i, r in enumerate(results)
             ],
             usage=tr.usage([r.final.usage for r in results], prompts=len(requests) // data.n),
+            timings=tr.timings([r.final.timings for r in results]),
         )
         return Response(body)
 
@@ -175,6 +177,7 @@ async def _chat_events(
     for index in range(body.n):
         yield event([ChatChunkChoice(index=index, delta=Delta(role="assistant", content=""))])
     usages: list[Any] = [None] * body.n
+    timings: list[Any] = [None] * body.n
     try:
         async for index, chunk in chunks:
             if chunk.text or chunk.logprobs:
@@ -187,15 +190,18 @@ async def _chat_events(
                     ]
                 )
             if chunk.finish_reason is not None:
-                usages[index] = chunk.usage
+                usages[index], timings[index] = chunk.usage, chunk.timings
                 reason = tr.finish_reason(chunk.finish_reason)
-                yield event([ChatChunkChoice(index=index, delta=Delta(), finish_reason=reason)])
+                yield event(
+                    [ChatChunkChoice(index=index, delta=Delta(), finish_reason=reason)],
+                    timings=tr.timings([chunk.timings]),
+                )
     except GatewayError as exc:
         yield _error_event(exc)
         yield tr.DONE
         return
     if include_usage:
-        yield event([], usage=tr.usage(usages, prompts=1))
+        yield event([], usage=tr.usage(usages, prompts=1), timings=tr.timings(timings))
     yield tr.DONE
 
 
@@ -218,6 +224,7 @@ async def _completion_events(
         if echo:
             yield event([CompletionChoice(index=index, text=echo, finish_reason=None)])
     usages: list[Any] = [None] * len(echoes)
+    timings: list[Any] = [None] * len(echoes)
     try:
         async for index, chunk in chunks:
             logprobs = None
@@ -225,7 +232,7 @@ async def _completion_events(
                 logprobs = tr.completion_logprobs(chunk.logprobs, offsets[index])
             offsets[index] += len(chunk.text)
             if chunk.finish_reason is not None:
-                usages[index] = chunk.usage
+                usages[index], timings[index] = chunk.usage, chunk.timings
             if chunk.text or chunk.finish_reason is not None:
                 reason = tr.finish_reason(chunk.finish_reason)
                 yield event(
@@ -233,12 +240,17 @@ async def _completion_events(
                         CompletionChoice(
                             index=index, text=chunk.text, finish_reason=reason, logprobs=logprobs
                         )
-                    ]
+                    ],
+                    timings=tr.timings([chunk.timings]),
                 )
     except GatewayError as exc:
         yield _error_event(exc)
         yield tr.DONE
         return
     if include_usage:
-        yield event([], usage=tr.usage(usages, prompts=len(echoes) // body.n))
+        yield event(
+            [],
+            usage=tr.usage(usages, prompts=len(echoes) // body.n),
+            timings=tr.timings(timings),
+        )
     yield tr.DONE

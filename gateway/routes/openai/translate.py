@@ -7,6 +7,7 @@ from gateway_schemas.canonical import (
     ChatMessage,
     GenerationRequest,
     SamplingParams,
+    Timings,
     TokenLogprob,
     Usage,
 )
@@ -19,10 +20,12 @@ from gateway_schemas.openai import (
     PromptTokensDetails,
     SamplingExtras,
     TextPart,
+    TimingsOut,
     TokenLogprobOut,
     TopLogprobOut,
     UsageOut,
 )
+from msgspec import UnsetType
 
 from gateway.errors import InvalidRequest, Unsupported
 from gateway.services.prompts import prompt_batch
@@ -143,6 +146,22 @@ def usage(usages: list[Usage | None], prompts: int) -> UsageOut:
         total_tokens=prompt_tokens + completion_tokens,
         prompt_tokens_details=PromptTokensDetails(cached_tokens=cached),
     )
+
+
+def timings(parts: list[Timings | None]) -> TimingsOut | UnsetType:
+    """llama.cpp-style timings of a response; several choices ran side by side, so token
+    counts add up and times are the longest of them."""
+    known = [t for t in parts if t is not None]
+    if not known:
+        return msgspec.UNSET
+    merged = Timings(
+        prompt_n=sum(t.prompt_n for t in known),
+        prompt_ms=max(t.prompt_ms for t in known),
+        predicted_n=sum(t.predicted_n for t in known),
+        predicted_ms=max(t.predicted_ms for t in known),
+        cache_n=sum(t.cache_n for t in known),
+    )
+    return msgspec.convert(merged.to_dict(), TimingsOut)
 
 
 def chat_logprobs(logprobs: list[TokenLogprob]) -> ChoiceLogprobs:

@@ -1,0 +1,78 @@
+"""Model runners: one batched forward pass over the work of many sequences.
+
+The scheduler (`gateway_torch.scheduler`) decides what runs in a step; a runner only
+computes it. Each sequence lives in a *slot* of the runner's KV cache. A `Work` item says
+"these tokens of the sequence in slot S start at position P": a decode step is one token,
+a prefill chunk is many. Writing at position P makes the slot's cache hold positions
+`[0, P + len(tokens))`; whatever the slot held beyond P is overwritten or ignored, so
+reusing a cached prefix is simply starting at its length.
+
+Two runners:
+
+- `FlatRunner` (`runners.flat`): Llama-family models (Llama, Mistral, Qwen2, SmolLM)
+  run as one flattened ragged batch, with a preallocated per-slot KV cache written in
+  place. This is the fast path.
+- `GenericRunner` (`runners.generic`): any other causal LM, one transformers forward per
+  sequence with a `DynamicCache` per slot. Correct everywhere, batched nowhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    import torch
+
+    from gateway_torch.loading import CausalModel
+
+
+@dataclass(frozen=True)
+class Work:
+    """Tokens of the sequence in `slot`, starting at position `start`."""
+
+    slot: int
+    start: int
+    tokens: list[int]
+    logits: bool
+    """Whether the next-token logits after the last of `tokens` are wanted."""
+
+
+class Runner(Protocol):
+    """Runs batches of `Work`; owns the KV cache of `slots` sequences of `context` tokens."""
+
+    slots: int
+    context: int
+    name: str
+
+    def forward(self, works: list[Work]) -> torch.Tensor:
+        """The float32 `[rows, vocab]` logits of the works that asked for them, in order."""
+        ...
+
+    def export_slot(self, slot: int, length: int) -> list[torch.Tensor]:
+        """A copy of the first `length` positions of `slot`'s cache (to save it)."""
+        ...
+
+    def import_slot(self, slot: int, state: list[torch.Tensor]) -> int:
+        """Load a copy made by `export_slot` into `slot`; the number of positions."""
+        ...
+
+
+def make_runner(lm: CausalModel, slots: int, context: int) -> Runner:
+    """The fastest runner that supports `lm`'s architecture."""
+    from gateway_torch.runners.flat import FlatRunner, supports
+    from gateway_torch.runners.generic import GenericRunner
+
+    if supports(lm.model, context):
+        return FlatRunner(lm, slots, context)
+    return GenericRunner(lm, slots, context)
+
+
+def warm_up(runner: Runner) -> None:
+    """A prefill and a decode step, so the first request does not pay for lazy set-up
+    (memory-mapped weights paged in, kernels selected)."""
+    import torch
+
+    with torch.inference_mode():
+        runner.forward([Work(slot=0, start=0, tokens=[0] * 8, logits=True)])
+        runner.forward([Work(slot=0, start=8, tokens=[0], logits=True)])

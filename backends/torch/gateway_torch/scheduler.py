@@ -1,0 +1,404 @@
+"""Continuous batching: the one thread that owns a causal model and steps every sequence.
+
+Each step the scheduler
+
+1. admits waiting jobs into free slots, choosing the slot whose cached tokens share the
+   longest prefix with the prompt (the prompt cache) and otherwise the least recently
+   used one;
+2. plans one batch: a one-token decode for every sequence that is generating, and prefill
+   chunks for sequences still reading their prompt, at most `prefill_chunk` prompt tokens
+   per step in all, so that a long prompt never stalls everyone's decode for long;
+3. runs it through the runner in one forward pass, samples the next token of every
+   sequence that asked for logits (each with its own parameters and RNG), and streams
+   chunks out;
+4. retires finished, stopped and aborted sequences: their slot keeps its cached tokens
+   for the next prompt that starts the same way.
+
+Nothing here runs on the event loop; jobs come in through `submit()` and their chunks go
+back through each job's thread-safe `send`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from gateway_schemas.canonical import (
+    FinishReason,
+    GenerationChunk,
+    Timings,
+    TokenLogprob,
+    Usage,
+)
+
+from gateway.errors import BackendFailure, GatewayError
+from gateway_torch.job import ChunkEmitter, Job
+from gateway_torch.loading import CausalModel
+from gateway_torch.logprobs import token_logprob
+from gateway_torch.runners import Runner, Work
+from gateway_torch.sampling import make_generator, sample
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Sequence:
+    """A job admitted into a slot."""
+
+    job: Job
+    slot: int
+    ids: list[int]
+    """Prompt, then every sampled token."""
+    cached: int
+    """How many of `ids` the slot's KV cache holds."""
+    reused: int
+    emitter: ChunkEmitter
+    generator: torch.Generator
+    admitted: float
+    prompt_done: float | None = None
+    completion: int = 0
+    prompt_length: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.prompt_length = len(self.ids)
+
+
+@dataclass
+class SlotState:
+    """What `/slots`-style diagnostics show about one slot."""
+
+    id: int
+    busy: bool
+    cached_tokens: int
+    request_id: str | None
+
+
+class Scheduler:
+    """Owns `runner` on a private thread and runs every admitted sequence in lock-step."""
+
+    def __init__(
+        self,
+        lm: CausalModel,
+        runner: Runner,
+        *,
+        prefill_chunk: int = 256,
+        name: str = "gateway-torch",
+    ):
+        self._lm, self._runner = lm, runner
+        self.prefill_chunk = prefill_chunk
+        self._waiting: deque[Job] = deque()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._active: list[_Sequence] = []
+        self._slot_ids: list[list[int]] = [[] for _ in range(runner.slots)]
+        self._slot_used: list[int] = [0] * runner.slots
+        self._owner: list[_Sequence | None] = [None] * runner.slots
+        self._clock = 0
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.served = 0
+        self.steps = 0
+
+    @property
+    def runner_name(self) -> str:
+        return self._runner.name
+
+    @property
+    def slots(self) -> int:
+        return self._runner.slots
+
+    @property
+    def context(self) -> int:
+        return self._runner.context
+
+    @property
+    def queued(self) -> int:
+        """Jobs waiting for a slot."""
+        return len(self._waiting)
+
+    @property
+    def active(self) -> int:
+        """Sequences in a slot now."""
+        return len(self._active)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def slot_states(self) -> list[SlotState]:
+        owners = list(self._owner)
+        return [
+            SlotState(
+                id=slot,
+                busy=owner is not None,
+                cached_tokens=len(self._slot_ids[slot]) if owner is None else owner.cached,
+                request_id=owner.job.request_id if owner is not None else None,
+            )
+            for slot, owner in enumerate(owners)
+        ]
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, job: Job) -> None:
+        if job.slot is not None and not 0 <= job.slot < self.slots:
+            raise BackendFailure(f"No slot {job.slot}: there are {self.slots}.")
+        with self._cond:
+            if self._stopping or not self._thread.is_alive():
+                raise BackendFailure("The model's scheduler is not running.")
+            self._waiting.append(job)
+            self._cond.notify()
+
+    def stop(self, timeout: float | None = 30.0) -> None:
+        """Finish what is queued and running (abort it first to be quick), then end."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        with self._cond:
+            left, self._waiting = list(self._waiting), deque()
+        for job in left:
+            job.send(BackendFailure("The model was unloaded."))
+
+    # The loop thread.
+
+    def _run(self) -> None:
+        with torch.inference_mode():
+            while True:
+                with self._cond:
+                    while not (self._waiting or self._active or self._stopping):
+                        self._cond.wait()
+                    if self._stopping and not (self._waiting or self._active):
+                        return
+                    admitted = self._take_admissions()
+                for job, slot in admitted:
+                    self._admit(job, slot)
+                if self._active:
+                    self._step_safely()
+
+    def _take_admissions(self) -> list[tuple[Job, int]]:
+        """Pop the waiting jobs that can have a slot now (called under the lock)."""
+        taken: list[tuple[Job, int]] = []
+        reserved: set[int] = set()
+        kept: deque[Job] = deque()
+        while self._waiting:
+            job = self._waiting.popleft()
+            if job.aborted.is_set():
+                taken.append((job, -1))
+                continue
+            slot = self._pick_slot(job, reserved)
+            if slot is None:
+                kept.append(job)
+                if job.slot is None:
+                    break  # no free slot at all: keep arrival order
+                continue
+            reserved.add(slot)
+            taken.append((job, slot))
+        kept.extend(self._waiting)
+        self._waiting = kept
+        return taken
+
+    def _pick_slot(self, job: Job, reserved: set[int]) -> int | None:
+        free = [s for s in range(self.slots) if self._owner[s] is None and s not in reserved]
+        if job.slot is not None:
+            return job.slot if job.slot in free else None
+        if not free:
+            return None
+        if job.use_prompt_cache:
+            best = max(free, key=lambda s: (_common(self._slot_ids[s], job.prompt_ids), -s))
+            if _common(self._slot_ids[best], job.prompt_ids) > 0:
+                return best
+        return min(free, key=lambda s: (len(self._slot_ids[s]) > 0, self._slot_used[s], s))
+
+    def _admit(self, job: Job, slot: int) -> None:
+        now = time.perf_counter()
+        emitter = ChunkEmitter(job, lambda ids: self._lm.encoder.decode(ids, skip_special=True))
+        if slot < 0:
+            emitter.finish(_final("abort", len(job.prompt_ids), 0, 0, 0.0, 0.0))
+            return
+        reused = 0
+        if job.use_prompt_cache:
+            # At least one prompt token is always computed: its logits start the output.
+            reused = min(_common(self._slot_ids[slot], job.prompt_ids), len(job.prompt_ids) - 1)
+        sequence = _Sequence(
+            job=job,
+            slot=slot,
+            ids=list(job.prompt_ids),
+            cached=reused,
+            reused=reused,
+            emitter=emitter,
+            generator=make_generator(job.sampling.seed, self._lm.device),
+            admitted=now,
+        )
+        self._owner[slot] = sequence
+        self._slot_ids[slot] = []
+        self._active.append(sequence)
+        if job.max_new_tokens <= 0:
+            sequence.prompt_done = now
+            self._retire(sequence, "length")
+
+    def _step_safely(self) -> None:
+        try:
+            self._step()
+        except Exception as exc:
+            log.exception("A batched step failed; ending its %d sequences", len(self._active))
+            if isinstance(exc, GatewayError):
+                failure: BaseException = exc
+            else:
+                failure = BackendFailure(f"Generation failed: {type(exc).__name__}: {exc}")
+            for sequence in list(self._active):
+                self._release(sequence, keep_cache=False)
+                sequence.job.send(failure)
+
+    def _step(self) -> None:
+        for sequence in list(self._active):
+            if sequence.job.aborted.is_set():
+                self._retire(sequence, "abort")
+        works: list[Work] = []
+        planned: list[tuple[_Sequence, int, bool]] = []
+        budget = self.prefill_chunk
+        for sequence in self._active:
+            pending = len(sequence.ids) - sequence.cached
+            if pending > 1:
+                count = min(pending, budget)
+                if count <= 0:
+                    continue
+                budget -= count
+            else:
+                count = 1
+            done = sequence.cached + count == len(sequence.ids)
+            works.append(
+                Work(
+                    slot=sequence.slot,
+                    start=sequence.cached,
+                    tokens=sequence.ids[sequence.cached : sequence.cached + count],
+                    logits=done,
+                )
+            )
+            planned.append((sequence, count, done))
+        if not works:
+            return
+        logits = self._runner.forward(works)
+        self.steps += 1
+        sampling: list[_Sequence] = []
+        for sequence, count, done in planned:
+            sequence.cached += count
+            if done:
+                sampling.append(sequence)
+        if sampling:
+            self._sample_and_emit(sampling, logits)
+
+    def _sample_and_emit(self, sequences: list[_Sequence], logits: torch.Tensor) -> None:
+        draw = logits
+        banned = [i for i, s in enumerate(sequences) if s.job.ignore_eos]
+        if banned and self._lm.eos_ids:
+            draw = logits.clone()
+            eos = torch.tensor(sorted(self._lm.eos_ids), device=logits.device)
+            rows = torch.tensor(banned, device=logits.device)
+            draw[rows.unsqueeze(1), eos.unsqueeze(0)] = float("-inf")
+        tokens = sample(
+            draw,
+            [s.job.sampling for s in sequences],
+            [s.ids for s in sequences],
+            [s.generator for s in sequences],
+        ).tolist()
+        now = time.perf_counter()
+        for row, (sequence, token) in enumerate(zip(sequences, tokens, strict=True)):
+            if sequence.prompt_done is None:
+                sequence.prompt_done = now
+            logprob: TokenLogprob | None = None
+            if sequence.job.top_logprobs is not None:
+                logprob = token_logprob(
+                    self._lm, logits[row : row + 1], int(token), sequence.job.top_logprobs
+                )
+            self._accept(sequence, int(token), logprob)
+
+    def _accept(self, sequence: _Sequence, token: int, logprob: TokenLogprob | None) -> None:
+        job = sequence.job
+        sequence.completion += 1
+        if token in self._lm.eos_ids and not job.ignore_eos:
+            self._retire(sequence, "stop")
+            return
+        sequence.ids.append(token)
+        sequence.emitter.push(token, logprob)
+        if sequence.emitter.stop_word is not None:
+            self._retire(sequence, "stop")
+        elif sequence.completion >= job.max_new_tokens:
+            self._retire(sequence, "length")
+        elif job.aborted.is_set():
+            self._retire(sequence, "abort")
+
+    def _retire(self, sequence: _Sequence, reason: FinishReason) -> None:
+        self._release(sequence, keep_cache=True)
+        ended = time.perf_counter()
+        prompt_done = sequence.prompt_done if sequence.prompt_done is not None else ended
+        sequence.emitter.finish(
+            _final(
+                reason,
+                sequence.prompt_length,
+                sequence.reused,
+                sequence.completion,
+                (prompt_done - sequence.admitted) * 1000.0,
+                (ended - prompt_done) * 1000.0,
+            )
+        )
+        self.served += 1
+
+    def _release(self, sequence: _Sequence, *, keep_cache: bool) -> None:
+        slot = sequence.slot
+        self._active.remove(sequence)
+        self._owner[slot] = None
+        self._slot_ids[slot] = sequence.ids[: sequence.cached] if keep_cache else []
+        self._clock += 1
+        self._slot_used[slot] = self._clock
+
+
+def _common(cached: list[int], prompt: list[int]) -> int:
+    """The length of the common prefix of two token lists."""
+    count = 0
+    for a, b in zip(cached, prompt, strict=False):
+        if a != b:
+            break
+        count += 1
+    return count
+
+
+def _final(
+    reason: FinishReason,
+    prompt_tokens: int,
+    reused: int,
+    completion: int,
+    prompt_ms: float,
+    predicted_ms: float,
+) -> GenerationChunk:
+    return GenerationChunk(
+        finish_reason=reason,
+        usage=Usage(
+            prompt_tokens=prompt_tokens, completion_tokens=completion, cached_tokens=reused
+        ),
+        timings=Timings(
+            prompt_n=prompt_tokens - reused,
+            prompt_ms=prompt_ms,
+            predicted_n=completion,
+            predicted_ms=predicted_ms,
+            cache_n=reused,
+        ),
+    )
+
+
+def describe(scheduler: Scheduler) -> dict[str, Any]:
+    """The scheduler's part of the backend's health diagnostics."""
+    return {
+        "slots": scheduler.slots,
+        "context_per_slot": scheduler.context,
+        "prefill_chunk": scheduler.prefill_chunk,
+        "queued": scheduler.queued,
+        "active": scheduler.active,
+        "served": scheduler.served,
+        "steps": scheduler.steps,
+    }
