@@ -26,9 +26,16 @@ def test_ruff_format():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_mypy_on_the_host_and_schemas():
+def test_mypy_on_the_host_schemas_and_torch_backend():
     result = subprocess.run(
-        [sys.executable, "-m", "mypy", "gateway", "schemas/gateway_schemas"],
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "gateway",
+            "schemas/gateway_schemas",
+            "backends/torch/gateway_torch",
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,

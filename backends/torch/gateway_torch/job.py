@@ -7,12 +7,13 @@ import contextlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeAlias
 
 from gateway_schemas.canonical import GenerationChunk, SamplingParams, TokenLogprob
 
 from gateway.engine.stops import IncrementalDetokenizer, StopMatcher
 
-Item = GenerationChunk | BaseException
+Item: TypeAlias = GenerationChunk | BaseException
 """What travels from the worker to the request's stream: a chunk, or an error to raise."""
 
 
