@@ -28,6 +28,22 @@ class Unsupported(GatewayError):
     kind = "invalid_request_error"
 
 
+class ContextExceeded(InvalidRequest):
+    """The prompt does not fit the context a sequence gets."""
+
+    def __init__(self, message: str, *, prompt_tokens: int, context: int, param: str):
+        super().__init__(message, param=param, code="context_length_exceeded")
+        self.prompt_tokens = prompt_tokens
+        self.context = context
+
+
+class NotSupported(GatewayError):
+    """An endpoint the server has but is switched off, or a capability nobody provides."""
+
+    status = 501
+    kind = "not_supported_error"
+
+
 class ModelNotFound(GatewayError):
     status = 404
     kind = "invalid_request_error"

@@ -26,6 +26,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "gateway.routes.health",
     "gateway.routes.metrics",
     "gateway.routes.openai",
+    "gateway.routes.llamacpp",
     "gateway.testing.plugin",
 )
 

@@ -53,6 +53,27 @@ class ApiKey(Struct, kw_only=True, forbid_unknown_fields=True):
     scopes: list[Scope] = field(default_factory=lambda: ["inference"])
 
 
+class LlamaCppSettings(Struct, kw_only=True, forbid_unknown_fields=True):
+    """`[llamacpp]`: llama.cpp server's launch knobs, for the native route family.
+
+    `ctx_size` (total context) and `parallel` (slots) set the `context_length`
+    (= ctx_size / parallel) and `slots` options of every torch model that does not set
+    them itself. `slots`, `metrics` and `props` switch endpoints as llama.cpp's
+    `--no-slots`, `--metrics` and `--props` do.
+    """
+
+    model_alias: str | None = None
+    n_predict: Annotated[int, Meta(ge=-1)] = -1
+    seed: int = -1
+    temperature: Annotated[float, Meta(ge=0.0)] = 0.8
+    ctx_size: Annotated[int, Meta(ge=1)] | None = None
+    parallel: Annotated[int, Meta(ge=1)] | None = None
+    slots: bool = True
+    metrics: bool = True
+    props: bool = False
+    slot_save_path: str | None = None
+
+
 class Settings(Struct, kw_only=True, forbid_unknown_fields=True):
     data_dir: str | None = None
     model: str | None = None
@@ -60,6 +81,7 @@ class Settings(Struct, kw_only=True, forbid_unknown_fields=True):
     routes: dict[str, bool] = field(default_factory=dict)
     models: list[ModelSpec] = field(default_factory=lambda: list(DEFAULT_MODELS))
     api_keys: list[ApiKey] = field(default_factory=list)
+    llamacpp: LlamaCppSettings = field(default_factory=LlamaCppSettings)
 
     def data_path(self) -> Path:
         """The data directory, resolved when used (never at import time)."""
@@ -69,6 +91,21 @@ class Settings(Struct, kw_only=True, forbid_unknown_fields=True):
         return Path(base) / "gateway"
 
     def served_models(self) -> list[ModelSpec]:
+        """The models to serve, with `[llamacpp]` ctx_size / parallel applied."""
+        return [self._with_llamacpp_knobs(m) for m in self._chosen_models()]
+
+    def _with_llamacpp_knobs(self, spec: ModelSpec) -> ModelSpec:
+        knobs = self.llamacpp
+        if spec.backend != "torch" or (knobs.ctx_size is None and knobs.parallel is None):
+            return spec
+        options = dict(spec.options)
+        slots = knobs.parallel or int(options.get("slots", 1))
+        options.setdefault("slots", slots)
+        if knobs.ctx_size is not None:
+            options.setdefault("context_length", max(knobs.ctx_size // slots, 1))
+        return msgspec.structs.replace(spec, options=options)
+
+    def _chosen_models(self) -> list[ModelSpec]:
         """The models to serve: `model` (from --model) narrows or replaces the list.
 
         `--model NAME` of a declared model serves only that one; any other value is a

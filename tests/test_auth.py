@@ -15,7 +15,7 @@ KEYS = [
     ApiKey(key="train-key-1234567", name="trainer", scopes=["train"]),
 ]
 PUBLIC = {"/health", "/v1/health"}
-PATH_VALUES = {"model_id": "echo"}
+PATH_VALUES = {"model_id": "echo", "id_slot": "0"}
 
 
 def mounted_routes(client) -> list[tuple[str, str, dict]]:

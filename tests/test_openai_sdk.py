@@ -29,7 +29,7 @@ def async_sdk(live_server) -> openai.AsyncOpenAI:
 def test_serve_says_where_it_listens_and_what_is_mounted(live_server):
     output = live_server.output()
     assert f"listening on {live_server.url}" in output
-    assert "route families mounted: health, metrics, openai" in output
+    assert "route families mounted: health, llamacpp, metrics, openai" in output
     assert "no API keys are configured" in output
 
 
@@ -224,6 +224,48 @@ def test_prompt_cache_reports_cached_tokens_and_timings(live_server):
     assert second["timings"]["prompt_n"] == second["usage"]["prompt_tokens"] - cached
     assert first["timings"]["predicted_n"] == first["usage"]["completion_tokens"]
     assert second["timings"]["predicted_per_second"] > 0
+
+
+def test_response_format_json_schema(sdk):
+    import json
+
+    import jsonschema
+
+    schema = {
+        "type": "object",
+        "properties": {
+            "city": {"type": "string", "maxLength": 30},
+            "country": {"enum": ["France", "Italy", "Spain"]},
+            "landmarks": {
+                "type": "array",
+                "items": {"type": "string", "maxLength": 30},
+                "maxItems": 2,
+            },
+        },
+        "required": ["city", "country", "landmarks"],
+        "additionalProperties": False,
+    }
+    reply = sdk.chat.completions.create(
+        model=CHAT_MODEL,
+        messages=[{"role": "user", "content": "Tell me about Paris as JSON."}],
+        response_format={"type": "json_schema", "json_schema": {"name": "city", "schema": schema}},
+        max_tokens=200,
+    )
+    jsonschema.validate(json.loads(reply.choices[0].message.content), schema)
+    plain = sdk.chat.completions.create(
+        model=CHAT_MODEL,
+        messages=[{"role": "user", "content": "Give me a JSON object about Paris."}],
+        response_format={"type": "json_object"},
+        max_tokens=120,
+    )
+    assert isinstance(json.loads(plain.choices[0].message.content), dict)
+    with pytest.raises(openai.BadRequestError) as info:
+        sdk.chat.completions.create(
+            model=CHAT_MODEL,
+            messages=FRANCE,
+            extra_body={"grammar": "root ::= missing"},
+        )
+    assert "Invalid grammar" in info.value.message
 
 
 def generated_tokens(url: str) -> float:

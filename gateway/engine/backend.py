@@ -11,7 +11,7 @@ import enum
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, Callable, Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from gateway_schemas.canonical import (
@@ -22,6 +22,8 @@ from gateway_schemas.canonical import (
 )
 
 from gateway.errors import Unsupported
+
+SlotAction = Literal["save", "restore", "erase"]
 
 
 class Capability(enum.StrEnum):
@@ -70,7 +72,11 @@ class Backend(ABC):
     async def abort(self, request_id: str) -> None:
         """Stop a running generation; its stream ends with finish_reason `abort`."""
 
-    async def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
+    async def tokenize(
+        self, text: str, *, add_special: bool = True, parse_special: bool = True
+    ) -> list[int]:
+        """Token ids of `text`; `add_special` adds BOS/EOS as the model does, and
+        `parse_special` reads special-token text (`<|im_start|>`) as those tokens."""
         raise Unsupported(f"Model `{self.spec.name}` has no tokenizer.", param="model")
 
     async def detokenize(self, tokens: Sequence[int]) -> str:
@@ -82,6 +88,18 @@ class Backend(ABC):
 
     async def embed(self, texts: Sequence[str]) -> EmbeddingResult:
         raise Unsupported(f"Model `{self.spec.name}` does not compute embeddings.", param="model")
+
+    def chat_template(self) -> str | None:
+        """The model's chat template source, if it has one (shown by /props)."""
+        return None
+
+    def slots(self) -> list[dict[str, Any]]:
+        """Each parallel slot: `id`, `n_ctx`, `is_processing`, `cached_tokens`."""
+        raise Unsupported(f"Model `{self.spec.name}` has no slots.", param="model")
+
+    async def slot_action(self, slot: int, action: SlotAction, path: Path) -> dict[str, Any]:
+        """Save a slot's prompt cache to `path`, restore it from there, or erase it."""
+        raise Unsupported(f"Model `{self.spec.name}` cannot save or restore slots.")
 
 
 BackendFactory = Callable[[ModelSpec, Path], Backend]

@@ -8,6 +8,7 @@ from litestar import Response, Router, get
 from litestar.di import NamedDependency
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from gateway.errors import NotSupported
 from gateway.gateway import Gateway
 from gateway.hookspecs import hookimpl
 from gateway.routes.family import RouteFamily
@@ -18,6 +19,8 @@ FAMILY = "metrics"
 
 @get("/metrics", media_type=CONTENT_TYPE_LATEST)
 async def metrics(gateway: NamedDependency[Gateway]) -> Response[bytes]:
+    if not gateway.settings.llamacpp.metrics:
+        raise NotSupported("This server does not support metrics ([llamacpp] metrics = false).")
     return Response(gateway.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import math
 import time
 from collections.abc import AsyncGenerator, Sequence
+from pathlib import Path
 from typing import Any
 
 from gateway_schemas.canonical import (
@@ -30,6 +32,7 @@ from gateway_schemas.canonical import (
 )
 
 from gateway.engine import Backend, Capability
+from gateway.engine.backend import SlotAction
 from gateway.engine.stops import StopMatcher
 from gateway.errors import InvalidRequest
 
@@ -46,6 +49,7 @@ class EchoBackend(Backend):
         self._aborted: set[str] = set()
         self.active: set[str] = set()
         self.served = 0
+        self._slot_ids: dict[int, list[int]] = {}
 
     async def load(self) -> None:
         await asyncio.sleep(float(self.spec.options.get("load_delay", 0)))
@@ -56,7 +60,9 @@ class EchoBackend(Backend):
     async def render_chat(self, messages: Sequence[ChatMessage]) -> str:
         return "".join(f"{m.role}: {m.content}\n" for m in messages) + "assistant:"
 
-    async def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
+    async def tokenize(
+        self, text: str, *, add_special: bool = True, parse_special: bool = True
+    ) -> list[int]:
         return list(text.encode("utf-8"))
 
     async def detokenize(self, tokens: Sequence[int]) -> str:
@@ -83,6 +89,8 @@ class EchoBackend(Backend):
                 f"Token id {bad[0]} in `logit_bias` is out of range.", param="logit_bias"
             )
         prompt_ids, reply = await self._prompt(request)
+        if request.slot is not None:
+            self._slot_ids[request.slot] = list(prompt_ids)
         started = time.perf_counter()
         delay = float(self.spec.options.get("delay", 0))
         stops = StopMatcher(request.stop)
@@ -159,3 +167,35 @@ class EchoBackend(Backend):
             vectors.append([x / norm for x in raw])
         tokens = sum(len(t.encode()) for t in texts)
         return EmbeddingResult(vectors=vectors, prompt_tokens=tokens)
+
+    # Slots: `options.slots` (default 2) of `n_ctx` 4096; a slot "caches" the prompt ids
+    # of the last generation that asked for it.
+
+    def slots(self) -> list[dict[str, Any]]:
+        count = int(self.spec.options.get("slots", 2))
+        return [
+            {
+                "id": slot,
+                "n_ctx": 4096,
+                "is_processing": False,
+                "cached_tokens": len(self._slot_ids.get(slot, [])),
+                "id_task": None,
+            }
+            for slot in range(count)
+        ]
+
+    async def slot_action(self, slot: int, action: SlotAction, path: Path) -> dict[str, Any]:
+        if not 0 <= slot < len(self.slots()):
+            raise InvalidRequest(f"There is no slot {slot}.")
+        ids = self._slot_ids.get(slot, [])
+        if action == "erase":
+            self._slot_ids[slot] = []
+            return {"n_erased": len(ids)}
+        if action == "save":
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(ids))
+            return {"n_saved": len(ids), "n_written": path.stat().st_size}
+        if not path.is_file():
+            raise InvalidRequest(f"No saved slot file `{path.name}`.", param="filename")
+        self._slot_ids[slot] = json.loads(path.read_text())
+        return {"n_restored": len(self._slot_ids[slot]), "n_read": path.stat().st_size}

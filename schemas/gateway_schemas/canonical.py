@@ -90,7 +90,11 @@ class GenerationRequest(Struct, kw_only=True, omit_defaults=True):
     adapters: list[AdapterRef] = field(default_factory=list)
     cache_prompt: bool = True
     slot: int | None = None
-    deadline: float | None = None
+    """The backend's parallel slot to run in (llama.cpp's `id_slot`); None: any."""
+    time_limit: Annotated[float, Meta(gt=0.0)] | None = None
+    """Seconds the generation may take after the prompt; then it ends as `length`."""
+    post_sampling_probs: bool = False
+    """Logprobs from the distribution actually sampled (after filters and temperature)."""
 
 
 class TopLogprob(Struct, kw_only=True):

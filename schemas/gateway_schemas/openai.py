@@ -53,6 +53,28 @@ class StreamOptions(Struct, kw_only=True):
     include_usage: bool = False
 
 
+class JsonSchemaFormat(Struct, kw_only=True):
+    name: str = "response"
+    schema: dict[str, object] = field(default_factory=dict)
+    description: str | None = None
+    strict: bool | None = None
+
+
+class ResponseFormatText(Struct, kw_only=True, tag="text"):
+    pass
+
+
+class ResponseFormatJsonObject(Struct, kw_only=True, tag="json_object"):
+    pass
+
+
+class ResponseFormatJsonSchema(Struct, kw_only=True, tag="json_schema"):
+    json_schema: JsonSchemaFormat
+
+
+ResponseFormat = ResponseFormatText | ResponseFormatJsonObject | ResponseFormatJsonSchema
+
+
 class SamplingExtras(Struct, kw_only=True):
     """Sampling fields shared by chat and text completions."""
 
@@ -73,6 +95,10 @@ class SamplingExtras(Struct, kw_only=True):
     typical_p: TopP | None = None
     repetition_penalty: Annotated[float, Meta(gt=0.0)] | None = None
     ignore_eos: bool = False
+    # Structured output: OpenAI's response_format, and llama.cpp's grammar / json_schema.
+    response_format: ResponseFormat | None = None
+    grammar: str | None = None
+    json_schema: dict[str, object] | None = None
 
 
 class ChatCompletionRequest(SamplingExtras, kw_only=True):

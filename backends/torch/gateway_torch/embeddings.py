@@ -54,7 +54,7 @@ class TorchEmbeddingBackend(Backend):
 
     def _load_blocking(self) -> _Encoder:
         from gateway.errors import ConfigError
-        from gateway_torch.imports import transformers_module
+        from gateway_torch.imports import LOADING, transformers_module
         from gateway_torch.options import parse_options, positive_int
         from gateway_torch.sources import resolve_source
 
@@ -63,8 +63,10 @@ class TorchEmbeddingBackend(Backend):
         if source.kind != "hf":
             raise ConfigError("Embedding models must be Hugging Face folders, not GGUF files.")
         folder = source.path
-        tokenizer = transformers_module().AutoTokenizer.from_pretrained(folder)
-        model: Any = transformers_module().AutoModel.from_pretrained(folder, dtype=options.dtype)
+        transformers = transformers_module()
+        with LOADING:
+            tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+            model: Any = transformers.AutoModel.from_pretrained(folder, dtype=options.dtype)
         model.to(options.device)
         model.eval()
         pooling, normalize = _pooling_settings(folder)
@@ -103,12 +105,17 @@ class TorchEmbeddingBackend(Backend):
             raise ModelNotReady(f"Model `{self.spec.name}` is not loaded.")
         return self._encoder
 
-    async def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
+    async def tokenize(
+        self, text: str, *, add_special: bool = True, parse_special: bool = True
+    ) -> list[int]:
         encoder = self._ready()
 
         def blocking() -> list[int]:
             with self._lock:  # embed() changes the tokenizer's truncation state
-                return list(encoder.tokenizer(text, add_special_tokens=add_special).input_ids)
+                encoded = encoder.tokenizer(
+                    text, add_special_tokens=add_special, split_special_tokens=not parse_special
+                )
+                return list(encoded.input_ids)
 
         return await asyncio.to_thread(blocking)
 

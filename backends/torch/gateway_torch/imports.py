@@ -1,8 +1,10 @@
-"""Importing transformers from the loading threads, one thread at a time.
+"""Importing transformers and building models from the loading threads, one at a time.
 
 transformers resolves its public names lazily; two models loading in parallel threads can
-race in that machinery and fail with "cannot import name ...". Every load imports through
-`transformers_module()`, which holds a lock for the first import.
+race in that machinery and fail with "cannot import name ...". Worse, `from_pretrained`
+builds a model under a context that patches torch globally (parameters created on the
+`meta` device), so a second model built meanwhile in another thread gets meta tensors.
+Every load imports through `transformers_module()` and builds inside `LOADING`.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import threading
 from types import ModuleType
 
 _LOCK = threading.Lock()
+LOADING = threading.Lock()
+"""Held while a thread builds a model with `from_pretrained` (see above)."""
 
 
 def transformers_module() -> ModuleType:

@@ -12,6 +12,7 @@ from typing import TypeAlias
 from gateway_schemas.canonical import GenerationChunk, SamplingParams, TokenLogprob
 
 from gateway.engine.stops import IncrementalDetokenizer, StopMatcher
+from gateway_torch.constraints import GrammarState
 
 Item: TypeAlias = GenerationChunk | BaseException
 """What travels from the worker to the request's stream: a chunk, or an error to raise."""
@@ -31,6 +32,12 @@ class Job:
     """None: no logprobs; else how many alternatives each token carries."""
     use_prompt_cache: bool
     send: Callable[[Item], None]
+    grammar: GrammarState | None = None
+    """The constraint's state when the output must follow a grammar or JSON schema."""
+    time_limit: float | None = None
+    """Seconds allowed after the prompt; then the job ends with `length`."""
+    post_sampling: bool = False
+    """Logprobs from the sampled distribution rather than the raw one."""
     slot: int | None = None
     """A slot asked for by the client (llama.cpp's `id_slot`); None: any free one."""
     aborted: threading.Event = field(default_factory=threading.Event)

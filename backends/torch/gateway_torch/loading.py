@@ -42,7 +42,7 @@ def load_causal(source: ModelSource, data_dir: Path, options: RuntimeOptions) ->
     """Load (converting a GGUF once) the model of `source` with `options`."""
     import inspect
 
-    from gateway_torch.imports import transformers_module
+    from gateway_torch.imports import LOADING, transformers_module
 
     transformers = transformers_module()
     AutoModelForCausalLM, AutoTokenizer = (
@@ -53,9 +53,11 @@ def load_causal(source: ModelSource, data_dir: Path, options: RuntimeOptions) ->
     started = time.perf_counter()
     folder = source.path
     if source.kind == "gguf":
-        folder = ensure_converted(source.path, data_dir)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    model: Any = AutoModelForCausalLM.from_pretrained(folder, dtype=options.dtype)
+        with LOADING:
+            folder = ensure_converted(source.path, data_dir)
+    with LOADING:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        model: Any = AutoModelForCausalLM.from_pretrained(folder, dtype=options.dtype)
     model.to(options.device)
     model.eval()
     vocab_size = int(model.get_output_embeddings().weight.shape[0])

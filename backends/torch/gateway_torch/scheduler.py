@@ -24,7 +24,10 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -36,12 +39,12 @@ from gateway_schemas.canonical import (
     Usage,
 )
 
-from gateway.errors import BackendFailure, GatewayError
+from gateway.errors import BackendFailure, GatewayError, InvalidRequest
 from gateway_torch.job import ChunkEmitter, Job
 from gateway_torch.loading import CausalModel
 from gateway_torch.logprobs import token_logprob
 from gateway_torch.runners import Runner, Work
-from gateway_torch.sampling import make_generator, sample
+from gateway_torch.sampling import make_generator, sample, transform
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +95,7 @@ class Scheduler:
         self._lm, self._runner = lm, runner
         self.prefill_chunk = prefill_chunk
         self._waiting: deque[Job] = deque()
+        self._controls: deque[tuple[Callable[[], Any], Future[Any]]] = deque()
         self._cond = threading.Condition()
         self._stopping = False
         self._active: list[_Sequence] = []
@@ -153,6 +157,52 @@ class Scheduler:
             self._waiting.append(job)
             self._cond.notify()
 
+    def control(self, action: Callable[[], Any]) -> Future[Any]:
+        """Run `action` on the scheduler thread between two steps (slot save, restore...)."""
+        future: Future[Any] = Future()
+        with self._cond:
+            if self._stopping or not self._thread.is_alive():
+                raise BackendFailure("The model's scheduler is not running.")
+            self._controls.append((action, future))
+            self._cond.notify()
+        return future
+
+    def save_slot(self, slot: int, path: Path) -> dict[str, Any]:
+        """Write `slot`'s cached tokens and their KV cache to `path` (scheduler thread)."""
+        self._idle_slot(slot)
+        ids = list(self._slot_ids[slot])
+        state = self._runner.export_slot(slot, len(ids))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".partial")
+        torch.save({"tokens": ids, "state": state, "runner": self._runner.name}, partial)
+        partial.replace(path)
+        return {"n_saved": len(ids), "n_written": path.stat().st_size}
+
+    def restore_slot(self, slot: int, path: Path) -> dict[str, Any]:
+        """Load a file written by `save_slot` into `slot` (scheduler thread)."""
+        self._idle_slot(slot)
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        if saved.get("runner") != self._runner.name:
+            raise InvalidRequest("The slot file was saved by a different engine.")
+        try:
+            length = self._runner.import_slot(slot, saved["state"])
+        except (ValueError, RuntimeError) as exc:
+            raise InvalidRequest(f"The slot file does not fit this model: {exc}") from exc
+        self._slot_ids[slot] = list(saved["tokens"])[:length]
+        return {"n_restored": length, "n_read": path.stat().st_size}
+
+    def erase_slot(self, slot: int) -> dict[str, Any]:
+        """Forget `slot`'s cached tokens (scheduler thread)."""
+        self._idle_slot(slot)
+        erased, self._slot_ids[slot] = len(self._slot_ids[slot]), []
+        return {"n_erased": erased}
+
+    def _idle_slot(self, slot: int) -> None:
+        if not 0 <= slot < self.slots:
+            raise InvalidRequest(f"There is no slot {slot}; slots are 0 to {self.slots - 1}.")
+        if self._owner[slot] is not None:
+            raise InvalidRequest(f"Slot {slot} is processing a request.")
+
     def stop(self, timeout: float | None = 30.0) -> None:
         """Finish what is queued and running (abort it first to be quick), then end."""
         with self._cond:
@@ -162,8 +212,11 @@ class Scheduler:
             self._thread.join(timeout)
         with self._cond:
             left, self._waiting = list(self._waiting), deque()
+            controls, self._controls = list(self._controls), deque()
         for job in left:
             job.send(BackendFailure("The model was unloaded."))
+        for _, future in controls:
+            future.set_exception(BackendFailure("The model was unloaded."))
 
     # The loop thread.
 
@@ -171,11 +224,17 @@ class Scheduler:
         with torch.inference_mode():
             while True:
                 with self._cond:
-                    while not (self._waiting or self._active or self._stopping):
+                    while not (self._waiting or self._active or self._stopping or self._controls):
                         self._cond.wait()
                     if self._stopping and not (self._waiting or self._active):
                         return
+                    controls, self._controls = list(self._controls), deque()
                     admitted = self._take_admissions()
+                for action, future in controls:
+                    try:
+                        future.set_result(action())
+                    except Exception as exc:
+                        future.set_exception(exc)
                 for job, slot in admitted:
                     self._admit(job, slot)
                 if self._active:
@@ -294,13 +353,7 @@ class Scheduler:
             self._sample_and_emit(sampling, logits)
 
     def _sample_and_emit(self, sequences: list[_Sequence], logits: torch.Tensor) -> None:
-        draw = logits
-        banned = [i for i, s in enumerate(sequences) if s.job.ignore_eos]
-        if banned and self._lm.eos_ids:
-            draw = logits.clone()
-            eos = torch.tensor(sorted(self._lm.eos_ids), device=logits.device)
-            rows = torch.tensor(banned, device=logits.device)
-            draw[rows.unsqueeze(1), eos.unsqueeze(0)] = float("-inf")
+        draw = self._masked(sequences, logits)
         tokens = sample(
             draw,
             [s.job.sampling for s in sequences],
@@ -313,22 +366,45 @@ class Scheduler:
                 sequence.prompt_done = now
             logprob: TokenLogprob | None = None
             if sequence.job.top_logprobs is not None:
-                logprob = token_logprob(
-                    self._lm, logits[row : row + 1], int(token), sequence.job.top_logprobs
-                )
+                source = logits[row : row + 1]
+                if sequence.job.post_sampling:
+                    source = _sampled_distribution(draw[row : row + 1], sequence)
+                logprob = token_logprob(self._lm, source, int(token), sequence.job.top_logprobs)
             self._accept(sequence, int(token), logprob)
+
+    def _masked(self, sequences: list[_Sequence], logits: torch.Tensor) -> torch.Tensor:
+        """The logits to draw from: EOS banned for `ignore_eos`, grammars applied."""
+        banned = [i for i, s in enumerate(sequences) if s.job.ignore_eos and s.job.grammar is None]
+        constrained = [i for i, s in enumerate(sequences) if s.job.grammar is not None]
+        if not (banned and self._lm.eos_ids) and not constrained:
+            return logits
+        draw = logits.clone()
+        if banned and self._lm.eos_ids:
+            eos = torch.tensor(sorted(self._lm.eos_ids), device=logits.device)
+            rows = torch.tensor(banned, device=logits.device)
+            draw[rows.unsqueeze(1), eos.unsqueeze(0)] = float("-inf")
+        for row in constrained:
+            grammar = sequences[row].job.grammar
+            assert grammar is not None
+            allowed = grammar.allowed().to(logits.device)
+            width = min(allowed.shape[0], draw.shape[1])
+            draw[row, :width].masked_fill_(~allowed[:width], float("-inf"))
+        return draw
 
     def _accept(self, sequence: _Sequence, token: int, logprob: TokenLogprob | None) -> None:
         job = sequence.job
         sequence.completion += 1
-        if token in self._lm.eos_ids and not job.ignore_eos:
+        ends = token in self._lm.eos_ids and (not job.ignore_eos or job.grammar is not None)
+        if ends:
             self._retire(sequence, "stop")
             return
         sequence.ids.append(token)
         sequence.emitter.push(token, logprob)
-        if sequence.emitter.stop_word is not None:
+        if job.grammar is not None:
+            job.grammar.advance(token)
+        if sequence.emitter.stop_word is not None or (job.grammar is not None and job.grammar.done):
             self._retire(sequence, "stop")
-        elif sequence.completion >= job.max_new_tokens:
+        elif sequence.completion >= job.max_new_tokens or _past(sequence, job.time_limit):
             self._retire(sequence, "length")
         elif job.aborted.is_set():
             self._retire(sequence, "abort")
@@ -356,6 +432,23 @@ class Scheduler:
         self._slot_ids[slot] = sequence.ids[: sequence.cached] if keep_cache else []
         self._clock += 1
         self._slot_used[slot] = self._clock
+
+
+def _past(sequence: _Sequence, limit: float | None) -> bool:
+    if limit is None:
+        return False
+    started = sequence.prompt_done or sequence.admitted
+    return time.perf_counter() - started >= limit
+
+
+def _sampled_distribution(draw: torch.Tensor, sequence: _Sequence) -> torch.Tensor:
+    """The `[1, vocab]` logits of the distribution the token was drawn from."""
+    params = sequence.job.sampling
+    filtered = transform(draw, [params], [sequence.ids])
+    if params.temperature <= 0.0:  # greedy: all the mass on the argmax
+        best = filtered.argmax(dim=-1, keepdim=True)
+        return torch.full_like(filtered, float("-inf")).scatter(1, best, 0.0)
+    return filtered / params.temperature
 
 
 def _common(cached: list[int], prompt: list[int]) -> int:

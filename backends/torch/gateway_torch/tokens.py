@@ -59,9 +59,15 @@ class PromptEncoder:
             raise InvalidRequest(f"The chat template refused the messages: {exc}") from None
         return str(text)
 
-    def encode_text(self, text: str, *, add_special: bool = True) -> list[int]:
-        """Token ids of `text`; `add_special` adds what the tokenizer adds (BOS or not)."""
-        return list(self.tokenizer(text, add_special_tokens=add_special).input_ids)
+    def encode_text(
+        self, text: str, *, add_special: bool = True, parse_special: bool = True
+    ) -> list[int]:
+        """Token ids of `text`; `add_special` adds what the tokenizer adds (BOS or not);
+        without `parse_special`, special-token text is tokenized as plain text."""
+        encoded = self.tokenizer(
+            text, add_special_tokens=add_special, split_special_tokens=not parse_special
+        )
+        return list(encoded.input_ids)
 
     def encode_chat(self, messages: Sequence[ChatMessage]) -> list[int]:
         """Token ids of the rendered chat, with BOS exactly once when the model wants it."""

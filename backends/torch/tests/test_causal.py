@@ -11,14 +11,13 @@ from gateway_schemas.canonical import (
     ChatMessage,
     GenerationChunk,
     GenerationRequest,
-    JsonSchemaConstraint,
     SamplingParams,
 )
 from gateway_torch import gguf_cache
 from gateway_torch.causal import TorchBackend
 
 from gateway.engine import ModelSpec
-from gateway.errors import BackendFailure, InvalidRequest, Unsupported
+from gateway.errors import BackendFailure, InvalidRequest
 
 FRANCE = "What is the capital of France?"
 STORY = "Write a long story about a dragon."
@@ -230,12 +229,6 @@ async def test_bad_token_ids_are_invalid(smol: TorchBackend) -> None:
     too_long = GenerationRequest(id="y", model="smol", prompt=[28] * 9000, max_tokens=2)
     with pytest.raises(InvalidRequest):
         await collect(smol, too_long)
-
-
-@pytest.mark.asyncio
-async def test_constraints_are_unsupported(smol: TorchBackend) -> None:
-    with pytest.raises(Unsupported):
-        await collect(smol, chat(constraint=JsonSchemaConstraint()))
 
 
 @pytest.mark.asyncio

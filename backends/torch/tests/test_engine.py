@@ -194,7 +194,7 @@ async def test_requested_slot_is_used_and_validated(smol: TorchBackend) -> None:
 
     await collect(smol, chat(max_tokens=2, slot=5))
     states = smol.slots()
-    assert states[5]["cached_tokens"] > 0 and not states[5]["busy"]
+    assert states[5]["cached_tokens"] > 0 and not states[5]["is_processing"]
     with pytest.raises(InvalidRequest, match="no slot 99"):
         await collect(smol, chat(max_tokens=2, slot=99))
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 import msgspec
 from gateway_schemas.canonical import (
     ChatMessage,
+    Constraint,
     GenerationRequest,
+    GrammarConstraint,
+    JsonSchemaConstraint,
     SamplingParams,
     Timings,
     TokenLogprob,
@@ -18,6 +21,9 @@ from gateway_schemas.openai import (
     CompletionLogprobs,
     CompletionRequest,
     PromptTokensDetails,
+    ResponseFormatJsonObject,
+    ResponseFormatJsonSchema,
+    ResponseFormatText,
     SamplingExtras,
     TextPart,
     TimingsOut,
@@ -72,6 +78,34 @@ def sampling(body: SamplingExtras, choice: int) -> SamplingParams:
     return params
 
 
+def constraint(body: SamplingExtras) -> Constraint | None:
+    """The output constraint a body asks for: at most one of `response_format` (JSON),
+    `json_schema` and `grammar`."""
+    given = [
+        name
+        for name, value in (
+            ("response_format", body.response_format),
+            ("json_schema", body.json_schema),
+            ("grammar", body.grammar),
+        )
+        if value is not None and not isinstance(value, ResponseFormatText)
+    ]
+    if len(given) > 1:
+        raise InvalidRequest(
+            f"Give at most one of {', '.join(f'`{g}`' for g in given)}.", param=given[1]
+        )
+    if body.grammar is not None:
+        return GrammarConstraint(grammar=body.grammar)
+    if body.json_schema is not None:
+        return JsonSchemaConstraint(schema=body.json_schema)
+    fmt = body.response_format
+    if isinstance(fmt, ResponseFormatJsonObject):
+        return JsonSchemaConstraint(schema={"type": "object"})
+    if isinstance(fmt, ResponseFormatJsonSchema):
+        return JsonSchemaConstraint(schema=fmt.json_schema.schema)
+    return None
+
+
 def _message(index: int, message: ChatMessageIn) -> ChatMessage:
     content = message.content
     if isinstance(content, list):
@@ -104,6 +138,7 @@ def chat_requests(body: ChatCompletionRequest, request_id: str) -> list[Generati
             ignore_eos=body.ignore_eos,
             logprobs=body.logprobs,
             top_logprobs=body.top_logprobs or 0,
+            constraint=constraint(body),
         )
         for choice in range(body.n)
     ]
@@ -128,6 +163,7 @@ def completion_requests(body: CompletionRequest, request_id: str) -> list[Genera
                     ignore_eos=body.ignore_eos,
                     logprobs=body.logprobs is not None,
                     top_logprobs=body.logprobs or 0,
+                    constraint=constraint(body),
                 )
             )
     return requests
