@@ -258,3 +258,65 @@ def test_family_can_be_switched_off(make_client):
     assert client.post("/completion", json={"prompt": "x"}).status_code == 404
     assert client.get("/props").status_code == 404
     assert client.post("/v1/completions", json={"model": "echo", "prompt": "x"}).status_code == 200
+
+
+@pytest.mark.parametrize("samplers", [["top_k", "typ_p", "temperature"], "kypmt", ["dry", "xtc"]])
+def test_sampler_orders_are_accepted(client, samplers):
+    response = client.post("/completion", json={"prompt": "ab", "samplers": samplers})
+    assert response.status_code == 200, response.text
+
+
+def test_unknown_sampler_letter_is_400(client):
+    response = client.post("/completion", json={"prompt": "ab", "samplers": "kq"})
+    assert response.status_code == 400 and "q" in response.json()["error"]["message"]
+
+
+def test_chat_stream_usage_and_timings_per_token(client):
+    body = {
+        "model": "echo",
+        "messages": [{"role": "user", "content": "abc"}],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "timings_per_token": True,
+    }
+    blocks = client.post("/chat/completions", json=body).text.strip().split("\n\n")
+    assert blocks[-1] == "data: [DONE]"
+    chunks = [json.loads(b.removeprefix("data: ")) for b in blocks[:-1]]
+    content = [c for c in chunks if c["choices"] and c["choices"][0]["delta"].get("content")]
+    assert [c["timings"]["predicted_n"] for c in content] == [1, 2, 3]
+    last = chunks[-1]
+    assert last["choices"] == [] and last["usage"]["completion_tokens"] == 3
+    assert last["timings"]["predicted_n"] == 3
+
+
+def test_fail_on_no_slot_answers_503_while_every_slot_is_busy(tmp_path):
+    import threading
+
+    import httpx
+    from live import start_server, stop_server
+
+    config = tmp_path / "echo.toml"
+    config.write_text(
+        '[[models]]\nname = "echo"\nbackend = "echo"\noptions = { slots = 1, delay = 0.05 }\n'
+    )
+    server = start_server(["--config", str(config)], {}, tmp_path / "server.log", timeout=60)
+    try:
+        slots = f"{server.url}/slots?fail_on_no_slot=1"
+        assert httpx.get(slots).status_code == 200
+        body = {"prompt": "x" * 40, "id_slot": 0}
+        busy = threading.Thread(
+            target=httpx.post,
+            args=(f"{server.url}/completion",),
+            kwargs={"json": body, "timeout": 30},
+        )
+        busy.start()
+        refused = []
+        while busy.is_alive():
+            response = httpx.get(slots)
+            if response.status_code == 503:
+                refused.append(response.json()["error"]["type"])
+        busy.join()
+        assert refused and set(refused) == {"unavailable_error"}
+        assert httpx.get(slots).status_code == 200
+    finally:
+        stop_server(server)

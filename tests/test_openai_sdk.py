@@ -256,8 +256,10 @@ def test_response_format_json_schema(sdk):
         model=CHAT_MODEL,
         messages=[{"role": "user", "content": "Give me a JSON object about Paris."}],
         response_format={"type": "json_object"},
-        max_tokens=120,
+        temperature=0,
+        max_tokens=400,
     )
+    assert plain.choices[0].finish_reason == "stop"  # the grammar closed the object
     assert isinstance(json.loads(plain.choices[0].message.content), dict)
     with pytest.raises(openai.BadRequestError) as info:
         sdk.chat.completions.create(

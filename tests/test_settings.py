@@ -121,3 +121,21 @@ def test_unknown_backend_is_refused(make_client):
 
     with pytest.raises(ConfigError, match="unknown backend `nope`"):
         make_client(models=[ModelSpec(name="m", backend="nope")])
+
+
+def test_llamacpp_ctx_size_and_parallel_set_torch_slots():
+    from gateway.engine import ModelSpec
+    from gateway.settings import LlamaCppSettings, Settings
+
+    settings = Settings(
+        models=[
+            ModelSpec(name="a", backend="torch"),
+            ModelSpec(name="b", backend="torch", options={"context_length": 512}),
+            ModelSpec(name="c", backend="echo"),
+        ],
+        llamacpp=LlamaCppSettings(ctx_size=8192, parallel=4),
+    )
+    a, b, c = settings.served_models()
+    assert a.options == {"slots": 4, "context_length": 2048}
+    assert b.options == {"slots": 4, "context_length": 512}  # an explicit option wins
+    assert c.options == {}

@@ -50,6 +50,7 @@ class EchoBackend(Backend):
         self.active: set[str] = set()
         self.served = 0
         self._slot_ids: dict[int, list[int]] = {}
+        self._busy_slots: set[int] = set()
 
     async def load(self) -> None:
         await asyncio.sleep(float(self.spec.options.get("load_delay", 0)))
@@ -98,6 +99,8 @@ class EchoBackend(Backend):
         produced: list[int] = []
         finish: FinishReason = "stop"
         self.active.add(request.id)
+        if request.slot is not None:
+            self._busy_slots.add(request.slot)
         try:
             for token in reply.encode("utf-8"):
                 if len(produced) >= limit:
@@ -134,6 +137,7 @@ class EchoBackend(Backend):
             self.served += 1
         finally:
             self.active.discard(request.id)
+            self._busy_slots.discard(request.slot if request.slot is not None else -1)
             self._aborted.discard(request.id)
 
     async def abort(self, request_id: str) -> None:
@@ -177,7 +181,7 @@ class EchoBackend(Backend):
             {
                 "id": slot,
                 "n_ctx": 4096,
-                "is_processing": False,
+                "is_processing": slot in self._busy_slots,
                 "cached_tokens": len(self._slot_ids.get(slot, [])),
                 "id_task": None,
             }

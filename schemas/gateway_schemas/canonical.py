@@ -18,6 +18,22 @@ NonNegativeFloat = Annotated[float, Meta(ge=0.0)]
 Probability = Annotated[float, Meta(ge=0.0, le=1.0)]
 
 
+SamplerName = Literal[
+    "penalties",
+    "dry",
+    "top_n_sigma",
+    "top_k",
+    "top_a",
+    "tfs",
+    "typical_p",
+    "top_p",
+    "min_p",
+    "xtc",
+    "temperature",
+]
+DEFAULT_DRY_BREAKERS = ["\n", ":", '"', "*"]
+
+
 class ChatMessage(Struct, kw_only=True, omit_defaults=True):
     """One message of a conversation, its content already flattened to text."""
 
@@ -44,6 +60,29 @@ class SamplingParams(Struct, kw_only=True, omit_defaults=True):
     penalty_last_n: Annotated[int, Meta(ge=-1)] = 64
     logit_bias: dict[int, float] = field(default_factory=dict)
     seed: int | None = None
+    order: list[SamplerName] = field(default_factory=list)
+    """The samplers in the order to apply them; empty: the default chain (penalties,
+    dry, top_n_sigma, top_k, top_a, tfs, typical_p, top_p, min_p, xtc, temperature).
+    A sampler left out of a given order is not applied."""
+    # The extended set (KoboldCpp's; each off at its default):
+    top_a: NonNegativeFloat = 0.0
+    tfs: Probability = 1.0
+    top_n_sigma: NonNegativeFloat = 0.0
+    xtc_threshold: Probability = 0.1
+    xtc_probability: Probability = 0.0
+    dry_multiplier: NonNegativeFloat = 0.0
+    dry_base: Annotated[float, Meta(ge=1.0)] = 1.75
+    dry_allowed_length: Annotated[int, Meta(ge=0)] = 2
+    dry_penalty_last_n: Annotated[int, Meta(ge=-1)] = -1
+    dry_sequence_breakers: list[str] = field(default_factory=lambda: list(DEFAULT_DRY_BREAKERS))
+    dynatemp_range: NonNegativeFloat = 0.0
+    dynatemp_exponent: NonNegativeFloat = 1.0
+    smoothing_factor: NonNegativeFloat = 0.0
+    mirostat: Literal[0, 1, 2] = 0
+    mirostat_tau: NonNegativeFloat = 5.0
+    mirostat_eta: NonNegativeFloat = 0.1
+    banned_sequences: list[list[int]] = field(default_factory=list)
+    """Token sequences never generated (Kobold's `banned_tokens`, tokenized)."""
 
 
 class GrammarConstraint(Struct, kw_only=True, tag="grammar"):

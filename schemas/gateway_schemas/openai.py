@@ -99,6 +99,8 @@ class SamplingExtras(Struct, kw_only=True):
     response_format: ResponseFormat | None = None
     grammar: str | None = None
     json_schema: dict[str, object] | None = None
+    timings_per_token: bool = False
+    """llama.cpp's extension: every streamed chunk carries the timings so far."""
 
 
 class ChatCompletionRequest(SamplingExtras, kw_only=True):

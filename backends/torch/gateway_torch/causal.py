@@ -171,6 +171,10 @@ class TorchBackend(Backend):
         grammar = None
         if request.constraint is not None:
             grammar = await asyncio.to_thread(self._grammars.compile, request.constraint)
+        breakers: frozenset[int] = frozenset()
+        if request.sampling.dry_multiplier > 0 and request.sampling.dry_sequence_breakers:
+            needles = tuple(sorted(request.sampling.dry_sequence_breakers))
+            breakers = await asyncio.to_thread(lm.pieces.containing, needles, lm.vocab_size)
         queue: asyncio.Queue[Item] = asyncio.Queue()
         job = Job(
             request_id=request.id,
@@ -185,6 +189,7 @@ class TorchBackend(Backend):
             use_prompt_cache=request.cache_prompt,
             slot=request.slot,
             grammar=grammar,
+            dry_breakers=breakers,
             time_limit=request.time_limit,
             post_sampling=request.post_sampling_probs,
             send=sender(asyncio.get_running_loop(), queue),

@@ -83,7 +83,11 @@ class Grammars:
                 self._cache[key] = prototype
                 while len(self._cache) > CACHE_SIZE:
                     self._cache.popitem(last=False)
-            return GrammarState(prototype.deep_copy(), self._vocab_size)
+            state = GrammarState(prototype.deep_copy(), self._vocab_size)
+        # The first mask of a state builds the lexer's lazy tables (tens of ms): pay for
+        # it here, off the scheduler thread, rather than inside a batched step.
+        state.allowed()
+        return state
 
 
 class GrammarState:

@@ -38,6 +38,8 @@ class Job:
     """Seconds allowed after the prompt; then the job ends with `length`."""
     post_sampling: bool = False
     """Logprobs from the sampled distribution rather than the raw one."""
+    dry_breakers: frozenset[int] = frozenset()
+    """Token ids that end a DRY repeat match (when DRY is on)."""
     slot: int | None = None
     """A slot asked for by the client (llama.cpp's `id_slot`); None: any free one."""
     aborted: threading.Event = field(default_factory=threading.Event)

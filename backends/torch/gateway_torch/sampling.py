@@ -1,9 +1,12 @@
 """Token sampling over a batch of logits, each row with its own `SamplingParams`.
 
-The chain follows llama.cpp's order: logit bias, penalties (repetition, presence,
-frequency) over the last `penalty_last_n` tokens, then top-k, typical-p, top-p and min-p
-filters computed at temperature 1, then temperature and the draw. A row with
-temperature 0 takes the argmax of its biased and penalised logits (greedy).
+The chain follows llama.cpp's default order: logit bias and banned sequences, penalties
+(repetition, presence, frequency) over the last `penalty_last_n` tokens, DRY, then the
+filters (top-n-sigma, top-k, top-a, tail-free, typical-p, top-p, min-p), XTC, then
+temperature (with smoothing and dynamic temperature) and the draw (or mirostat). The
+extended samplers live in `sampling_extra`. A row may give its own `order` (llama.cpp's
+`samplers`, Kobold's `sampler_order`). A row with temperature 0 takes the argmax of its
+biased and penalised logits (greedy).
 
 Every function takes a `[batch, vocab]` float tensor and returns a new one; nothing is
 modified in place, so the raw logits stay available for logprobs.
@@ -12,10 +15,24 @@ modified in place, so the raw logits stay available for logprobs.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
+import msgspec
 import torch
 from gateway_schemas.canonical import SamplingParams
+
+from gateway_torch.sampling_extra import (
+    RowState,
+    apply_banned_sequences,
+    apply_dry,
+    apply_temperature_step,
+    apply_tfs,
+    apply_top_a,
+    apply_top_n_sigma,
+    apply_xtc,
+    mirostat_draw,
+)
 
 NEG_INF = float("-inf")
 
@@ -133,7 +150,15 @@ def apply_min_p(logits: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:
 def _is_plain(p: SamplingParams) -> bool:
     """True when `p` leaves the distribution untouched (apart from temperature)."""
     filters = p.top_k > 0 or p.typical_p < 1.0 or p.top_p < 1.0 or p.min_p > 0.0
-    return not (filters or p.logit_bias or _needs_penalty(p))
+    extended = (
+        p.top_a > 0.0
+        or p.tfs < 1.0
+        or p.top_n_sigma > 0.0
+        or p.xtc_probability > 0.0
+        or p.dry_multiplier > 0.0
+        or bool(p.banned_sequences)
+    )
+    return not (filters or extended or p.logit_bias or _needs_penalty(p))
 
 
 def _column(params: Sequence[SamplingParams], name: str, like: torch.Tensor) -> torch.Tensor:
@@ -142,21 +167,113 @@ def _column(params: Sequence[SamplingParams], name: str, like: torch.Tensor) -> 
     return torch.tensor(values, dtype=dtype, device=like.device)
 
 
+def apply_temperature(logits: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
+    """Divide each row by its temperature; rows at 0 (greedy) stay as they are."""
+    active = temperature > 0.0
+    if not bool(active.any()):
+        return logits
+    scale = torch.where(active, temperature, torch.ones_like(temperature))
+    return logits / scale.unsqueeze(1)
+
+
+@dataclass
+class Rows:
+    """What the row samplers need besides logits and parameters."""
+
+    histories: Sequence[Sequence[int]]
+    generators: Sequence[torch.Generator | None]
+    states: Sequence[RowState]
+
+
+def _temperature(logits: torch.Tensor, params: Sequence[SamplingParams], _: Rows) -> torch.Tensor:
+    if any(p.smoothing_factor > 0.0 or p.dynatemp_range > 0.0 for p in params):
+        return apply_temperature_step(logits, params)
+    return apply_temperature(logits, _column(params, "temperature", logits))
+
+
+def _column_step(function: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], name: str) -> Step:
+    def step(logits: torch.Tensor, params: Sequence[SamplingParams], _: Rows) -> torch.Tensor:
+        return function(logits, _column(params, name, logits))
+
+    return step
+
+
+Step = Callable[[torch.Tensor, Sequence[SamplingParams], Rows], torch.Tensor]
+STEPS: dict[str, Step] = {
+    "penalties": lambda logits, params, rows: apply_penalties(logits, params, rows.histories),
+    "dry": lambda logits, params, rows: apply_dry(logits, params, rows.histories, rows.states),
+    "top_n_sigma": _column_step(apply_top_n_sigma, "top_n_sigma"),
+    "top_k": _column_step(apply_top_k, "top_k"),
+    "top_a": _column_step(apply_top_a, "top_a"),
+    "tfs": _column_step(apply_tfs, "tfs"),
+    "typical_p": _column_step(apply_typical_p, "typical_p"),
+    "top_p": _column_step(apply_top_p, "top_p"),
+    "min_p": _column_step(apply_min_p, "min_p"),
+    "xtc": lambda logits, params, rows: apply_xtc(logits, params, rows.generators),
+    "temperature": _temperature,
+}
+DEFAULT_ORDER: tuple[str, ...] = (
+    "penalties",
+    "dry",
+    "top_n_sigma",
+    "top_k",
+    "top_a",
+    "tfs",
+    "typical_p",
+    "top_p",
+    "min_p",
+    "xtc",
+    "temperature",
+)
+"""llama.cpp's default chain, with Kobold's top-a and tail-free in their usual place."""
+
+
+def _chain(
+    logits: torch.Tensor, params: Sequence[SamplingParams], rows: Rows, order: tuple[str, ...]
+) -> torch.Tensor:
+    if all(_is_plain(p) for p in params):
+        order = tuple(name for name in order if name == "temperature")
+    else:
+        logits = apply_logit_bias(logits, params)
+        logits = apply_banned_sequences(logits, params, rows.histories)
+    for name in order:
+        logits = STEPS[name](logits, params, rows)
+    return logits
+
+
 def transform(
     logits: torch.Tensor,
     params: Sequence[SamplingParams],
     histories: Sequence[Sequence[int]],
+    generators: Sequence[torch.Generator | None] | None = None,
+    states: Sequence[RowState] | None = None,
 ) -> torch.Tensor:
-    """Bias, penalties and filters: the logits the draw is made from (at temperature 1)."""
+    """Logit bias and banned sequences, then each row's sampler chain in its `order`
+    (default `DEFAULT_ORDER`), temperature included: the logits of the distribution the
+    draw is made from. Without `generators`, XTC (random by design) is skipped."""
     out = logits.float()
-    if all(_is_plain(p) for p in params):
-        return out
-    out = apply_logit_bias(out, params)
-    out = apply_penalties(out, params, histories)
-    out = apply_top_k(out, _column(params, "top_k", out))
-    out = apply_typical_p(out, _column(params, "typical_p", out))
-    out = apply_top_p(out, _column(params, "top_p", out))
-    return apply_min_p(out, _column(params, "min_p", out))
+    count = len(params)
+    rows = Rows(
+        histories=histories,
+        generators=generators if generators is not None else [None] * count,
+        states=states if states is not None else [RowState() for _ in range(count)],
+    )
+    if generators is None:
+        params = [msgspec.structs.replace(p, xtc_probability=0.0) for p in params]
+    orders = [tuple(p.order) or DEFAULT_ORDER for p in params]
+    if all(order == orders[0] for order in orders):
+        return _chain(out, params, rows, orders[0])
+    return torch.cat(
+        [
+            _chain(
+                out[i : i + 1],
+                [params[i]],
+                Rows([rows.histories[i]], [rows.generators[i]], [rows.states[i]]),
+                orders[i],
+            )
+            for i in range(count)
+        ]
+    )
 
 
 def sample(
@@ -164,21 +281,27 @@ def sample(
     params: Sequence[SamplingParams],
     histories: Sequence[Sequence[int]],
     generators: Sequence[torch.Generator | None],
+    states: Sequence[RowState] | None = None,
 ) -> torch.Tensor:
     """One token id per row: `[batch]` long tensor.
 
-    `histories[row]` is the row's context so far (prompt then output) for penalties;
-    `generators[row]` its RNG (None: torch's global one).
+    `histories[row]` is the row's context so far (prompt then output) for penalties and
+    DRY; `generators[row]` its RNG (None: torch's global one); `states[row]` what its
+    samplers remember (mirostat's running target, DRY's breakers).
     """
     if logits.dim() != 2 or logits.shape[0] != len(params):
         raise ValueError("logits must be [batch, vocab] with one SamplingParams per row")
-    filtered = transform(logits, params, histories)
+    states = states if states is not None else [RowState() for _ in params]
+    filtered = transform(logits, params, histories, generators, states)
     chosen = filtered.argmax(dim=-1)
     for row, p in enumerate(params):
         if p.temperature <= 0.0:
             continue
-        probs = torch.softmax(filtered[row] / p.temperature, dim=-1)
+        probs = torch.softmax(filtered[row], dim=-1)
         if not bool(torch.isfinite(probs).all()) or float(probs.sum()) <= 0.0:
             continue  # every token was filtered out: keep the argmax
-        chosen[row] = torch.multinomial(probs, 1, generator=generators[row])[0]
+        if p.mirostat:
+            chosen[row] = mirostat_draw(filtered[row], p, states[row], generators[row])
+        else:
+            chosen[row] = torch.multinomial(probs, 1, generator=generators[row])[0]
     return chosen

@@ -45,6 +45,7 @@ from gateway_torch.loading import CausalModel
 from gateway_torch.logprobs import token_logprob
 from gateway_torch.runners import Runner, Work
 from gateway_torch.sampling import make_generator, sample, transform
+from gateway_torch.sampling_extra import RowState
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ class _Sequence:
     admitted: float
     prompt_done: float | None = None
     completion: int = 0
+    state: RowState = field(default_factory=RowState)
     prompt_length: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -285,6 +287,7 @@ class Scheduler:
             # At least one prompt token is always computed: its logits start the output.
             reused = min(_common(self._slot_ids[slot], job.prompt_ids), len(job.prompt_ids) - 1)
         sequence = _Sequence(
+            state=RowState(dry_breakers=job.dry_breakers),
             job=job,
             slot=slot,
             ids=list(job.prompt_ids),
@@ -359,6 +362,7 @@ class Scheduler:
             [s.job.sampling for s in sequences],
             [s.ids for s in sequences],
             [s.generator for s in sequences],
+            [s.state for s in sequences],
         ).tolist()
         now = time.perf_counter()
         for row, (sequence, token) in enumerate(zip(sequences, tokens, strict=True)):
@@ -444,11 +448,11 @@ def _past(sequence: _Sequence, limit: float | None) -> bool:
 def _sampled_distribution(draw: torch.Tensor, sequence: _Sequence) -> torch.Tensor:
     """The `[1, vocab]` logits of the distribution the token was drawn from."""
     params = sequence.job.sampling
-    filtered = transform(draw, [params], [sequence.ids])
+    filtered = transform(draw, [params], [sequence.ids], None, [sequence.state])
     if params.temperature <= 0.0:  # greedy: all the mass on the argmax
         best = filtered.argmax(dim=-1, keepdim=True)
         return torch.full_like(filtered, float("-inf")).scatter(1, best, 0.0)
-    return filtered / params.temperature
+    return filtered
 
 
 def _common(cached: list[int], prompt: list[int]) -> int:

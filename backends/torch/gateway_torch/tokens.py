@@ -103,6 +103,16 @@ class TokenPieces:
         self._byte_decoder = _byte_level_decoder(tokenizer)
         self._added = {int(i) for i in getattr(tokenizer, "added_tokens_decoder", {})}
         self.piece = lru_cache(maxsize=65536)(self._piece)
+        self.containing = lru_cache(maxsize=16)(self._containing)
+
+    def _containing(self, needles: tuple[str, ...], vocab_size: int) -> frozenset[int]:
+        """Ids of the tokens whose text contains any of `needles` (DRY's breakers)."""
+        found = set()
+        for token in range(vocab_size):
+            text = self.piece(token)[0]
+            if any(needle in text for needle in needles):
+                found.add(token)
+        return frozenset(found)
 
     def _piece(self, token_id: int) -> tuple[str, list[int]]:
         raw = self._tokenizer.convert_ids_to_tokens(token_id)

@@ -142,3 +142,27 @@ def test_plain_params_skip_every_transform() -> None:
     out = sampling.transform(LOGITS, [SamplingParams()], [[0, 1, 2]])
     assert torch.equal(out, LOGITS)
     assert math.isclose(float(torch.softmax(out, -1).sum()), 1.0, rel_tol=1e-6)
+
+
+def test_temperature_is_a_step_of_the_chain() -> None:
+    out = sampling.transform(LOGITS, [SamplingParams(temperature=2.0)], [[]])
+    assert torch.allclose(out, LOGITS / 2.0)
+    greedy = sampling.transform(LOGITS, [SamplingParams(temperature=0.0)], [[]])
+    assert torch.equal(greedy, LOGITS)
+
+
+def test_sampler_order_changes_what_survives() -> None:
+    # min_p 0.3 at temperature 1 keeps tokens 0 and 1 (p1/p0 = 0.37); after a temperature
+    # of 0.5 the ratio is e^-2 = 0.14 and only token 0 survives.
+    late = SamplingParams(temperature=0.5, min_p=0.3)
+    early = SamplingParams(temperature=0.5, min_p=0.3, order=["temperature", "min_p"])
+    out = sampling.transform(LOGITS.repeat(2, 1), [late, early], [[], []])
+    assert kept(out) == [[0, 1], [0]]
+
+
+def test_a_sampler_left_out_of_the_order_is_not_applied() -> None:
+    params = SamplingParams(top_k=1, top_p=0.5, order=["top_p", "temperature"])
+    out = sampling.transform(LOGITS, [params], [[]])
+    assert kept(out) == [[0]]
+    no_filters = SamplingParams(top_k=1, order=["temperature"])
+    assert kept(sampling.transform(LOGITS, [no_filters], [[]])) == [[0, 1, 2, 3, 4, 5]]

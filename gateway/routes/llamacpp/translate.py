@@ -11,6 +11,7 @@ from gateway_schemas.canonical import (
     GenerationRequest,
     GrammarConstraint,
     JsonSchemaConstraint,
+    SamplerName,
     SamplingParams,
     TokenLogprob,
 )
@@ -22,21 +23,32 @@ if TYPE_CHECKING:
     from gateway.engine import Backend
     from gateway.settings import LlamaCppSettings
 
-KNOWN_SAMPLERS = frozenset(
-    {
-        "dry",
-        "top_k",
-        "typ_p",
-        "typical_p",
-        "top_p",
-        "min_p",
-        "xtc",
-        "temperature",
-        "top_n_sigma",
-        "penalties",
-        "infill",
-    }
-)
+CANONICAL_SAMPLERS: dict[str, SamplerName | None] = {
+    "penalties": "penalties",
+    "top_k": "top_k",
+    "typ_p": "typical_p",
+    "typical_p": "typical_p",
+    "top_p": "top_p",
+    "min_p": "min_p",
+    "temperature": "temperature",
+    # llama.cpp samplers outside the canonical set; placed in an order, they do nothing.
+    "dry": None,
+    "xtc": None,
+    "top_n_sigma": None,
+    "infill": None,
+}
+SAMPLER_LETTERS = {
+    "e": "penalties",
+    "d": "dry",
+    "k": "top_k",
+    "y": "typ_p",
+    "p": "top_p",
+    "s": "top_n_sigma",
+    "m": "min_p",
+    "x": "xtc",
+    "t": "temperature",
+    "i": "infill",
+}
 
 
 async def logit_bias(backend: Backend, raw: Any) -> dict[int, float]:
@@ -92,6 +104,7 @@ def sampling(
         penalty_last_n=body.repeat_last_n,
         logit_bias=bias,
         seed=None if seed < 0 else seed,
+        order=sampler_order(body.samplers),
     )
 
 
@@ -105,13 +118,16 @@ def constraint(body: NativeSampling) -> Constraint | None:
     return None
 
 
-def check_samplers(body: NativeSampling) -> None:
-    """`samplers` is accepted in llama.cpp's forms (a list of names, or a string of
-    letters); the canonical chain has a fixed order, so only the names are checked."""
-    if isinstance(body.samplers, list):
-        unknown = [name for name in body.samplers if name not in KNOWN_SAMPLERS]
-        if unknown:
-            raise InvalidRequest(f"Unknown sampler(s) in `samplers`: {', '.join(unknown)}.")
+def sampler_order(samplers: list[str] | str | None) -> list[SamplerName]:
+    """llama.cpp's `samplers`: a list of names, or a string of letters (`"kypmt"`)."""
+    if samplers is None:
+        return []
+    names = [SAMPLER_LETTERS.get(c, c) for c in samplers] if isinstance(samplers, str) else samplers
+    unknown = [name for name in names if name not in CANONICAL_SAMPLERS]
+    if unknown:
+        raise InvalidRequest(f"Unknown sampler(s) in `samplers`: {', '.join(unknown)}.")
+    order = [CANONICAL_SAMPLERS[name] for name in names]
+    return [name for name in order if name is not None]
 
 
 async def generation_request(
@@ -122,7 +138,6 @@ async def generation_request(
     model: str,
     prompt: str | list[int],
 ) -> GenerationRequest:
-    check_samplers(body)
     n_predict = defaults.n_predict if body.n_predict is None else body.n_predict
     time_limit = body.t_max_predict_ms / 1000.0 if body.t_max_predict_ms > 0 else None
     return GenerationRequest(

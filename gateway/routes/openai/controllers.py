@@ -30,6 +30,7 @@ from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, JSONBody
 from litestar.response import Stream
+from msgspec import UNSET
 
 from gateway.errors import GatewayError
 from gateway.gateway import Gateway
@@ -178,16 +179,24 @@ async def _chat_events(
         yield event([ChatChunkChoice(index=index, delta=Delta(role="assistant", content=""))])
     usages: list[Any] = [None] * body.n
     timings: list[Any] = [None] * body.n
+    started, predicted = time.perf_counter(), 0
     try:
         async for index, chunk in chunks:
+            predicted += len(chunk.token_ids)
             if chunk.text or chunk.logprobs:
                 logprobs = tr.chat_logprobs(chunk.logprobs) if body.logprobs else None
+                partial = (
+                    tr.partial_timings(predicted, started, time.perf_counter())
+                    if body.timings_per_token
+                    else UNSET
+                )
                 yield event(
                     [
                         ChatChunkChoice(
                             index=index, delta=Delta(content=chunk.text), logprobs=logprobs
                         )
-                    ]
+                    ],
+                    timings=partial,
                 )
             if chunk.finish_reason is not None:
                 usages[index], timings[index] = chunk.usage, chunk.timings

@@ -200,6 +200,22 @@ def timings(parts: list[Timings | None]) -> TimingsOut | UnsetType:
     return msgspec.convert(merged.to_dict(), TimingsOut)
 
 
+def partial_timings(predicted: int, started: float, now: float) -> TimingsOut:
+    """Timings of a stream so far (`timings_per_token`): output tokens and their pace."""
+    elapsed = (now - started) * 1000.0
+    return TimingsOut(
+        cache_n=0,
+        prompt_n=0,
+        prompt_ms=0.0,
+        prompt_per_token_ms=0.0,
+        prompt_per_second=0.0,
+        predicted_n=predicted,
+        predicted_ms=elapsed,
+        predicted_per_token_ms=elapsed / predicted if predicted else 0.0,
+        predicted_per_second=predicted / elapsed * 1000.0 if elapsed > 0 else 0.0,
+    )
+
+
 def chat_logprobs(logprobs: list[TokenLogprob]) -> ChoiceLogprobs:
     return ChoiceLogprobs(
         content=[

@@ -1,0 +1,67 @@
+"""Running `gateway serve` as a real process for tests, and stopping it."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class LiveServer:
+    def __init__(self, url: str, process: subprocess.Popen[str], log: Path):
+        self.url, self.process, self.log = url, process, log
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def start_server(
+    args: list[str], env: dict[str, str], log: Path, timeout: float = 600
+) -> LiveServer:
+    port = free_port()
+    handle = log.open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port), *args],
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **env},
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(
+                f"gateway serve exited with {process.returncode}:\n{log.read_text()}"
+            )
+        try:
+            reply = httpx.get(f"{url}/health", timeout=2)
+        except httpx.TransportError:
+            reply = None
+        if reply is not None and reply.status_code == 200:
+            return LiveServer(url, process, log)
+        if reply is not None and "failed to load" in reply.text:
+            process.kill()
+            raise RuntimeError(f"a model failed to load:\n{log.read_text()}")
+        time.sleep(0.5)
+    process.kill()
+    raise RuntimeError(f"gateway serve was not ready after {timeout}s:\n{log.read_text()}")
+
+
+def stop_server(server: LiveServer) -> None:
+    server.process.terminate()
+    try:
+        server.process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
