@@ -27,6 +27,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "gateway.routes.metrics",
     "gateway.routes.openai",
     "gateway.routes.llamacpp",
+    "gateway.routes.kobold",
     "gateway.testing.plugin",
 )
 

@@ -74,6 +74,28 @@ class LlamaCppSettings(Struct, kw_only=True, forbid_unknown_fields=True):
     slot_save_path: str | None = None
 
 
+class KoboldSettings(Struct, kw_only=True, forbid_unknown_fields=True):
+    """`[kobold]`: the KoboldCpp family.
+
+    `model`: the model the Kobold routes generate with (default: the first that can);
+    `max_length`: tokens generated when a request does not say; `max_context_length`:
+    what `/api/v1/config/max_context_length` reports and prompts are cut to (default: the
+    model's context per slot); `queue_limit`: generations in flight beyond which
+    generate answers 503; `save_slots`: `/api/extra/data` slots; `preload_story`: a JSON
+    file for `/api/extra/preloadstory`; `admin` switches on `/api/admin/*` (admin scope),
+    whose `reload_config` may load the `.toml` files of `admin_dir`.
+    """
+
+    model: str | None = None
+    max_length: Annotated[int, Meta(ge=1)] = 100
+    max_context_length: Annotated[int, Meta(ge=1)] | None = None
+    queue_limit: Annotated[int, Meta(ge=1)] = 16
+    save_slots: Annotated[int, Meta(ge=1, le=100)] = 8
+    preload_story: str | None = None
+    admin: bool = False
+    admin_dir: str | None = None
+
+
 class Settings(Struct, kw_only=True, forbid_unknown_fields=True):
     data_dir: str | None = None
     model: str | None = None
@@ -82,6 +104,7 @@ class Settings(Struct, kw_only=True, forbid_unknown_fields=True):
     models: list[ModelSpec] = field(default_factory=lambda: list(DEFAULT_MODELS))
     api_keys: list[ApiKey] = field(default_factory=list)
     llamacpp: LlamaCppSettings = field(default_factory=LlamaCppSettings)
+    kobold: KoboldSettings = field(default_factory=KoboldSettings)
 
     def data_path(self) -> Path:
         """The data directory, resolved when used (never at import time)."""

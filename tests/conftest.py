@@ -46,8 +46,10 @@ def client(make_client) -> TestClient:
 
 @pytest.fixture(scope="session")
 def live_server(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    """`gateway serve` with no config: the real default chat and embedding models."""
+    """`gateway serve` with no config: the real default chat and embedding models (and the
+    Kobold admin routes on, which are off by default)."""
     log = tmp_path_factory.mktemp("live") / "server.log"
-    server = start_server([], {"GATEWAY_DATA_DIR": str(data_dir)}, log)
+    env = {"GATEWAY_DATA_DIR": str(data_dir), "GATEWAY_KOBOLD__ADMIN": "true"}
+    server = start_server([], env, log)
     yield server
     stop_server(server)

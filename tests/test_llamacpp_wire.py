@@ -256,7 +256,9 @@ def test_wrong_key_is_authentication_error(make_client):
 def test_family_can_be_switched_off(make_client):
     client = make_client(routes={"llamacpp": False})
     assert client.post("/completion", json={"prompt": "x"}).status_code == 404
-    assert client.get("/props").status_code == 404
+    assert client.get("/slots").status_code == 404
+    # /props stays, served by the Kobold family (KoboldCpp has it too), with the template.
+    assert set(client.get("/props").json()) == {"chat_template"}
     assert client.post("/v1/completions", json={"model": "echo", "prompt": "x"}).status_code == 200
 
 

@@ -139,3 +139,13 @@ def test_llamacpp_ctx_size_and_parallel_set_torch_slots():
     assert a.options == {"slots": 4, "context_length": 2048}
     assert b.options == {"slots": 4, "context_length": 512}  # an explicit option wins
     assert c.options == {}
+
+
+def test_the_example_config_loads():
+    from pathlib import Path
+
+    from gateway.settings import load_settings
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "gateway.toml"
+    settings = load_settings(example, environ={})
+    assert settings.served_models()[0].name == "smollm2-135m-instruct"

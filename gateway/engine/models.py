@@ -113,6 +113,24 @@ class ModelManager:
         handle.state = ModelState.READY
         log.info("model %s ready in %.2fs", handle.spec.name, handle.load_seconds)
 
+    async def replace(
+        self, specs: list[ModelSpec], factories: Mapping[str, BackendFactory], data_dir: Path
+    ) -> None:
+        """Serve `specs` instead of the current models, without stopping the server.
+
+        The new list is validated first (a bad one changes nothing); then the old models
+        are unloaded and the new ones load in the background (503 while loading).
+        """
+        fresh = ModelManager(specs, factories, data_dir)
+        old = self._handles
+        for task in self._tasks:
+            task.cancel()
+        self._handles, self._tasks = fresh._handles, []
+        for handle in old.values():
+            if handle.state is ModelState.READY:
+                await handle.backend.unload()
+        self.start_loading()
+
     async def unload_all(self) -> None:
         for task in self._tasks:
             task.cancel()

@@ -58,6 +58,9 @@ class SamplingParams(Struct, kw_only=True, omit_defaults=True):
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     penalty_last_n: Annotated[int, Meta(ge=-1)] = 64
+    repeat_penalty_slope: NonNegativeFloat = 0.0
+    """KoboldAI's slope: 0 applies `repeat_penalty` evenly over the window; above 0 the
+    penalty ramps from none (oldest) to full (newest) along KoboldAI's curve."""
     logit_bias: dict[int, float] = field(default_factory=dict)
     seed: int | None = None
     order: list[SamplerName] = field(default_factory=list)
@@ -210,6 +213,8 @@ class GenerationChunk(Struct, kw_only=True, omit_defaults=True):
     stop_word: str | None = None
     usage: Usage | None = None
     timings: Timings | None = None
+    slot: int | None = None
+    """On the last chunk: the backend's slot that held the sequence (its prompt cache)."""
 
 
 class EmbeddingResult(Struct, kw_only=True):

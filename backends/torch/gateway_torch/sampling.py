@@ -86,11 +86,27 @@ def apply_penalties(
         seen = counts > 0
         values = out[row]
         if p.repeat_penalty != 1.0:
-            scaled = torch.where(values > 0, values / p.repeat_penalty, values * p.repeat_penalty)
+            penalty: torch.Tensor | float = p.repeat_penalty
+            if p.repeat_penalty_slope > 0.0 and len(window) > 1:
+                penalty = _sloped_penalty(ids, p, vocab, out.dtype)
+            scaled = torch.where(values > 0, values / penalty, values * penalty)
             values = torch.where(seen, scaled, values)
         values = values - counts * p.frequency_penalty - seen.to(out.dtype) * p.presence_penalty
         out[row] = values
     return out
+
+
+def _sloped_penalty(
+    ids: torch.Tensor, p: SamplingParams, vocab: int, dtype: torch.dtype
+) -> torch.Tensor:
+    """Per token, KoboldAI's sloped repetition penalty at its most recent position."""
+    x = torch.linspace(-1.0, 1.0, ids.numel(), device=ids.device, dtype=dtype)
+    slope = p.repeat_penalty_slope
+    curve = (slope * x) / (1 + x.abs() * (slope - 1))
+    factors = 1 + ((curve + 1) / 2) * (p.repeat_penalty - 1)
+    ones = torch.ones(vocab, device=ids.device, dtype=dtype)
+    reduce = "amax" if p.repeat_penalty >= 1.0 else "amin"
+    return ones.scatter_reduce(0, ids, factors, reduce=reduce, include_self=False)
 
 
 def apply_top_k(logits: torch.Tensor, top_k: torch.Tensor) -> torch.Tensor:

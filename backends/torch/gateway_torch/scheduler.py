@@ -425,6 +425,7 @@ class Scheduler:
                 sequence.completion,
                 (prompt_done - sequence.admitted) * 1000.0,
                 (ended - prompt_done) * 1000.0,
+                sequence.slot,
             )
         )
         self.served += 1
@@ -472,9 +473,11 @@ def _final(
     completion: int,
     prompt_ms: float,
     predicted_ms: float,
+    slot: int | None = None,
 ) -> GenerationChunk:
     return GenerationChunk(
         finish_reason=reason,
+        slot=slot,
         usage=Usage(
             prompt_tokens=prompt_tokens, completion_tokens=completion, cached_tokens=reused
         ),

@@ -1,0 +1,50 @@
+"""The KoboldCpp dialect: `/api/v1` (again under `/api/latest`), `/api/extra`,
+`/api/admin` (admin scope, off unless `[kobold] admin = true`), `/.well-known/serviceinfo`,
+and 501 answers for the image, audio and web-search routes. Errors in KoboldAI's shape.
+Settings: `[kobold]` (see `gateway.settings.KoboldSettings`). Story saves and the
+multiplayer story live in the gateway's SQLite database."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from litestar import Router
+from litestar.di import Provide
+
+from gateway.hookspecs import hookimpl
+from gateway.routes.family import RouteFamily
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from gateway.gateway import Gateway
+
+FAMILY = "kobold"
+
+
+@hookimpl
+def register_routes(register: Callable[[RouteFamily], None], gateway: Gateway) -> None:
+    from gateway.routes.kobold.controllers import (
+        KoboldAdminController,
+        KoboldController,
+        KoboldPropsController,
+        UnprovidedController,
+    )
+    from gateway.routes.kobold.errors import EXCEPTION_HANDLERS
+    from gateway.routes.kobold.state import KoboldState
+    from gateway.storage import Store
+
+    state = KoboldState(Store(gateway.settings.data_path() / "gateway.db"))
+
+    handlers: list[type] = [KoboldController, KoboldAdminController, UnprovidedController]
+    if not gateway.settings.family_enabled("llamacpp"):
+        handlers.append(KoboldPropsController)
+    router = Router(
+        path="/",
+        route_handlers=handlers,
+        exception_handlers=EXCEPTION_HANDLERS,
+        dependencies={"kobold": Provide(lambda: state, sync_to_thread=False)},
+        opt={"family": FAMILY, "scope": "inference"},
+        tags=["kobold"],
+    )
+    register(RouteFamily(FAMILY, router, "KoboldCpp / KoboldAI United API"))

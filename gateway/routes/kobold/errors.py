@@ -1,0 +1,72 @@
+"""KoboldAI's error shape: `{"detail": {"msg", "type"}}` (ServerBusyError and BasicError in
+koboldcpp-openapi.json), with the HTTP status saying what went wrong."""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+from gateway_schemas.kobold import BasicError, ErrorResponse
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.types import ExceptionHandlersMap
+
+from gateway.errors import GatewayError
+
+log = logging.getLogger("gateway.kobold")
+
+_TYPES = {
+    400: "bad_input",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found",
+    405: "bad_input",
+    501: "not_implemented",
+    503: "service_unavailable",
+}
+
+
+def error_response(status: int, message: str, kind: str | None = None) -> Response[Any]:
+    body = ErrorResponse(detail=BasicError(msg=message, type=kind or _TYPES.get(status, "error")))
+    return Response(body, status_code=status)
+
+
+def on_gateway_error(request: Request[Any, Any, Any], exc: GatewayError) -> Response[Any]:
+    if exc.status >= 500 and exc.status not in (501, 503):
+        log.error("%s %s: %s", request.method, request.url.path, exc.message)
+        return error_response(exc.status, exc.message, "server_error")
+    return error_response(exc.status, exc.message)
+
+
+def on_validation_error(request: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
+    problems = exc.extra if isinstance(exc.extra, list) else []
+    if not problems:
+        return error_response(400, exc.detail or "Invalid request body.")
+    first = problems[0]
+    key = str(first.get("key") or "") or None
+    reason = re.sub(r" - at `\$[^`]*`$", "", str(first.get("message", "invalid value")))
+    missing = re.search(r"missing required field `([^`]+)`", reason)
+    if missing:
+        return error_response(400, f"Missing required field `{missing.group(1)}`.")
+    return error_response(400, f"Invalid value for `{key}`: {reason}" if key else reason)
+
+
+def on_http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    detail = exc.detail or "Bad request"
+    if exc.status_code == 400 and ("malformed" in detail or "truncated" in detail):
+        detail = f"We could not parse the JSON body of your request: {detail}"
+    return error_response(exc.status_code, detail)
+
+
+def on_unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    log.exception("unexpected error on %s %s", request.method, request.url.path)
+    return error_response(500, f"Internal server error ({type(exc).__name__}).", "server_error")
+
+
+EXCEPTION_HANDLERS: ExceptionHandlersMap = {
+    GatewayError: on_gateway_error,
+    ValidationException: on_validation_error,
+    HTTPException: on_http_error,
+    Exception: on_unexpected_error,
+}
