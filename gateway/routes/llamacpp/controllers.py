@@ -154,8 +154,7 @@ class NativeController(Controller):
     ) -> Response[Any]:
         model = _model(gateway, data.model, Capability.GENERATE)
         backend = gateway.models.get(model)
-        found = [await _single_token(backend, name) for name in FIM_TOKENS]
-        prefix, suffix, middle = (token for token in found if token is not None)
+        prefix, suffix, middle = [await _single_token(backend, name) for name in FIM_TOKENS]
         extra = "".join(f"{e.filename}\n{e.text}\n" for e in data.input_extra)
         ids = [prefix, *await backend.tokenize(extra + data.input_prefix, add_special=False)]
         ids += [suffix, *await backend.tokenize(data.input_suffix, add_special=False)]
@@ -349,7 +348,7 @@ def _slots_or_empty(backend: Backend) -> list[dict[str, Any]]:
         return []
 
 
-async def _single_token(backend: Backend, text: str) -> int | None:
+async def _single_token(backend: Backend, text: str) -> int:
     """The id of `text` when it is one special token of the model's vocabulary."""
     ids = await backend.tokenize(text, add_special=False)
     if len(ids) != 1 or await backend.detokenize(ids) != text:
