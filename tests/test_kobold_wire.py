@@ -324,3 +324,19 @@ def test_shutdown_only_from_loopback(client, tmp_path):
         assert server.process.wait(timeout=30) is not None
     finally:
         stop_server(server)
+
+
+def test_a_refused_request_gives_its_place_back(make_client):
+    client = make_client(kobold=KoboldSettings(queue_limit=1))
+    for _ in range(3):
+        assert (
+            client.post("/api/v1/generate", json={"prompt": "x", "images": ["aGk="]}).status_code
+            == 400
+        )
+        stream = client.post(
+            "/api/extra/generate/stream", json={"prompt": "x", "sampler_order": [9]}
+        )
+        assert stream.status_code == 400
+    assert client.post("/api/v1/generate", json={"prompt": "ok"}).status_code == 200
+    assert client.post("/api/extra/generate/stream", json={"prompt": "ok"}).status_code == 200
+    assert client.get("/api/extra/perf").json()["idle"] == 1

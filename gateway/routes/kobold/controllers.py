@@ -10,7 +10,7 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,7 @@ from gateway.gateway import Gateway
 from gateway.routes.kobold import translate as tr
 from gateway.routes.kobold.state import KoboldGeneration, KoboldState, SavedState
 from gateway.services.embeddings import embed
+from gateway.services.streams import primed
 
 KOBOLDAI_VERSION = "1.2.5"
 KOBOLDCPP_VERSION = "1.95"
@@ -135,26 +136,35 @@ class KoboldController(Controller):
     async def _start(
         self, gateway: Gateway, kobold: KoboldState, body: GenerationInput
     ) -> tuple[KoboldGeneration, AsyncIterator[Any]]:
+        """Reserve a place (503 when there is none), build the request, and start its
+        stream: early errors surface here, before any response is sent."""
         knobs = gateway.settings.kobold
         if kobold.in_flight >= knobs.queue_limit:
             raise ServerBusy("Server is busy; please try again later.")
-        model = _model(gateway, body.model)
-        backend = gateway.models.get(model)
-        max_length = body.max_length or knobs.max_length
-        max_context = body.max_context_length or _context(gateway, backend)
-        genkey = body.genkey or f"KCPP{uuid.uuid4().hex[:12]}"
-        request_id = f"kobold-{genkey}-{uuid.uuid4().hex[:8]}"
-        request = await tr.generation_request(
-            backend, body, request_id, model, max_context, max_length
-        )
+        kobold.in_flight += 1  # no await since the check: the reservation is atomic
+        try:
+            model = _model(gateway, body.model)
+            backend = gateway.models.get(model)
+            max_length = body.max_length or knobs.max_length
+            max_context = body.max_context_length or _context(gateway, backend)
+            genkey = body.genkey or f"KCPP{uuid.uuid4().hex[:12]}"
+            request_id = f"kobold-{genkey}-{uuid.uuid4().hex[:8]}"
+            request = await tr.generation_request(
+                backend, body, request_id, model, max_context, max_length
+            )
+        except BaseException:
+            kobold.in_flight -= 1
+            raise
         seed = request.sampling.seed if request.sampling.seed is not None else -1
         generation = KoboldGeneration(genkey=genkey, request_id=request_id, model=model, seed=seed)
         stream = gateway.generation.stream(request)
-        return generation, stream
+        return generation, await primed(self._run(kobold, generation, stream))
 
     async def _run(
         self, kobold: KoboldState, generation: KoboldGeneration, stream: AsyncIterator[Any]
-    ) -> AsyncIterator[Any]:
+    ) -> AsyncGenerator[Any]:
+        """The stream's chunks, recorded on `generation`; releases the reservation at the end
+        (also when the stream is dropped: a started async generator is closed on collection)."""
         kobold.begin(generation)
         try:
             async with contextlib.aclosing(stream) as chunks:  # type: ignore[type-var]
@@ -171,8 +181,8 @@ class KoboldController(Controller):
         gateway: NamedDependency[Gateway],
         kobold: NamedDependency[KoboldState],
     ) -> dict[str, Any]:
-        generation, stream = await self._start(gateway, kobold, data)
-        async for _ in self._run(kobold, generation, stream):
+        generation, chunks = await self._start(gateway, kobold, data)
+        async for _ in chunks:
             pass
         return {"results": [_result(generation, data)]}
 
@@ -183,11 +193,11 @@ class KoboldController(Controller):
         gateway: NamedDependency[Gateway],
         kobold: NamedDependency[KoboldState],
     ) -> Stream:
-        generation, stream = await self._start(gateway, kobold, data)
+        _, chunks = await self._start(gateway, kobold, data)
 
         async def events() -> AsyncIterator[bytes]:
             try:
-                async for chunk in self._run(kobold, generation, stream):
+                async for chunk in chunks:
                     if chunk.text:
                         yield _event({"token": chunk.text})
                     if chunk.finish_reason is not None:

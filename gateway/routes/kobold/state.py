@@ -62,10 +62,10 @@ class KoboldState:
         self.saved: dict[int, SavedState] = {}
 
     def begin(self, generation: KoboldGeneration) -> None:
+        """Record a started generation (its place in `in_flight` was reserved before)."""
         self.generations[generation.genkey] = generation
         self.generations.move_to_end(generation.genkey)
         self.last = generation
-        self.in_flight += 1
         while len(self.generations) > KEEP_FINISHED:
             oldest = next(iter(self.generations.values()))
             if oldest.final is None:
