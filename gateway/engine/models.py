@@ -11,8 +11,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.engine.backend import Backend, BackendFactory, ModelSpec
-from gateway.errors import BackendFailure, ConfigError, ModelNotFound, ModelNotReady
+from gateway.engine.backend import Backend, BackendFactory, Capability, ModelSpec
+from gateway.errors import (
+    BackendFailure,
+    ConfigError,
+    ModelNotFound,
+    ModelNotReady,
+    Unsupported,
+)
 
 log = logging.getLogger("gateway.models")
 
@@ -78,6 +84,13 @@ class ModelManager:
             return self._handles[name]
         except KeyError:
             raise ModelNotFound(name) from None
+
+    def first_with(self, capability: Capability) -> str:
+        """The name of the first configured model whose backend has `capability`."""
+        for handle in self._handles.values():
+            if capability in handle.backend.capabilities:
+                return handle.spec.name
+        raise Unsupported(f"No configured model can {capability.value}.")
 
     def get(self, name: str) -> Backend:
         """The backend of a ready model; a clear error when it is unknown or not ready."""

@@ -8,6 +8,9 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+"""Headers of every server-sent-events response: no caching, no proxy buffering."""
+
 
 async def primed(stream: AsyncGenerator[T]) -> AsyncIterator[T]:
     """Start `stream` now, so that its early errors (a bad request) surface before a

@@ -8,7 +8,7 @@ Unknown fields are ignored, as llama.cpp does.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from msgspec import UNSET, Meta, Struct, UnsetType, field
 
@@ -118,27 +118,6 @@ class PropsUpdate(Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 # ---- responses --------------------------------------------------------------------------
-
-
-class TokenProb(Struct, kw_only=True, omit_defaults=True):
-    id: int
-    token: str
-    bytes: list[int]
-    logprob: float | UnsetType = UNSET
-    prob: float | UnsetType = UNSET
-
-
-class CompletionProbability(Struct, kw_only=True, omit_defaults=True):
-    id: int
-    token: str
-    bytes: list[int]
-    logprob: float | UnsetType = UNSET
-    prob: float | UnsetType = UNSET
-    top_logprobs: list[TokenProb] | UnsetType = UNSET
-    top_probs: list[TokenProb] | UnsetType = UNSET
-
-
-StopType = Literal["none", "eos", "limit", "word"]
 
 
 class ErrorBody(Struct, kw_only=True, omit_defaults=True):

@@ -17,10 +17,11 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import get_args
 
 import msgspec
 import torch
-from gateway_schemas.canonical import SamplingParams
+from gateway_schemas.canonical import SamplerName, SamplingParams
 
 from gateway_torch.sampling_extra import (
     RowState,
@@ -228,20 +229,9 @@ STEPS: dict[str, Step] = {
     "xtc": lambda logits, params, rows: apply_xtc(logits, params, rows.generators),
     "temperature": _temperature,
 }
-DEFAULT_ORDER: tuple[str, ...] = (
-    "penalties",
-    "dry",
-    "top_n_sigma",
-    "top_k",
-    "top_a",
-    "tfs",
-    "typical_p",
-    "top_p",
-    "min_p",
-    "xtc",
-    "temperature",
-)
-"""llama.cpp's default chain, with Kobold's top-a and tail-free in their usual place."""
+DEFAULT_ORDER: tuple[str, ...] = get_args(SamplerName)
+"""The canonical names in their declared order: llama.cpp's default chain, with Kobold's
+top-a and tail-free in their usual place."""
 
 
 def _chain(

@@ -42,13 +42,12 @@ from gateway.errors import (
     InvalidRequest,
     NotSupported,
     PermissionDenied,
-    Unsupported,
 )
 from gateway.gateway import Gateway
 from gateway.routes.kobold import translate as tr
 from gateway.routes.kobold.state import KoboldGeneration, KoboldState, SavedState
 from gateway.services.embeddings import embed
-from gateway.services.streams import primed
+from gateway.services.streams import SSE_HEADERS, primed
 
 KOBOLDAI_VERSION = "1.2.5"
 KOBOLDCPP_VERSION = "1.95"
@@ -56,7 +55,6 @@ ERRORS = {
     400: ResponseSpec(ErrorResponse, description="Invalid request"),
     503: ResponseSpec(ErrorResponse, description="Server is busy"),
 }
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 CONFIG_FILE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\.toml$"
 
 
@@ -70,10 +68,7 @@ def _model(gateway: Gateway, requested: str | None = None) -> str:
     if name:
         gateway.models.handle(name)
         return name
-    for handle in gateway.models:
-        if Capability.GENERATE in handle.backend.capabilities:
-            return handle.spec.name
-    raise Unsupported("No configured model generates text.")
+    return gateway.models.first_with(Capability.GENERATE)
 
 
 def _context(gateway: Gateway, backend: Backend) -> int:

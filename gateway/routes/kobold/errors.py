@@ -4,7 +4,6 @@ koboldcpp-openapi.json), with the HTTP status saying what went wrong."""
 from __future__ import annotations
 
 import logging
-import re
 from typing import Any
 
 from gateway_schemas.kobold import BasicError, ErrorResponse
@@ -13,6 +12,7 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.types import ExceptionHandlersMap
 
 from gateway.errors import GatewayError
+from gateway.routes.problems import http_detail, validation_problem
 
 log = logging.getLogger("gateway.kobold")
 
@@ -40,23 +40,11 @@ def on_gateway_error(request: Request[Any, Any, Any], exc: GatewayError) -> Resp
 
 
 def on_validation_error(request: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
-    problems = exc.extra if isinstance(exc.extra, list) else []
-    if not problems:
-        return error_response(400, exc.detail or "Invalid request body.")
-    first = problems[0]
-    key = str(first.get("key") or "") or None
-    reason = re.sub(r" - at `\$[^`]*`$", "", str(first.get("message", "invalid value")))
-    missing = re.search(r"missing required field `([^`]+)`", reason)
-    if missing:
-        return error_response(400, f"Missing required field `{missing.group(1)}`.")
-    return error_response(400, f"Invalid value for `{key}`: {reason}" if key else reason)
+    return error_response(400, validation_problem(exc)[1])
 
 
 def on_http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
-    detail = exc.detail or "Bad request"
-    if exc.status_code == 400 and ("malformed" in detail or "truncated" in detail):
-        detail = f"We could not parse the JSON body of your request: {detail}"
-    return error_response(exc.status_code, detail)
+    return error_response(exc.status_code, http_detail(exc))
 
 
 def on_unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:

@@ -32,18 +32,17 @@ from litestar.response import Stream
 from msgspec import UNSET
 
 from gateway.engine import Backend, Capability
-from gateway.errors import GatewayError, InvalidRequest, NotSupported, Unsupported
+from gateway.errors import GatewayError, InvalidRequest, NotSupported
 from gateway.gateway import Gateway
 from gateway.routes.llamacpp import translate as tr
 from gateway.services.generation import Generation
-from gateway.services.streams import primed
+from gateway.services.streams import SSE_HEADERS, primed
 
 ERRORS = {
     400: ResponseSpec(ErrorResponse, description="Invalid request"),
     404: ResponseSpec(ErrorResponse, description="Unknown model"),
     503: ResponseSpec(ErrorResponse, description="Model still loading"),
 }
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 FIM_TOKENS = ("<fim_prefix>", "<fim_suffix>", "<fim_middle>")
 SLOT_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -57,10 +56,7 @@ def _model(gateway: Gateway, requested: str | None, capability: Capability) -> s
     alias = gateway.settings.llamacpp.model_alias
     if alias and capability in gateway.models.handle(alias).backend.capabilities:
         return alias
-    for handle in gateway.models:
-        if capability in handle.backend.capabilities:
-            return handle.spec.name
-    raise Unsupported(f"No configured model can {capability.value}.")
+    return gateway.models.first_with(capability)
 
 
 def _data(event: dict[str, Any]) -> bytes:

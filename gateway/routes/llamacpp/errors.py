@@ -9,7 +9,6 @@ Types as llama.cpp's server uses them: `invalid_request_error`, `authentication_
 from __future__ import annotations
 
 import logging
-import re
 from typing import Any
 
 from gateway_schemas.llamacpp import ErrorBody, ErrorResponse
@@ -19,6 +18,7 @@ from litestar.types import ExceptionHandlersMap
 from msgspec import UNSET
 
 from gateway.errors import ContextExceeded, GatewayError
+from gateway.routes.problems import http_detail, validation_problem
 
 log = logging.getLogger("gateway.llamacpp")
 
@@ -61,37 +61,19 @@ def on_gateway_error(request: Request[Any, Any, Any], exc: GatewayError) -> Resp
 
 
 def on_validation_error(request: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
-    problems = exc.extra if isinstance(exc.extra, list) else []
-    if not problems:
-        return error_response(400, _detail(exc), "invalid_request_error")
-    first = problems[0]
-    key = str(first.get("key") or "") or None
-    reason = re.sub(r" - at `\$[^`]*`$", "", str(first.get("message", "invalid value")))
-    missing = re.search(r"missing required field `([^`]+)`", reason)
-    if missing:
-        key = missing.group(1) if key in (None, "data") else f"{key}.{missing.group(1)}"
-        return error_response(400, f"Missing required field `{key}`.", "invalid_request_error")
-    message = f"Invalid value for `{key}`: {reason}" if key else f"Invalid request body: {reason}"
-    return error_response(400, message, "invalid_request_error")
+    return error_response(400, validation_problem(exc)[1], "invalid_request_error")
 
 
 def on_http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
     kind = _STATUS_TYPES.get(exc.status_code, "invalid_request_error")
     if exc.status_code >= 500 and exc.status_code not in _STATUS_TYPES:
         kind = "server_error"
-    return error_response(exc.status_code, _detail(exc), kind)
+    return error_response(exc.status_code, http_detail(exc), kind)
 
 
 def on_unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     log.exception("unexpected error on %s %s", request.method, request.url.path)
     return error_response(500, f"Internal server error ({type(exc).__name__}).", "server_error")
-
-
-def _detail(exc: HTTPException) -> str:
-    detail = exc.detail or "Bad request"
-    if exc.status_code == 400 and ("malformed" in detail or "truncated" in detail):
-        return f"We could not parse the JSON body of your request: {detail}"
-    return detail
 
 
 EXCEPTION_HANDLERS: ExceptionHandlersMap = {

@@ -36,14 +36,13 @@ from gateway.errors import GatewayError
 from gateway.gateway import Gateway
 from gateway.routes.openai import translate as tr
 from gateway.services.embeddings import embed
-from gateway.services.streams import primed
+from gateway.services.streams import SSE_HEADERS, primed
 
 ERRORS = {
     400: ResponseSpec(ErrorResponse, description="Invalid request"),
     404: ResponseSpec(ErrorResponse, description="Unknown model"),
     503: ResponseSpec(ErrorResponse, description="Model still loading"),
 }
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 def _sse(events: AsyncIterator[bytes]) -> Stream:

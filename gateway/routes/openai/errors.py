@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 from typing import Any
 
 from litestar import Request, Response
@@ -11,6 +10,7 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.types import ExceptionHandlersMap
 
 from gateway.errors import GatewayError
+from gateway.routes.problems import http_detail, validation_problem
 
 log = logging.getLogger("gateway.openai")
 
@@ -31,38 +31,20 @@ def on_gateway_error(request: Request[Any, Any, Any], exc: GatewayError) -> Resp
 
 
 def on_validation_error(request: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
-    problems = exc.extra if isinstance(exc.extra, list) else []
-    if not problems:
-        return error_response(400, _detail(exc), "invalid_request_error")
-    first = problems[0]
-    key = str(first.get("key") or "") or None
-    reason = re.sub(r" - at `\$[^`]*`$", "", str(first.get("message", "invalid value")))
-    missing = re.search(r"missing required field `([^`]+)`", reason)
-    if missing:
-        key = missing.group(1) if key in (None, "data") else f"{key}.{missing.group(1)}"
-        return error_response(400, f"Missing required field `{key}`.", "invalid_request_error", key)
-    message = f"Invalid value for `{key}`: {reason}" if key else f"Invalid request body: {reason}"
-    return error_response(400, message, "invalid_request_error", param=key)
+    param, message = validation_problem(exc)
+    return error_response(400, message, "invalid_request_error", param=param)
 
 
 def on_http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
     kind = _STATUS_TYPES.get(exc.status_code, "invalid_request_error")
     if exc.status_code >= 500:
         kind = "server_error"
-    return error_response(exc.status_code, _detail(exc), kind)
+    return error_response(exc.status_code, http_detail(exc), kind)
 
 
 def on_unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     log.exception("unexpected error on %s %s", request.method, request.url.path)
     return error_response(500, f"Internal server error ({type(exc).__name__}).", "server_error")
-
-
-def _detail(exc: HTTPException) -> str:
-    detail = exc.detail or "Bad request"
-    # msgspec's decode errors: "JSON is malformed: ...", "Input data was truncated".
-    if exc.status_code == 400 and ("malformed" in detail or "truncated" in detail):
-        return f"We could not parse the JSON body of your request: {detail}"
-    return detail
 
 
 EXCEPTION_HANDLERS: ExceptionHandlersMap = {
