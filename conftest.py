@@ -1,11 +1,56 @@
-"""Fixtures shared by every test folder of the repository."""
+"""Fixtures shared by every test folder of the repository, and the test plugins.
+
+The test plugin distributions under `tests/plugins/` (a third-party backend found through
+the `gateway` entry-point group) are pip-installed into a folder of their own that only
+the test process puts on `sys.path`: the tests find them through real entry points, while
+the development environment that `python3 dev.py serve` runs never sees them.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parent
+TEST_PLUGINS = sorted((ROOT / "tests" / "plugins").iterdir())
+
+
+def _plugins_digest() -> str:
+    h = hashlib.sha256()
+    for folder in TEST_PLUGINS:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file() and "egg-info" not in str(path) and "__pycache__" not in str(path):
+                h.update(str(path.relative_to(ROOT)).encode())
+                h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def install_test_plugins() -> Path:
+    """The folder holding the installed test plugins (installed once per change)."""
+    target = Path(sys.prefix) / "test-plugins" / _plugins_digest()
+    if not target.is_dir():
+        partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(partial)]
+            + [str(p) for p in TEST_PLUGINS],
+            check=True,
+        )
+        try:
+            partial.rename(target)
+        except OSError:  # another test process installed it first
+            shutil.rmtree(partial, ignore_errors=True)
+    return target
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    sys.path.insert(0, str(install_test_plugins()))
 
 
 @pytest.fixture(scope="session")

@@ -27,7 +27,6 @@ INPUTS = [
     "pyproject.toml",
     "schemas/pyproject.toml",
     "backends/torch/pyproject.toml",
-    "tests/plugins/gateway-example-backend/pyproject.toml",
 ]
 
 

@@ -48,9 +48,12 @@ class ModelNotFound(GatewayError):
     status = 404
     kind = "invalid_request_error"
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, served: list[str] | None = None):
+        listed = ", ".join(f"`{n}`" for n in served or []) or "none"
         super().__init__(
-            f"The model `{name}` does not exist.", param="model", code="model_not_found"
+            f"The model `{name}` does not exist. Served models: {listed}.",
+            param="model",
+            code="model_not_found",
         )
 
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 from gateway.auth import Actor
-from gateway.engine import BackendFactory, ModelManager, ModelSpec
+from gateway.engine import BackendFactory, Capability, ModelManager, ModelSpec
 from gateway.errors import AuthenticationFailed, ConfigError, PermissionDenied
 from gateway.metrics import Metrics
 from gateway.plugins import make_plugin_manager
@@ -60,6 +60,12 @@ class Gateway:
 
         self.hook.register_models(register=register, gateway=self)
         return specs
+
+    def model_for(self, requested: str | None, capability: Capability) -> str:
+        """The model serving a request that names `requested` (or none) and needs
+        `capability`, under the `unknown_models` setting (see `ModelManager.resolve`)."""
+        fallback = self.settings.unknown_models == "default"
+        return self.models.resolve(requested, capability, fallback=fallback)
 
     async def startup(self) -> None:
         for result in self.hook.startup(gateway=self):

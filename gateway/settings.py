@@ -99,6 +99,11 @@ class KoboldSettings(Struct, kw_only=True, forbid_unknown_fields=True):
 class Settings(Struct, kw_only=True, forbid_unknown_fields=True):
     data_dir: str | None = None
     model: str | None = None
+    unknown_models: Literal["reject", "default"] = "reject"
+    """What the OpenAI and llama.cpp families do with a request naming a model that is not
+    served: `reject` answers 404 listing the served models; `default` serves it with the
+    default model for the route (as llama-server does, whose clients hard-code names such
+    as `gpt-3.5-turbo`). A request naming no model always gets the default."""
     server: ServerSettings = field(default_factory=ServerSettings)
     routes: dict[str, bool] = field(default_factory=dict)
     models: list[ModelSpec] = field(default_factory=lambda: list(DEFAULT_MODELS))

@@ -14,6 +14,7 @@ from gateway_schemas.openai import (
     EmbeddingUsage,
 )
 
+from gateway.engine import Capability
 from gateway.errors import InvalidRequest, Unsupported
 from gateway.services.prompts import prompt_batch
 
@@ -45,18 +46,20 @@ def _base64(vector: list[float]) -> str:
 
 
 async def embed(gateway: Gateway, body: EmbeddingRequest) -> EmbeddingResponse:
-    backend = gateway.models.get(body.model)
+    """Embed `body.input` with the model it names (none: the first embedding model)."""
+    model = gateway.model_for(body.model, Capability.EMBED)
+    backend = gateway.models.get(model)
     texts = await embedding_inputs(backend, body.input)
     result = await backend.embed(texts)
     dims = len(result.vectors[0]) if result.vectors else 0
     if body.dimensions is not None and body.dimensions != dims:
         raise Unsupported(
-            f"Model `{body.model}` makes {dims}-dimension vectors and cannot shorten them.",
+            f"Model `{model}` makes {dims}-dimension vectors and cannot shorten them.",
             param="dimensions",
         )
     encode = _base64 if body.encoding_format == "base64" else list
     return EmbeddingResponse(
         data=[EmbeddingData(index=i, embedding=encode(v)) for i, v in enumerate(result.vectors)],
-        model=body.model,
+        model=model,
         usage=EmbeddingUsage(prompt_tokens=result.prompt_tokens, total_tokens=result.prompt_tokens),
     )

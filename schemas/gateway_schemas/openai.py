@@ -104,7 +104,8 @@ class SamplingExtras(Struct, kw_only=True):
 
 
 class ChatCompletionRequest(SamplingExtras, kw_only=True):
-    model: str
+    model: str | None = None
+    """Optional, as llama-server and Kiln allow: without it the default chat model serves."""
     messages: Annotated[list[ChatMessageIn], Meta(min_length=1)]
     max_tokens: PositiveInt | None = None
     max_completion_tokens: PositiveInt | None = None
@@ -113,7 +114,7 @@ class ChatCompletionRequest(SamplingExtras, kw_only=True):
 
 
 class CompletionRequest(SamplingExtras, kw_only=True):
-    model: str
+    model: str | None = None
     prompt: str | list[str | int | list[int]]
     """Text, token ids, or a batch of either (msgspec allows one list type per union)."""
     max_tokens: Annotated[int, Meta(ge=0)] | None = 16
@@ -124,7 +125,7 @@ class CompletionRequest(SamplingExtras, kw_only=True):
 
 
 class EmbeddingRequest(Struct, kw_only=True):
-    model: str
+    model: str | None = None
     input: str | list[str | int | list[int]]
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: PositiveInt | None = None

@@ -49,10 +49,13 @@ SLOT_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 def _model(gateway: Gateway, requested: str | None, capability: Capability) -> str:
     """The model a native request runs on: the one named, else `[llamacpp] model_alias`,
-    else the first configured model that has `capability`."""
-    if requested:
-        gateway.models.handle(requested)  # 404 for an unknown name
-        return requested
+    else the first configured model that has `capability`. An unknown name is a 404 that
+    lists the served models, or with `unknown_models = "default"` gets the default."""
+    if requested and (
+        requested in {h.spec.name for h in gateway.models}
+        or gateway.settings.unknown_models == "reject"
+    ):
+        return gateway.model_for(requested, capability)
     alias = gateway.settings.llamacpp.model_alias
     if alias and capability in gateway.models.handle(alias).backend.capabilities:
         return alias

@@ -7,6 +7,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import msgspec
 from gateway_schemas.canonical import GenerationChunk, GenerationRequest
 from gateway_schemas.openai import (
     AssistantMessage,
@@ -32,6 +33,7 @@ from litestar.params import FromPath, JSONBody
 from litestar.response import Stream
 from msgspec import UNSET
 
+from gateway.engine import Capability
 from gateway.errors import GatewayError
 from gateway.gateway import Gateway
 from gateway.routes.openai import translate as tr
@@ -86,8 +88,10 @@ class OpenAIController(Controller):
         self, data: JSONBody[ChatCompletionRequest], gateway: NamedDependency[Gateway]
     ) -> Response[Any]:
         rid = f"chatcmpl-{uuid.uuid4().hex}"
-        requests = tr.chat_requests(data, rid)
-        gateway.models.get(data.model)
+        model = gateway.model_for(data.model, Capability.CHAT)
+        data = msgspec.structs.replace(data, model=model)
+        requests = tr.chat_requests(data, rid, model)
+        gateway.models.get(model)
         if data.stream:
             chunks = await primed(gateway.generation.stream_many(requests))
             return _sse(_chat_events(data, rid, chunks))
@@ -95,7 +99,7 @@ class OpenAIController(Controller):
         body = ChatCompletion(
             id=rid,
             created=int(time.time()),
-            model=data.model,
+            model=model,
             choices=[
                 ChatChoice(
                     index=i,
@@ -122,8 +126,10 @@ class OpenAIController(Controller):
         self, data: JSONBody[CompletionRequest], gateway: NamedDependency[Gateway]
     ) -> Response[Any]:
         rid = f"cmpl-{uuid.uuid4().hex}"
-        requests = tr.completion_requests(data, rid)
-        backend = gateway.models.get(data.model)
+        model = gateway.model_for(data.model, Capability.GENERATE)
+        data = msgspec.structs.replace(data, model=model)
+        requests = tr.completion_requests(data, rid, model)
+        backend = gateway.models.get(model)
         echoes = [await _prompt_text(backend, r) if data.echo else "" for r in requests]
         if data.stream:
             chunks = await primed(gateway.generation.stream_many(requests))
@@ -132,7 +138,7 @@ class OpenAIController(Controller):
         body = Completion(
             id=rid,
             created=int(time.time()),
-            model=data.model,
+            model=model,
             choices=[
                 CompletionChoice(
                     index=i,
@@ -171,7 +177,9 @@ async def _chat_events(
 
     def event(choices: list[ChatChunkChoice], **extra: Any) -> bytes:
         return tr.encode_event(
-            ChatCompletionChunk(id=rid, created=created, model=body.model, choices=choices, **extra)
+            ChatCompletionChunk(
+                id=rid, created=created, model=body.model or "", choices=choices, **extra
+            )
         )
 
     for index in range(body.n):
@@ -225,7 +233,7 @@ async def _completion_events(
 
     def event(choices: list[CompletionChoice], **extra: Any) -> bytes:
         return tr.encode_event(
-            Completion(id=rid, created=created, model=body.model, choices=choices, **extra)
+            Completion(id=rid, created=created, model=body.model or "", choices=choices, **extra)
         )
 
     for index, echo in enumerate(echoes):

@@ -123,14 +123,16 @@ def _message(index: int, message: ChatMessageIn) -> ChatMessage:
     return ChatMessage(role=role, content=content or "", name=message.name)
 
 
-def chat_requests(body: ChatCompletionRequest, request_id: str) -> list[GenerationRequest]:
+def chat_requests(
+    body: ChatCompletionRequest, request_id: str, model: str
+) -> list[GenerationRequest]:
     if body.top_logprobs and not body.logprobs:
         raise InvalidRequest("`top_logprobs` requires `logprobs` to be true.", param="top_logprobs")
     messages = [_message(i, m) for i, m in enumerate(body.messages)]
     return [
         GenerationRequest(
             id=f"{request_id}-{choice}",
-            model=body.model,
+            model=model,
             messages=messages,
             sampling=sampling(body, choice),
             stop=stop_list(body.stop),
@@ -144,7 +146,9 @@ def chat_requests(body: ChatCompletionRequest, request_id: str) -> list[Generati
     ]
 
 
-def completion_requests(body: CompletionRequest, request_id: str) -> list[GenerationRequest]:
+def completion_requests(
+    body: CompletionRequest, request_id: str, model: str
+) -> list[GenerationRequest]:
     if body.suffix:
         raise Unsupported("`suffix` (insertion) is not supported by this model.", param="suffix")
     if body.best_of is not None and body.best_of != body.n:
@@ -155,7 +159,7 @@ def completion_requests(body: CompletionRequest, request_id: str) -> list[Genera
             requests.append(
                 GenerationRequest(
                     id=f"{request_id}-{p_index}-{choice}",
-                    model=body.model,
+                    model=model,
                     prompt=prompt,
                     sampling=sampling(body, choice),
                     stop=stop_list(body.stop),
