@@ -42,7 +42,7 @@ from gateway_schemas.canonical import (
 from gateway.errors import BackendFailure, GatewayError, InvalidRequest
 from gateway_torch.job import ChunkEmitter, Job
 from gateway_torch.loading import CausalModel
-from gateway_torch.logprobs import token_logprob
+from gateway_torch.logprobs import post_sampling_logprob, token_logprob
 from gateway_torch.runners import Runner, Work
 from gateway_torch.sampling import make_generator, sample, transform
 from gateway_torch.sampling_extra import RowState
@@ -369,11 +369,13 @@ class Scheduler:
             if sequence.prompt_done is None:
                 sequence.prompt_done = now
             logprob: TokenLogprob | None = None
-            if sequence.job.top_logprobs is not None:
-                source = logits[row : row + 1]
-                if sequence.job.post_sampling:
-                    source = _sampled_distribution(draw[row : row + 1], sequence)
-                logprob = token_logprob(self._lm, source, int(token), sequence.job.top_logprobs)
+            top = sequence.job.top_logprobs
+            if top is not None and sequence.job.post_sampling:
+                greedy = sequence.job.sampling.temperature <= 0.0
+                filtered = _sampled_distribution(draw[row : row + 1], sequence)
+                logprob = post_sampling_logprob(self._lm, filtered, int(token), top, greedy)
+            elif top is not None:
+                logprob = token_logprob(self._lm, logits[row : row + 1], int(token), top)
             self._accept(sequence, int(token), logprob)
 
     def _masked(self, sequences: list[_Sequence], logits: torch.Tensor) -> torch.Tensor:
@@ -447,13 +449,10 @@ def _past(sequence: _Sequence, limit: float | None) -> bool:
 
 
 def _sampled_distribution(draw: torch.Tensor, sequence: _Sequence) -> torch.Tensor:
-    """The `[1, vocab]` logits of the distribution the token was drawn from."""
+    """The `[1, vocab]` logits after the sequence's sampler chain (temperature included):
+    `-inf` for every token the chain removed."""
     params = sequence.job.sampling
-    filtered = transform(draw, [params], [sequence.ids], None, [sequence.state])
-    if params.temperature <= 0.0:  # greedy: all the mass on the argmax
-        best = filtered.argmax(dim=-1, keepdim=True)
-        return torch.full_like(filtered, float("-inf")).scatter(1, best, 0.0)
-    return filtered
+    return transform(draw, [params], [sequence.ids], None, [sequence.state])
 
 
 def _common(cached: list[int], prompt: list[int]) -> int:
