@@ -1,8 +1,10 @@
 """The KoboldCpp dialect: `/api/v1` (again under `/api/latest`), `/api/extra`,
 `/api/admin` (admin scope, off unless `[kobold] admin = true`), `/.well-known/serviceinfo`,
-and 501 answers for the image, audio and web-search routes. Errors in KoboldAI's shape.
+and the image, audio and web-search routes answered as KoboldCpp answers them with those
+features off (`probes`). Bodies are read as leniently as KoboldCpp reads them (`body`),
+values clamped as it clamps them (`translate`). Errors in KoboldAI's shape.
 Settings: `[kobold]` (see `gateway.settings.KoboldSettings`). Story saves and the
-multiplayer story live in the gateway's SQLite database."""
+multiplayer story live in the gateway's SQLite database (`stories`)."""
 
 from __future__ import annotations
 
@@ -24,19 +26,27 @@ FAMILY = "kobold"
 
 @hookimpl
 def register_routes(register: Callable[[RouteFamily], None], gateway: Gateway) -> None:
-    from gateway.routes.kobold.controllers import (
-        KoboldAdminController,
-        KoboldController,
+    from gateway.routes.kobold.admin import KoboldAdminController
+    from gateway.routes.kobold.controllers import KoboldController
+    from gateway.routes.kobold.errors import EXCEPTION_HANDLERS
+    from gateway.routes.kobold.probes import (
         KoboldPropsController,
+        ProbeController,
         UnprovidedController,
     )
-    from gateway.routes.kobold.errors import EXCEPTION_HANDLERS
     from gateway.routes.kobold.state import KoboldState
+    from gateway.routes.kobold.stories import StoryController
     from gateway.storage import Store
 
     state = KoboldState(Store(gateway.settings.data_path() / "gateway.db"))
 
-    handlers: list[type] = [KoboldController, KoboldAdminController, UnprovidedController]
+    handlers: list[type] = [
+        KoboldController,
+        StoryController,
+        KoboldAdminController,
+        ProbeController,
+        UnprovidedController,
+    ]
     if not gateway.settings.family_enabled("llamacpp"):
         handlers.append(KoboldPropsController)
     router = Router(

@@ -1,4 +1,13 @@
-"""KoboldCpp's routes: /api/v1 (and /api/latest), /api/extra, /api/admin."""
+"""KoboldCpp's generation, tokenizer, embedding and information routes: /api/v1 (and
+/api/latest) and /api/extra. Bodies are read as KoboldCpp reads them (`body.read_body`);
+`model` in a body is ignored, as KoboldCpp ignores it: generation uses `[kobold] model` or
+the first model that generates, embeddings the first model that embeds (with none,
+KoboldCpp's empty vectors). The story routes are in `stories`, the admin routes in
+`admin`, the routes of capabilities this server lacks in `probes`.
+
+`/api/extra/shutdown` answers `{"success": false}` unless it comes from loopback, as
+KoboldCpp answers any shutdown it refuses.
+"""
 
 from __future__ import annotations
 
@@ -8,44 +17,38 @@ import ipaddress
 import json
 import os
 import signal
-import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
-from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+import msgspec
 from gateway_schemas.kobold import (
-    DataLoadRequest,
-    DataSaveRequest,
     DetokenizeRequest,
     ErrorResponse,
     GenerationInput,
     GenKey,
     JsonToGrammarRequest,
-    MultiplayerStatusRequest,
-    ReloadConfigRequest,
-    SetStoryRequest,
-    StateRequest,
+    KoboldEmbeddingRequest,
     TokenCountRequest,
 )
-from gateway_schemas.openai import EmbeddingRequest, EmbeddingResponse
+from gateway_schemas.openai import (
+    EmbeddingData,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    EmbeddingUsage,
+)
 from litestar import Controller, Request, get, post
 from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
-from litestar.params import JSONBody
 from litestar.response import Stream
 
 from gateway import __version__
 from gateway.engine import Backend, Capability
-from gateway.errors import (
-    GatewayError,
-    InvalidRequest,
-    NotSupported,
-    PermissionDenied,
-)
+from gateway.errors import GatewayError, Unsupported
 from gateway.gateway import Gateway
 from gateway.routes.kobold import translate as tr
-from gateway.routes.kobold.state import KoboldGeneration, KoboldState, SavedState
+from gateway.routes.kobold.body import documented, read_body
+from gateway.routes.kobold.state import KoboldGeneration, KoboldState
 from gateway.services.embeddings import embed
 from gateway.services.streams import SSE_HEADERS, primed
 
@@ -55,7 +58,8 @@ ERRORS = {
     400: ResponseSpec(ErrorResponse, description="Invalid request"),
     503: ResponseSpec(ErrorResponse, description="Server is busy"),
 }
-CONFIG_FILE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\.toml$"
+GENERATION_BODY = documented(GenerationInput)
+NO_EMBEDDING_MODEL = "inactive"
 
 
 class ServerBusy(GatewayError):
@@ -115,14 +119,13 @@ def _logprobs(generation: KoboldGeneration) -> dict[str, Any]:
     }
 
 
-def _slot_number(raw: int | str, slots: int) -> int:
-    try:
-        slot = int(raw)
-    except ValueError:
-        raise InvalidRequest(f"`slot` must be a number from 0 to {slots - 1}.") from None
-    if not 0 <= slot < slots:
-        raise InvalidRequest(f"`slot` must be a number from 0 to {slots - 1}.")
-    return slot
+def _genkey(raw: Any) -> str:
+    """The `genkey` of a polling body; KoboldCpp reads any body, and a key that is not
+    text matches no generation of its own."""
+    key = raw.get("genkey") if isinstance(raw, dict) else None
+    if key is None:
+        return ""
+    return key if isinstance(key, str) else json.dumps(key)
 
 
 class KoboldController(Controller):
@@ -138,10 +141,9 @@ class KoboldController(Controller):
             raise ServerBusy("Server is busy; please try again later.")
         kobold.in_flight += 1  # no await since the check: the reservation is atomic
         try:
-            model = _model(gateway, body.model)
+            model = _model(gateway)
             backend = gateway.models.get(model)
-            max_length = body.max_length or knobs.max_length
-            max_context = body.max_context_length or _context(gateway, backend)
+            max_context, max_length = tr.limits(body, _context(gateway, backend), knobs.max_length)
             genkey = body.genkey or f"KCPP{uuid.uuid4().hex[:12]}"
             request_id = f"kobold-{genkey}-{uuid.uuid4().hex[:8]}"
             request = await tr.generation_request(
@@ -172,23 +174,25 @@ class KoboldController(Controller):
     @post(["/v1/generate", "/latest/generate"], status_code=200, responses=ERRORS)
     async def generate(
         self,
-        data: JSONBody[GenerationInput],
         gateway: NamedDependency[Gateway],
         kobold: NamedDependency[KoboldState],
+        data: Annotated[Any, GENERATION_BODY] = None,
     ) -> dict[str, Any]:
-        generation, chunks = await self._start(gateway, kobold, data)
+        body = read_body(data, GenerationInput)
+        generation, chunks = await self._start(gateway, kobold, body)
         async for _ in chunks:
             pass
-        return {"results": [_result(generation, data)]}
+        return {"results": [_result(generation, body)]}
 
     @post("/extra/generate/stream", status_code=200, responses=ERRORS)
     async def generate_stream(
         self,
-        data: JSONBody[GenerationInput],
         gateway: NamedDependency[Gateway],
         kobold: NamedDependency[KoboldState],
+        data: Annotated[Any, GENERATION_BODY] = None,
     ) -> Stream:
-        _, chunks = await self._start(gateway, kobold, data)
+        body = read_body(data, GenerationInput)
+        _, chunks = await self._start(gateway, kobold, body)
 
         async def events() -> AsyncIterator[bytes]:
             try:
@@ -196,7 +200,7 @@ class KoboldController(Controller):
                     if chunk.text:
                         yield _event({"token": chunk.text})
                     if chunk.finish_reason is not None:
-                        tail = chunk.stop_word if chunk.stop_word and not data.trim_stop else ""
+                        tail = chunk.stop_word if chunk.stop_word and not body.trim_stop else ""
                         yield _event({"token": tail, "finish_reason": chunk.finish_reason})
             except GatewayError as exc:
                 yield _event({"token": "", "error": exc.message})
@@ -210,9 +214,11 @@ class KoboldController(Controller):
 
     @post(["/extra/generate/check"], status_code=200)
     async def check(
-        self, kobold: NamedDependency[KoboldState], data: JSONBody[GenKey | None] = None
+        self,
+        kobold: NamedDependency[KoboldState],
+        data: Annotated[Any, documented(GenKey)] = None,
     ) -> dict[str, Any]:
-        generation = kobold.find(data.genkey if data else "")
+        generation = kobold.find(_genkey(data))
         return {"results": [{"text": generation.text if generation else ""}]}
 
     @post("/extra/abort", status_code=200)
@@ -220,9 +226,9 @@ class KoboldController(Controller):
         self,
         gateway: NamedDependency[Gateway],
         kobold: NamedDependency[KoboldState],
-        data: JSONBody[GenKey | None] = None,
+        data: Annotated[Any, documented(GenKey)] = None,
     ) -> dict[str, Any]:
-        generation = kobold.find(data.genkey if data else "")
+        generation = kobold.find(_genkey(data))
         if generation is None or generation.final is not None:
             return {"success": False, "done": True}
         await gateway.models.get(generation.model).abort(generation.request_id)
@@ -230,9 +236,11 @@ class KoboldController(Controller):
 
     @post("/extra/last_logprobs", status_code=200)
     async def last_logprobs(
-        self, kobold: NamedDependency[KoboldState], data: JSONBody[GenKey | None] = None
+        self,
+        kobold: NamedDependency[KoboldState],
+        data: Annotated[Any, documented(GenKey)] = None,
     ) -> dict[str, Any]:
-        generation = kobold.find(data.genkey if data else "")
+        generation = kobold.find(_genkey(data))
         return {"logprobs": _logprobs(generation) if generation else {"content": []}}
 
     @get(["/v1/model", "/latest/model"])
@@ -283,124 +291,54 @@ class KoboldController(Controller):
     async def perf(self, kobold: NamedDependency[KoboldState]) -> dict[str, Any]:
         return kobold.perf(KOBOLDCPP_VERSION)
 
-    @get("/extra/preloadstory")
-    async def preload_story(self, gateway: NamedDependency[Gateway]) -> dict[str, Any]:
-        path = gateway.settings.kobold.preload_story
-        if not path:
-            return {}
-        try:
-            story: dict[str, Any] = json.loads(Path(path).expanduser().read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise InvalidRequest(f"The preloaded story could not be read: {exc}") from exc
-        return story
-
     @post(["/extra/tokencount", "/extra/tokenize"], status_code=200)
     async def tokencount(
-        self, data: JSONBody[TokenCountRequest], gateway: NamedDependency[Gateway]
+        self,
+        gateway: NamedDependency[Gateway],
+        data: Annotated[Any, documented(TokenCountRequest)] = None,
     ) -> dict[str, Any]:
-        ids = await gateway.models.get(_model(gateway)).tokenize(data.prompt, add_special=True)
+        body = read_body(data, TokenCountRequest)
+        backend = gateway.models.get(_model(gateway))
+        ids = await backend.tokenize(body.prompt, add_special=body.special)
         return {"value": len(ids), "ids": ids}
 
     @post("/extra/detokenize", status_code=200)
     async def detokenize(
-        self, data: JSONBody[DetokenizeRequest], gateway: NamedDependency[Gateway]
+        self,
+        gateway: NamedDependency[Gateway],
+        data: Annotated[Any, documented(DetokenizeRequest)] = None,
     ) -> dict[str, Any]:
-        text = await gateway.models.get(_model(gateway)).detokenize(data.ids)
+        body = read_body(data, DetokenizeRequest)
+        text = await gateway.models.get(_model(gateway)).detokenize(body.ids) if body.ids else ""
         return {"result": text, "success": True}
 
     @post("/extra/json_to_grammar", status_code=200)
-    async def json_to_grammar(self, data: JSONBody[JsonToGrammarRequest]) -> dict[str, Any]:
+    async def json_to_grammar(
+        self, data: Annotated[Any, documented(JsonToGrammarRequest)] = None
+    ) -> dict[str, Any]:
         """The schema as a grammar that this server's `grammar` field accepts: llguidance's
-        Lark dialect, whose `%json` rule embeds a JSON schema."""
-        try:
-            text = json.dumps(data.schema)
-        except (TypeError, ValueError) as exc:
-            raise InvalidRequest(f"Invalid schema: {exc}") from exc
-        return {"result": f"start: %json {text}\n", "success": True}
+        Lark dialect, whose `%json` rule embeds a JSON schema. As in KoboldCpp, a body
+        without a `schema` is itself the schema."""
+        schema = read_body(data, JsonToGrammarRequest).schema or data
+        return {"result": f"start: %json {json.dumps(schema)}\n", "success": True}
 
     @post("/extra/embeddings", status_code=200)
     async def embeddings(
-        self, data: JSONBody[EmbeddingRequest], gateway: NamedDependency[Gateway]
+        self,
+        gateway: NamedDependency[Gateway],
+        data: Annotated[Any, documented(KoboldEmbeddingRequest)] = None,
     ) -> EmbeddingResponse:
-        return await embed(gateway, data)
-
-    @post("/extra/data/save", status_code=200)
-    async def data_save(
-        self,
-        data: JSONBody[DataSaveRequest],
-        gateway: NamedDependency[Gateway],
-        kobold: NamedDependency[KoboldState],
-    ) -> dict[str, Any]:
-        slot = _slot_number(data.slot, gateway.settings.kobold.save_slots)
-        await kobold.store.save_story(slot, data.title, data.format, data.data)
-        return {"success": True, "error": ""}
-
-    @post("/extra/data/load", status_code=200)
-    async def data_load(
-        self,
-        data: JSONBody[DataLoadRequest],
-        gateway: NamedDependency[Gateway],
-        kobold: NamedDependency[KoboldState],
-    ) -> dict[str, Any]:
-        slot = _slot_number(data.slot, gateway.settings.kobold.save_slots)
-        row = await kobold.store.load_story(slot)
-        if row is None:
-            return {"success": False, "data": "", "error": f"Slot {slot} is empty."}
-        return {
-            "success": True,
-            "data": row["data"],
-            "title": row["title"],
-            "format": row["format"],
-        }
-
-    @post("/extra/data/list", status_code=200)
-    async def data_list(
-        self, gateway: NamedDependency[Gateway], kobold: NamedDependency[KoboldState]
-    ) -> list[str]:
-        return await kobold.store.story_titles(gateway.settings.kobold.save_slots)
-
-    @post("/extra/multiplayer/status", status_code=200)
-    async def multiplayer_status(
-        self,
-        kobold: NamedDependency[KoboldState],
-        data: JSONBody[MultiplayerStatusRequest | None] = None,
-    ) -> dict[str, Any]:
-        row = await kobold.store.multiplayer()
-        # Turns as strings: koboldcpp-openapi.json types them so.
-        return {
-            "turn_major": str(row["turn_major"] if row else 0),
-            "turn_minor": str(row["turn_minor"] if row else 0),
-            "idle": int(time.time() - row["updated"]) if row else 0,
-            "data_format": row["data_format"] if row else "",
-        }
-
-    @post("/extra/multiplayer/getstory", status_code=200)
-    async def multiplayer_getstory(self, kobold: NamedDependency[KoboldState]) -> dict[str, Any]:
-        row = await kobold.store.multiplayer()
-        if row is None:
-            return {}
-        return {
-            "data": row["data"],
-            "data_format": row["data_format"],
-            "turn_major": row["turn_major"],
-            "turn_minor": row["turn_minor"],
-            "sender": row["sender"],
-        }
-
-    @post("/extra/multiplayer/setstory", status_code=200)
-    async def multiplayer_setstory(
-        self, data: JSONBody[SetStoryRequest], kobold: NamedDependency[KoboldState]
-    ) -> dict[str, Any]:
-        row = await kobold.store.set_multiplayer(
-            data.data, data.data_format, data.sender, data.full_update
-        )
-        return {
-            "success": True,
-            "turn_major": str(row["turn_major"]),
-            "turn_minor": str(row["turn_minor"]),
-            "idle": 0,
-            "data_format": row["data_format"],
-        }
+        body = read_body(data, KoboldEmbeddingRequest)
+        texts = [body.input] if isinstance(body.input, str) else body.input
+        texts = [t for t in texts if t] if isinstance(body.input, str) else texts
+        try:
+            model = gateway.models.first_with(Capability.EMBED)
+        except Unsupported:
+            return _no_embeddings(NO_EMBEDDING_MODEL, texts)
+        if not texts:
+            return _no_embeddings(model, texts)
+        request = EmbeddingRequest(input=list(texts), encoding_format=body.encoding_format)
+        return await embed(gateway, msgspec.structs.replace(request, model=model))
 
     @post("/extra/shutdown", status_code=200)
     async def shutdown(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
@@ -410,189 +348,20 @@ class KoboldController(Controller):
         except ValueError:
             loopback = host == "localhost"
         if not loopback:
-            raise PermissionDenied("Shutting the server down is only allowed from loopback.")
+            return {"success": False}
         asyncio.get_running_loop().call_later(0.2, os.kill, os.getpid(), signal.SIGINT)
         return {"success": True}
 
 
-class KoboldAdminController(Controller):
-    """`/api/admin/*`: admin scope, and only when `[kobold] admin = true`."""
-
-    path = "/api/admin"
-    opt = {"scope": "admin"}
-
-    @get("/list_options")
-    async def list_options(self, gateway: NamedDependency[Gateway]) -> list[str]:
-        return sorted(p.name for p in _admin_dir(gateway).glob("*.toml"))
-
-    @post("/reload_config", status_code=200)
-    async def reload_config(
-        self, data: JSONBody[ReloadConfigRequest], gateway: NamedDependency[Gateway]
-    ) -> dict[str, Any]:
-        import re
-
-        from gateway.settings import load_settings
-
-        folder = _admin_dir(gateway)
-        if not re.match(CONFIG_FILE, data.filename) or not (folder / data.filename).is_file():
-            raise InvalidRequest(f"No config `{data.filename}` in the admin directory.")
-        settings = await asyncio.to_thread(load_settings, folder / data.filename)
-        await gateway.models.replace(
-            settings.served_models(), gateway.backends, gateway.settings.data_path()
-        )
-        return {"success": True}
-
-    @post("/check_state", status_code=200)
-    async def check_state(
-        self, gateway: NamedDependency[Gateway], kobold: NamedDependency[KoboldState]
-    ) -> dict[str, Any]:
-        _admin_dir(gateway)
-        last = kobold.last
-        tokens = last.final.usage.prompt_tokens if last and last.final and last.final.usage else 0
-        old = [
-            {"tokens": kobold.saved[i].tokens, "size": kobold.saved[i].size}
-            if i in kobold.saved
-            else {"tokens": 0, "size": 0}
-            for i in range(3)
-        ]
-        return {"success": True, "old_states": old, "new_state_size": 0, "new_tokens": tokens}
-
-    @post("/save_state", status_code=200)
-    async def save_state(
-        self,
-        gateway: NamedDependency[Gateway],
-        kobold: NamedDependency[KoboldState],
-        data: JSONBody[StateRequest | None] = None,
-    ) -> dict[str, Any]:
-        _admin_dir(gateway)
-        index = data.slot if data else 0
-        last = kobold.last
-        if last is None or last.final is None or last.final.slot is None:
-            raise InvalidRequest("There is no finished generation whose context could be saved.")
-        backend = gateway.models.get(last.model)
-        path = _state_path(gateway, index)
-        result = await backend.slot_action(last.final.slot, "save", path)
-        kobold.saved[index] = SavedState(
-            tokens=int(result.get("n_saved", 0)),
-            size=int(result.get("n_written", 0)),
-            slot=last.final.slot,
-            model=last.model,
-        )
-        return {
-            "success": True,
-            "new_state_size": kobold.saved[index].size,
-            "new_tokens": kobold.saved[index].tokens,
-        }
-
-    @post("/load_state", status_code=200)
-    async def load_state(
-        self,
-        gateway: NamedDependency[Gateway],
-        kobold: NamedDependency[KoboldState],
-        data: JSONBody[StateRequest | None] = None,
-    ) -> dict[str, Any]:
-        _admin_dir(gateway)
-        index = data.slot if data else 0
-        saved = kobold.saved.get(index)
-        if saved is None:
-            raise InvalidRequest(f"No state saved in state slot {index}.")
-        backend = gateway.models.get(saved.model)
-        result = await backend.slot_action(saved.slot, "restore", _state_path(gateway, index))
-        return {"success": True, "new_tokens": int(result.get("n_restored", 0))}
-
-    @post("/clear_state", status_code=200)
-    async def clear_state(
-        self, gateway: NamedDependency[Gateway], kobold: NamedDependency[KoboldState]
-    ) -> dict[str, Any]:
-        _admin_dir(gateway)
-        for index in list(kobold.saved):
-            _state_path(gateway, index).unlink(missing_ok=True)
-        kobold.saved.clear()
-        return {"success": True}
-
-
-def _admin_dir(gateway: Gateway) -> Path:
-    knobs = gateway.settings.kobold
-    if not knobs.admin:
-        raise NotSupported("The admin API is off ([kobold] admin = false).")
-    folder = knobs.admin_dir
-    return Path(folder).expanduser() if folder else gateway.settings.data_path() / "kobold-configs"
-
-
-def _state_path(gateway: Gateway, index: int) -> Path:
-    return gateway.settings.data_path() / "kobold-states" / f"state-{index}.bin"
+def _no_embeddings(model: str, texts: list[str]) -> EmbeddingResponse:
+    """What KoboldCpp answers without an embedding model (and for no input): an empty
+    vector per input."""
+    return EmbeddingResponse(
+        data=[EmbeddingData(index=i, embedding=[]) for i in range(len(texts))],
+        model=model,
+        usage=EmbeddingUsage(prompt_tokens=0, total_tokens=0),
+    )
 
 
 def _event(data: dict[str, Any]) -> bytes:
     return b"event: message\ndata: " + json.dumps(data, ensure_ascii=False).encode() + b"\n\n"
-
-
-UNPROVIDED = {
-    "/sdapi/v1/sd-models": "image generation",
-    "/sdapi/v1/options": "image generation",
-    "/sdapi/v1/samplers": "image generation",
-    "/sdapi/v1/txt2img": "image generation",
-    "/sdapi/v1/img2img": "image generation",
-    "/sdapi/v1/interrogate": "image captioning",
-    "/api/extra/transcribe": "speech-to-text transcription",
-    "/api/extra/tts": "text-to-speech",
-    "/api/extra/websearch": "web search",
-    "/v1/audio/transcriptions": "speech-to-text transcription",
-    "/v1/audio/speech": "text-to-speech",
-}
-
-
-class UnprovidedController(Controller):
-    """Image, audio and web-search routes of KoboldCpp: 501 until a plugin provides them."""
-
-    path = "/"
-
-    @get(["/sdapi/v1/sd-models", "/sdapi/v1/options", "/sdapi/v1/samplers"])
-    async def unprovided_get(self, request: Request[Any, Any, Any]) -> None:
-        raise _unprovided(request.url.path)
-
-    @post(
-        [
-            p
-            for p in UNPROVIDED
-            if p not in {"/sdapi/v1/sd-models", "/sdapi/v1/options", "/sdapi/v1/samplers"}
-        ],
-        status_code=200,
-    )
-    async def unprovided_post(self, request: Request[Any, Any, Any]) -> None:
-        raise _unprovided(request.url.path)
-
-    @get("/.well-known/serviceinfo", opt={"public": True})
-    async def serviceinfo(self, gateway: NamedDependency[Gateway]) -> dict[str, Any]:
-        return {
-            "version": "0.2",
-            "software": {
-                "name": "gateway",
-                "version": __version__,
-                "repository": "",
-                "homepage": "",
-            },
-            "api": {
-                "koboldai": {"name": "KoboldAI API", "rel_url": "/api", "documentation": ""},
-                "openai": {"name": "OpenAI API", "rel_url": "/v1", "documentation": ""},
-            },
-        }
-
-
-class KoboldPropsController(Controller):
-    """`GET /props` with the chat template, when the llama.cpp family does not serve it."""
-
-    path = "/"
-
-    @get("/props")
-    async def props(self, gateway: NamedDependency[Gateway]) -> dict[str, Any]:
-        backend = gateway.models.get(_model(gateway))
-        return {"chat_template": backend.chat_template() or ""}
-
-
-def _unprovided(path: str) -> NotSupported:
-    capability = UNPROVIDED.get(path, "this capability")
-    return NotSupported(
-        f"This server has no {capability} ({path}). A gateway plugin can provide it: "
-        "register a route family with the `register_routes` hook."
-    )

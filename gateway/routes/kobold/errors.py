@@ -1,5 +1,6 @@
 """KoboldAI's error shape: `{"detail": {"msg", "type"}}` (ServerBusyError and BasicError in
-koboldcpp-openapi.json), with the HTTP status saying what went wrong."""
+koboldcpp-openapi.json), with the HTTP status saying what went wrong. A refused story save
+also carries KoboldCpp's own `{"success": false, "error"}`, which KoboldAI Lite shows."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.types import ExceptionHandlersMap
 
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, InvalidRequest
 from gateway.routes.problems import http_detail, validation_problem
 
 log = logging.getLogger("gateway.kobold")
@@ -27,6 +28,10 @@ _TYPES = {
 }
 
 
+class StoryRefused(InvalidRequest):
+    """A story the server will not keep (a bad save slot, no story, too long)."""
+
+
 def error_response(status: int, message: str, kind: str | None = None) -> Response[Any]:
     body = ErrorResponse(detail=BasicError(msg=message, type=kind or _TYPES.get(status, "error")))
     return Response(body, status_code=status)
@@ -37,6 +42,13 @@ def on_gateway_error(request: Request[Any, Any, Any], exc: GatewayError) -> Resp
         log.error("%s %s: %s", request.method, request.url.path, exc.message)
         return error_response(exc.status, exc.message, "server_error")
     return error_response(exc.status, exc.message)
+
+
+def on_story_refused(request: Request[Any, Any, Any], exc: StoryRefused) -> Response[Any]:
+    detail = {"msg": exc.message, "type": _TYPES[exc.status]}
+    return Response(
+        {"success": False, "error": exc.message, "detail": detail}, status_code=exc.status
+    )
 
 
 def on_validation_error(request: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
@@ -53,6 +65,7 @@ def on_unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Resp
 
 
 EXCEPTION_HANDLERS: ExceptionHandlersMap = {
+    StoryRefused: on_story_refused,
     GatewayError: on_gateway_error,
     ValidationException: on_validation_error,
     HTTPException: on_http_error,

@@ -77,6 +77,10 @@ class KoboldState:
         self.total_gens += 1
         self.last_finished = time.time()
 
+    async def erase_story(self, slot: int) -> None:
+        """Empty a save slot (KoboldCpp's save with no data)."""
+        await self.store.execute("DELETE FROM kobold_saves WHERE slot = ?", (slot,))
+
     def find(self, genkey: str) -> KoboldGeneration | None:
         """The generation of `genkey`; without a key, the most recent one."""
         if genkey:
