@@ -72,6 +72,9 @@ class LlamaCppSettings(Struct, kw_only=True, forbid_unknown_fields=True):
     metrics: bool = True
     props: bool = False
     slot_save_path: str | None = None
+    sse_ping_interval: float = 30.0
+    """Seconds between SSE comment pings of a silent native stream (0 or less: none);
+    a request's `sse_ping_interval` overrides it, as llama-server's `--sse-ping-interval`."""
 
 
 class KoboldSettings(Struct, kw_only=True, forbid_unknown_fields=True):

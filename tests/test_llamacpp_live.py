@@ -160,6 +160,7 @@ def test_prompt_too_long_is_exceed_context_size_error(api):
     error = response.json()["error"]
     assert error["type"] == "exceed_context_size_error"
     assert error["n_prompt_tokens"] == n_ctx + 5 and error["n_ctx"] == n_ctx
+    assert error["code"] == 400
 
 
 def test_props_and_slots_describe_the_engine(api):
@@ -167,3 +168,128 @@ def test_props_and_slots_describe_the_engine(api):
     assert "im_start" in props["chat_template"]
     assert props["total_slots"] == len(api.get("/slots").json()) == 8
     assert props["default_generation_settings"]["n_ctx"] == 4096
+
+
+CHAT = {"messages": [{"role": "user", "content": "What is the capital of France?"}]}
+
+
+def test_readme_completion_example(api):
+    """The README's curl request, verbatim."""
+    body = {"prompt": "Building a website can be done in 10 simple steps:", "n_predict": 128}
+    answer = complete(api, **body)
+    assert answer["content"] and answer["tokens_predicted"] <= 128
+    assert answer["prompt"] == body["prompt"]
+    assert answer["generation_settings"]["n_predict"] == 128
+
+
+def test_token_counting_is_tokenize_of_the_rendered_template(api):
+    counted = api.post("/v1/chat/completions/input_tokens", json=CHAT).json()
+    assert counted["object"] == "response.input_tokens"
+    prompt = api.post("/apply-template", json=CHAT).json()["prompt"]
+    tokens = api.post("/tokenize", json={"content": prompt, "add_special": True}).json()["tokens"]
+    assert counted["input_tokens"] == len(tokens) > 10
+    chat = api.post("/v1/chat/completions", json=CHAT | {"max_tokens": 1}).json()
+    assert chat["usage"]["prompt_tokens"] == counted["input_tokens"]
+    responses = api.post(
+        "/v1/responses/input_tokens", json={"input": CHAT["messages"][0]["content"]}
+    ).json()
+    assert responses == counted
+
+
+def test_post_sampling_probs_are_the_sampled_distribution(api):
+    body = {"prompt": FRANCE_CHAT, "n_predict": 8, "seed": 7, "temperature": 0.8}
+    kept = complete(api, **body, top_k=5, n_probs=10, post_sampling_probs=True)
+    entries = kept["completion_probabilities"]
+    assert len(entries) == kept["tokens_predicted"] == 8
+    for entry in entries:
+        probs = [t["prob"] for t in entry["top_probs"]]
+        assert 1 <= len(probs) <= 5  # top_k kept at most 5: fewer than the 10 asked for
+        assert probs == sorted(probs, reverse=True)
+        assert sum(probs) == pytest.approx(1.0, abs=1e-4)  # every survivor is listed
+        chosen = {t["id"]: t["prob"] for t in entry["top_probs"]}
+        assert entry["prob"] == pytest.approx(chosen[entry["id"]])
+    capped = complete(api, **body, n_probs=2, post_sampling_probs=True)
+    for entry in capped["completion_probabilities"]:
+        assert len(entry["top_probs"]) <= 2 and sum(t["prob"] for t in entry["top_probs"]) <= 1.0001
+    raw = complete(api, **body, n_probs=3)
+    for entry in raw["completion_probabilities"]:
+        assert len(entry["top_logprobs"]) == 3 and entry["logprob"] <= 0.0
+
+
+def test_generation_settings_round_trip(api):
+    sent = {
+        "temperature": 0.7,
+        "top_k": 12,
+        "top_p": 0.9,
+        "min_p": 0.02,
+        "repeat_penalty": 1.05,
+        "repeat_last_n": 32,
+        "dry_multiplier": 0.5,
+        "xtc_probability": 0.1,
+        "mirostat": 0,
+        "seed": 11,
+        "stop": ["\n\n"],
+        "n_predict": 6,
+        "n_probs": 2,
+        "samplers": ["top_k", "typ_p", "top_p", "min_p", "temperature"],
+        "ignore_eos": True,
+        "logit_bias": [["Paris", -2.5]],
+    }
+    settings = complete(api, prompt=FRANCE_CHAT, **sent)["generation_settings"]
+    for key in sent.keys() - {"logit_bias"}:
+        assert settings[key] == sent[key], key
+    paris = api.post("/tokenize", json={"content": "Paris"}).json()["tokens"]
+    bias = settings["logit_bias"]
+    assert bias[: len(paris)] == [{"bias": -2.5, "token": t} for t in paris]
+    ends = bias[len(paris) :]
+    assert ends and all(e["bias"] is None for e in ends)  # ignore_eos bans the end tokens
+    assert settings["n_ctx"] == 4096
+
+
+def test_verbose_chat_completion(api):
+    answer = api.post(
+        "/chat/completions", json=CHAT | {"verbose": True, "temperature": 0, "max_tokens": 8}
+    ).json()
+    verbose = answer["__verbose"]
+    assert verbose["content"] == answer["choices"][0]["message"]["content"]
+    assert verbose["tokens_evaluated"] == answer["usage"]["prompt_tokens"]
+    assert verbose["prompt"] == FRANCE_CHAT
+    assert verbose["generation_settings"]["temperature"] == 0
+
+
+def test_multimodal_prompt_is_refused(api):
+    body = {"prompt": {"prompt_string": "<__media__> describe", "multimodal_data": ["aGk="]}}
+    response = api.post("/completion", json=body)
+    assert response.status_code == 400
+    assert response.json()["error"]["message"] == (
+        "Multimodal data provided, but model does not support multimodal requests."
+    )
+
+
+def test_infill_without_fim_tokens_is_501(api):
+    response = api.post("/infill", json={"input_prefix": "def add(a, b):\n", "input_suffix": ""})
+    assert response.status_code == 501
+    error = response.json()["error"]
+    assert error["type"] == "not_supported_error" and error["code"] == 501
+    assert error["message"].startswith("Infill is not supported by this model: ")
+
+
+def test_chat_too_long_is_exceed_context_size_error_without_v1(api):
+    long = {"messages": [{"role": "user", "content": "hello " * 5000}]}
+    bare = api.post("/chat/completions", json=long)
+    assert bare.status_code == 400
+    error = bare.json()["error"]
+    assert error["type"] == "exceed_context_size_error" and error["n_ctx"] == 4096
+    assert error["n_prompt_tokens"] > 4096
+    assert error["message"] == "the request exceeds the available context size, try increasing it"
+    v1 = api.post("/v1/chat/completions", json=long)
+    assert v1.status_code == 400
+    openai = v1.json()["error"]
+    assert openai["code"] == "context_length_exceeded"
+    assert openai["type"] == "invalid_request_error" and openai["param"] == "messages"
+    assert "maximum context length is 4096 tokens" in openai["message"]
+
+
+def test_native_embeddings_route(api):
+    body = api.post("/embeddings", json={"input": ["a cat", "a dog"]}).json()
+    assert [b["index"] for b in body] == [0, 1] and len(body[0]["embedding"][0]) == 384

@@ -90,10 +90,17 @@ def test_apply_template(client):
     assert client.post("/apply-template", json=body).json() == {"prompt": "user: x\nassistant:"}
 
 
-def test_infill_without_fim_tokens_is_a_clear_400(client):
+def test_infill_without_fim_tokens_is_501_not_supported(client):
     response = client.post("/infill", json={"input_prefix": "def f(", "input_suffix": ")"})
-    assert response.status_code == 400
-    assert "fill-in-the-middle" in response.json()["error"]["message"]
+    assert response.status_code == 501
+    assert response.json() == {
+        "error": {
+            "code": 501,
+            "message": "Infill is not supported by this model: prefix token is missing. "
+            "suffix token is missing. middle token is missing. ",
+            "type": "not_supported_error",
+        }
+    }
 
 
 def test_embedding_and_normalisation(client):
@@ -103,7 +110,10 @@ def test_embedding_and_normalisation(client):
     assert sum(x * x for x in vector) == pytest.approx(1.0)
     taxicab = client.post("/embedding", json={"content": "a", "embd_normalize": 1}).json()
     assert sum(abs(x) for x in taxicab[0]["embedding"][0]) == pytest.approx(1.0)
-    oai = client.post("/embeddings", json={"model": "echo", "input": "a"}).json()
+    native = client.post("/embeddings", json={"input": ["a", "b"]}).json()
+    assert [item["index"] for item in native] == [0, 1]
+    assert native[0]["embedding"] == body[0]["embedding"]
+    oai = client.post("/v1/embeddings", json={"model": "echo", "input": "a"}).json()
     assert oai["object"] == "list" and oai["data"][0]["object"] == "embedding"
 
 
@@ -123,7 +133,29 @@ def test_props(client):
     assert props["total_slots"] == 2
     assert props["default_generation_settings"]["n_ctx"] == 4096
     assert props["modalities"] == {"vision": False, "audio": False}
-    assert set(props) >= {"model_path", "chat_template", "model_alias"}
+    assert set(props) >= {
+        "model_path",
+        "chat_template",
+        "chat_template_caps",
+        "model_alias",
+        "media_marker",
+        "build_info",
+        "is_sleeping",
+    }
+    default = props["default_generation_settings"]
+    assert set(default) >= {
+        "id",
+        "id_task",
+        "n_ctx",
+        "speculative",
+        "is_processing",
+        "params",
+        "prompt",
+        "next_token",
+    }
+    assert default["params"]["temperature"] == 0.8 and default["params"]["top_k"] == 40
+    assert default["params"]["seed"] == 4294967295 and default["params"]["n_predict"] == -1
+    assert set(default["next_token"]) >= {"has_next_token", "has_new_line", "n_remain", "n_decoded"}
 
 
 def test_post_props_is_off_unless_enabled(make_client):
@@ -142,6 +174,8 @@ def test_slots_list_save_restore_erase(client, tmp_path):
     client.post("/completion", json={"prompt": "cache me", "id_slot": 1})
     slots = client.get("/slots").json()
     assert [s["id"] for s in slots] == [0, 1]
+    assert slots[0]["params"]["samplers"][0] == "penalties"
+    assert {"speculative", "is_processing", "next_token", "n_ctx", "id_task"} <= set(slots[0])
     assert slots[1]["cached_tokens"] == len("cache me")
     saved = client.post("/slots/1?action=save", json={"filename": "one.bin"}).json()
     assert saved["id_slot"] == 1 and saved["n_saved"] == 8 and saved["filename"] == "one.bin"
@@ -197,7 +231,22 @@ def test_openai_routes_without_v1_prefix(client):
     [
         ("/completion", {"prompt": 5}),
         ("/completion", {}),
-        ("/completion", {"prompt": "x", "temperature": -1}),
+        ("/completion", {"prompt": "x", "temperature": "hot"}),
+        ("/completion", {"prompt": "x", "dry_sequence_breakers": []}),
+        ("/completion", {"prompt": "x", "lora": [{"id": 0, "scale": 1.0}]}),
+        ("/completion", {"prompt": "x", "n_cmpl": 0}),
+        ("/completion", {"prompt": "x", "n_cmpl": 3}),
+        ("/completion", {"prompt": "x", "mirostat": 3}),
+        ("/completion", {"prompt": [[1, 2], 3]}),
+        ("/completion", {"prompt": []}),
+        ("/completion", {"prompt": ""}),
+        ("/infill", {"input_prefix": "x"}),
+        ("/embedding", {"content": ""}),
+        ("/embedding", {}),
+        ("/v1/chat/completions/input_tokens", {"messages": []}),
+        ("/v1/responses/input_tokens", {"input": []}),
+        ("/v1/responses/input_tokens", {"input": [{"type": "web_search_call"}]}),
+        ("/rerank", {"query": "q"}),
         ("/completion", {"prompt": "x", "top_p": 1.5}),
         ("/completion", {"prompt": "x", "n_predict": -7}),
         ("/completion", {"prompt": "x", "logit_bias": [[1]]}),
@@ -258,7 +307,8 @@ def test_family_can_be_switched_off(make_client):
     assert client.post("/completion", json={"prompt": "x"}).status_code == 404
     assert client.get("/slots").status_code == 404
     # /props stays, served by the Kobold family (KoboldCpp has it too), with the template.
-    assert set(client.get("/props").json()) == {"chat_template"}
+    props = client.get("/props").json()
+    assert "chat_template" in props and "media_marker" not in props
     assert client.post("/v1/completions", json={"model": "echo", "prompt": "x"}).status_code == 200
 
 

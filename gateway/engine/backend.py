@@ -82,6 +82,16 @@ class Backend(ABC):
     async def detokenize(self, tokens: Sequence[int]) -> str:
         raise Unsupported(f"Model `{self.spec.name}` has no tokenizer.", param="model")
 
+    async def token_bytes(self, tokens: Sequence[int]) -> list[bytes]:
+        """The raw bytes of each token (a piece of a UTF-8 character stays a piece). The
+        default encodes each token's text, which loses such pieces."""
+        return [(await self.detokenize([token])).encode() for token in tokens]
+
+    def end_tokens(self) -> list[int]:
+        """The ids that end a generation (EOS, end of turn): what `ignore_eos` bans.
+        Empty when the backend does not say."""
+        return []
+
     async def render_chat(self, messages: Sequence[ChatMessage]) -> str:
         """The prompt text the model's own chat template makes of `messages`."""
         raise Unsupported(f"Model `{self.spec.name}` has no chat template.", param="model")

@@ -72,6 +72,10 @@ class EchoBackend(Backend):
             raise InvalidRequest(f"Token id {bad[0]} is out of range [0, {VOCAB_SIZE}).")
         return bytes(tokens).decode("utf-8", errors="replace")
 
+    async def token_bytes(self, tokens: Sequence[int]) -> list[bytes]:
+        await self.detokenize(tokens)  # the range check
+        return [bytes([token]) for token in tokens]
+
     async def _prompt(self, request: GenerationRequest) -> tuple[list[int], str]:
         if request.messages is not None:
             users = [m.content for m in request.messages if m.role == "user"]

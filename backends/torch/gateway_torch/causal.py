@@ -143,6 +143,14 @@ class TorchBackend(Backend):
         lm = self._loaded()
         return await asyncio.to_thread(lm.encoder.render_chat, messages)
 
+    async def token_bytes(self, tokens: Sequence[int]) -> list[bytes]:
+        lm = self._loaded()
+        lm.encoder.check_ids(tokens, "tokens")
+        return [bytes(lm.pieces.piece(token)[1]) for token in tokens]
+
+    def end_tokens(self) -> list[int]:
+        return sorted(self._loaded().eos_ids)
+
     async def abort(self, request_id: str) -> None:
         for job in list(self._jobs.values()):
             if job.request_id == request_id:

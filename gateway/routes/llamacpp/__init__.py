@@ -1,6 +1,8 @@
 """The llama.cpp-native dialect, mounted at the root: /completion, /tokenize, /detokenize,
-/apply-template, /infill, /embedding, /rerank, /props, /slots; and, as llama.cpp's server
-does, the OpenAI routes again without their `/v1` prefix. Errors in llama.cpp's shape.
+/apply-template, /infill, /embedding, /embeddings, /rerank, /props, /slots, and the token
+counting routes /v1/chat/completions/input_tokens and /v1/responses/input_tokens; and, as
+llama.cpp's server does, the OpenAI routes again without their `/v1` prefix (with
+llama-server's extras, see `bare`). Errors in llama.cpp's shape.
 Settings: `[llamacpp]` (see `gateway.settings.LlamaCppSettings`)."""
 
 from __future__ import annotations
@@ -22,18 +24,13 @@ FAMILY = "llamacpp"
 
 @hookimpl
 def register_routes(register: Callable[[RouteFamily], None], gateway: Gateway) -> None:
-    from gateway.routes.llamacpp.controllers import NativeController
+    from gateway.routes.llamacpp.bare import BareOpenAIController
+    from gateway.routes.llamacpp.controllers import NativeController, TokenCountController
     from gateway.routes.llamacpp.errors import EXCEPTION_HANDLERS
-    from gateway.routes.openai.controllers import OpenAIController
-
-    class BareOpenAIController(OpenAIController):
-        """/chat/completions, /completions, /embeddings, /models: no `/v1`."""
-
-        path = "/"
 
     router = Router(
         path="/",
-        route_handlers=[NativeController, BareOpenAIController],
+        route_handlers=[NativeController, TokenCountController, BareOpenAIController],
         exception_handlers=EXCEPTION_HANDLERS,
         opt={"family": FAMILY, "scope": "inference"},
         tags=["llama.cpp"],

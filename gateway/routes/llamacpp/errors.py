@@ -22,6 +22,9 @@ from gateway.routes.problems import http_detail, validation_problem
 
 log = logging.getLogger("gateway.llamacpp")
 
+CONTEXT_EXCEEDED = "the request exceeds the available context size, try increasing it"
+"""llama-server's own words for a prompt that does not fit a slot's context."""
+
 _STATUS_TYPES = {
     401: "authentication_error",
     403: "permission_error",
@@ -45,12 +48,12 @@ def on_gateway_error(request: Request[Any, Any, Any], exc: GatewayError) -> Resp
     if isinstance(exc, ContextExceeded):
         return error_response(
             400,
-            exc.message,
+            CONTEXT_EXCEEDED,
             "exceed_context_size_error",
             n_prompt_tokens=exc.prompt_tokens,
             n_ctx=exc.context,
         )
-    if exc.status >= 500:
+    if exc.status >= 500 and exc.status != 501:
         log.error("%s %s: %s", request.method, request.url.path, exc.message)
     kind = exc.kind if exc.status < 500 or exc.status == 501 else "server_error"
     if exc.status == 401:

@@ -9,7 +9,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.types import ExceptionHandlersMap
 
-from gateway.errors import GatewayError
+from gateway.errors import ContextExceeded, GatewayError
 from gateway.routes.problems import http_detail, validation_problem
 
 log = logging.getLogger("gateway.openai")
@@ -27,6 +27,13 @@ def error_response(
 def on_gateway_error(request: Request[Any, Any, Any], exc: GatewayError) -> Response[Any]:
     if exc.status >= 500:
         log.error("%s %s: %s", request.method, request.url.path, exc.message)
+    if isinstance(exc, ContextExceeded):  # OpenAI's wording, which clients look for
+        message = (
+            f"This model's maximum context length is {exc.context} tokens. However, your "
+            f"{exc.param or 'prompt'} resulted in {exc.prompt_tokens} tokens. Please reduce "
+            f"the length of the {exc.param or 'prompt'}."
+        )
+        return error_response(exc.status, message, exc.kind, exc.param, exc.code)
     return error_response(exc.status, exc.message, exc.kind, exc.param, exc.code)
 
 
