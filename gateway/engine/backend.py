@@ -19,6 +19,7 @@ from gateway_schemas.canonical import (
     EmbeddingResult,
     GenerationChunk,
     GenerationRequest,
+    ToolDefinition,
 )
 
 from gateway.errors import Unsupported
@@ -92,8 +93,17 @@ class Backend(ABC):
         Empty when the backend does not say."""
         return []
 
-    async def render_chat(self, messages: Sequence[ChatMessage]) -> str:
-        """The prompt text the model's own chat template makes of `messages`."""
+    async def render_chat(
+        self, messages: Sequence[ChatMessage], tools: Sequence[ToolDefinition] = ()
+    ) -> str:
+        """The prompt text the model's own chat template makes of `messages`.
+
+        `tools` (passed by keyword, and only when there are some) are functions the model
+        may call. A template that shows tools in the Hermes `<tool_call>` format gets them
+        and the messages' `tool_calls`/`tool_call_id`; for any other template a backend
+        renders `gateway.engine.tools.as_plain_messages(messages, tools)` instead, which
+        also writes earlier calls and results of the history as text.
+        """
         raise Unsupported(f"Model `{self.spec.name}` has no chat template.", param="model")
 
     async def embed(self, texts: Sequence[str]) -> EmbeddingResult:

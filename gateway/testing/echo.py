@@ -1,8 +1,9 @@
 """EchoBackend: a deterministic backend with no model.
 
 It answers with the last user message (chat) or the prompt (text), one UTF-8 byte per
-token, so every dialect's wire format can be tested exactly. It is also the smallest
-complete example of a backend.
+token, so every dialect's wire format can be tested exactly. Its chat prompt is one
+`role: content` line per message, tools and tool calls written as `as_plain_messages` writes
+them for templates without tool support. It is also the smallest complete example of a backend.
 
 Options (`[[models]] options = {...}`): `delay` seconds between tokens, `load_delay`
 seconds spent in `load()`, `dimensions` of its embeddings (default 8).
@@ -27,6 +28,7 @@ from gateway_schemas.canonical import (
     GenerationRequest,
     Timings,
     TokenLogprob,
+    ToolDefinition,
     TopLogprob,
     Usage,
 )
@@ -34,6 +36,7 @@ from gateway_schemas.canonical import (
 from gateway.engine import Backend, Capability
 from gateway.engine.backend import SlotAction
 from gateway.engine.stops import StopMatcher
+from gateway.engine.tools import as_plain_messages
 from gateway.errors import InvalidRequest
 
 VOCAB_SIZE = 256
@@ -58,8 +61,11 @@ class EchoBackend(Backend):
     def health(self) -> dict[str, Any]:
         return {"active": len(self.active), "served": self.served}
 
-    async def render_chat(self, messages: Sequence[ChatMessage]) -> str:
-        return "".join(f"{m.role}: {m.content}\n" for m in messages) + "assistant:"
+    async def render_chat(
+        self, messages: Sequence[ChatMessage], tools: Sequence[ToolDefinition] = ()
+    ) -> str:
+        plain = as_plain_messages(messages, tools)
+        return "".join(f"{m.role}: {m.content}\n" for m in plain) + "assistant:"
 
     async def tokenize(
         self, text: str, *, add_special: bool = True, parse_special: bool = True
@@ -79,7 +85,11 @@ class EchoBackend(Backend):
     async def _prompt(self, request: GenerationRequest) -> tuple[list[int], str]:
         if request.messages is not None:
             users = [m.content for m in request.messages if m.role == "user"]
-            rendered = await self.render_chat(request.messages)
+            rendered = await (
+                self.render_chat(request.messages, tools=request.tools)
+                if request.tools
+                else self.render_chat(request.messages)  # subclasses may not take tools
+            )
             return await self.tokenize(rendered), users[-1] if users else ""
         if isinstance(request.prompt, list):
             text = await self.detokenize(request.prompt)

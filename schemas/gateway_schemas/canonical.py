@@ -34,12 +34,34 @@ SamplerName = Literal[
 DEFAULT_DRY_BREAKERS = ["\n", ":", '"', "*"]
 
 
+class ToolCall(Struct, kw_only=True):
+    """A function call an assistant turn made: the call's id, the function's name and the
+    arguments as the JSON text of an object."""
+
+    id: str
+    name: str
+    arguments: str = "{}"
+
+
+class ToolDefinition(Struct, kw_only=True, omit_defaults=True):
+    """A function the model may call: its name, what it does, and a JSON schema (an object
+    schema) of its arguments."""
+
+    name: str
+    description: str = ""
+    parameters: dict[str, object] = field(default_factory=lambda: {"type": "object"})
+
+
 class ChatMessage(Struct, kw_only=True, omit_defaults=True):
     """One message of a conversation, its content already flattened to text."""
 
     role: str
     content: str = ""
     name: str | None = None
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    """The function calls of an assistant turn (its content may then be empty)."""
+    tool_call_id: str | None = None
+    """On a `tool` message: the id of the call whose result `content` is."""
 
 
 class SamplingParams(Struct, kw_only=True, omit_defaults=True):
@@ -137,6 +159,9 @@ class GenerationRequest(Struct, kw_only=True, omit_defaults=True):
     """Seconds the generation may take after the prompt; then it ends as `length`."""
     post_sampling_probs: bool = False
     """Logprobs from the distribution actually sampled (after filters and temperature)."""
+    tools: list[ToolDefinition] = field(default_factory=list)
+    """Functions the model may call, shown to it in the chat prompt (with `messages` only):
+    the backend's `render_chat(messages, tools=...)` writes them."""
 
 
 class TopLogprob(Struct, kw_only=True):

@@ -42,11 +42,58 @@ class InputAudioPart(Struct, kw_only=True, tag="input_audio"):
 ContentPart = TextPart | ImageUrlPart | InputAudioPart
 
 
+class FunctionCallIn(Struct, kw_only=True):
+    name: str
+    arguments: str | dict[str, object] = "{}"
+    """A JSON text as OpenAI sends it (an object is accepted too)."""
+
+
+class ToolCallIn(Struct, kw_only=True):
+    """A function call of an earlier assistant turn, sent back in the history."""
+
+    id: str
+    function: FunctionCallIn
+    type: str = "function"
+
+
 class ChatMessageIn(Struct, kw_only=True):
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
     tool_call_id: str | None = None
+    tool_calls: list[ToolCallIn] | None = None
+
+
+ToolName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+
+
+class FunctionDef(Struct, kw_only=True):
+    name: ToolName
+    description: str | None = None
+    parameters: dict[str, object] | None = None
+    """A JSON schema of the arguments (an object); none: the function takes no arguments."""
+    strict: bool | None = None
+
+
+class ToolIn(Struct, kw_only=True):
+    """A tool the model may call; `function` is the only type served."""
+
+    type: str
+    function: FunctionDef | None = None
+
+
+class NamedFunction(Struct, kw_only=True):
+    name: str
+
+
+class NamedToolChoice(Struct, kw_only=True):
+    """`tool_choice` naming the one function the model must call."""
+
+    type: str
+    function: NamedFunction
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
 
 
 class StreamOptions(Struct, kw_only=True):
@@ -111,6 +158,11 @@ class ChatCompletionRequest(SamplingExtras, kw_only=True):
     max_completion_tokens: PositiveInt | None = None
     logprobs: bool = False
     top_logprobs: Annotated[int, Meta(ge=0, le=20)] | None = None
+    tools: list[ToolIn] | None = None
+    tool_choice: ToolChoice | None = None
+    """Default: `auto` when tools are given, `none` otherwise."""
+    parallel_tool_calls: bool = True
+    """False: at most one tool call per answer."""
 
 
 class CompletionRequest(SamplingExtras, kw_only=True):
@@ -178,10 +230,23 @@ class TimingsOut(Struct, kw_only=True):
     predicted_per_second: float
 
 
+class FunctionCallOut(Struct, kw_only=True):
+    name: str
+    arguments: str
+    """The arguments as a JSON text."""
+
+
+class ToolCallOut(Struct, kw_only=True):
+    id: str
+    function: FunctionCallOut
+    type: Literal["function"] = "function"
+
+
 class AssistantMessage(Struct, kw_only=True):
     role: Literal["assistant"] = "assistant"
     content: str | None = None
     refusal: None = None
+    tool_calls: list[ToolCallOut] | UnsetType = UNSET
 
 
 class ChatChoice(Struct, kw_only=True):
@@ -202,9 +267,25 @@ class ChatCompletion(Struct, kw_only=True):
     timings: TimingsOut | UnsetType = UNSET
 
 
+class FunctionDelta(Struct, kw_only=True, omit_defaults=True):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ToolCallDelta(Struct, kw_only=True, omit_defaults=True):
+    """A streamed piece of tool call `index`: its id, type and name come first, then the
+    arguments text in pieces (clients concatenate them)."""
+
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: FunctionDelta | None = None
+
+
 class Delta(Struct, kw_only=True, omit_defaults=True):
     role: str | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChatChunkChoice(Struct, kw_only=True):

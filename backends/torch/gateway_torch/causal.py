@@ -16,6 +16,7 @@ from gateway_schemas.canonical import (
     ChatMessage,
     GenerationChunk,
     GenerationRequest,
+    ToolDefinition,
 )
 
 from gateway.engine import Backend, Capability, ModelSpec
@@ -139,9 +140,11 @@ class TorchBackend(Backend):
         lm.encoder.check_ids(tokens, "tokens")
         return await asyncio.to_thread(lm.encoder.decode, tokens)
 
-    async def render_chat(self, messages: Sequence[ChatMessage]) -> str:
+    async def render_chat(
+        self, messages: Sequence[ChatMessage], tools: Sequence[ToolDefinition] = ()
+    ) -> str:
         lm = self._loaded()
-        return await asyncio.to_thread(lm.encoder.render_chat, messages)
+        return await asyncio.to_thread(lm.encoder.render_chat, messages, tools)
 
     async def token_bytes(self, tokens: Sequence[int]) -> list[bytes]:
         lm = self._loaded()
@@ -228,7 +231,7 @@ def _prompt_ids(lm: Any, request: GenerationRequest) -> list[int]:
     if request.messages is not None:
         if not request.messages:
             raise InvalidRequest("`messages` is empty.", param="messages")
-        ids = lm.encoder.encode_chat(request.messages)
+        ids = lm.encoder.encode_chat(request.messages, request.tools)
     elif isinstance(request.prompt, list):
         lm.encoder.check_ids(request.prompt, "prompt")
         ids = list(request.prompt)

@@ -14,6 +14,7 @@ allowed next, what was sampled, whether the grammar is complete.
 
 from __future__ import annotations
 
+import copy
 import json
 import threading
 from collections import OrderedDict
@@ -42,11 +43,13 @@ class Grammars:
         self._lock = threading.Lock()
 
     def _lltokenizer(self) -> llguidance.LLTokenizer:
-        import llguidance.hf
+        import llguidance
 
         if self._tokenizer is None:  # about a second: built on first use
-            self._tokenizer = llguidance.hf.from_tokenizer(
-                self._hf_tokenizer, n_vocab=self._vocab_size, eos_token=self._eos or None
+            self._tokenizer = llguidance.LLTokenizer(
+                _tokenizer_json(self._hf_tokenizer),
+                n_vocab=self._vocab_size,
+                eos_token=self._eos or None,
             )
         return self._tokenizer
 
@@ -88,6 +91,26 @@ class Grammars:
         # it here, off the scheduler thread, rather than inside a batched step.
         state.allowed()
         return state
+
+
+def _tokenizer_json(hf_tokenizer: Any) -> str:
+    """The fast tokenizer as JSON for llguidance, with a decoder it reads right.
+
+    A GPT-2 style byte-level BPE converted from GGUF (SmolLM2's) gets a decoder chain of
+    sentencepiece steps and then ByteLevel; llguidance does not see the ByteLevel inside
+    the chain and would take `Ġ`/`Ċ` for literal text, so no token could spell a space or
+    a newline of a grammar. The ByteLevel step alone decodes every token of such a vocabulary.
+    """
+    backend = copy.copy(hf_tokenizer.backend_tokenizer)
+    backend.no_padding()
+    backend.no_truncation()
+    data = json.loads(backend.to_str())
+    decoder = data.get("decoder") or {}
+    if decoder.get("type") == "Sequence":
+        byte_level = [d for d in decoder.get("decoders", []) if d.get("type") == "ByteLevel"]
+        if byte_level:
+            data["decoder"] = byte_level[0]
+    return json.dumps(data)
 
 
 class GrammarState:

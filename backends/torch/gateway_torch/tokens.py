@@ -8,8 +8,9 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
-from gateway_schemas.canonical import ChatMessage
+from gateway_schemas.canonical import ChatMessage, ToolDefinition
 
+from gateway.engine.tools import CALL_OPEN, as_plain_messages, template_messages, template_tools
 from gateway.errors import InvalidRequest, Unsupported
 
 _BYTE_TOKEN = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
@@ -41,19 +42,30 @@ class PromptEncoder:
     def has_chat_template(self) -> bool:
         return bool(getattr(self.tokenizer, "chat_template", None))
 
-    def render_chat(self, messages: Sequence[ChatMessage]) -> str:
-        """The prompt text of `messages`, ending with the assistant's turn opening."""
+    @property
+    def native_tools(self) -> bool:
+        """Whether the chat template shows tools itself, in the Hermes `<tool_call>` format
+        that the gateway parses and constrains (`gateway.engine.tools`)."""
+        template = getattr(self.tokenizer, "chat_template", None)
+        return isinstance(template, str) and _shows_hermes_tools(template)
+
+    def render_chat(
+        self, messages: Sequence[ChatMessage], tools: Sequence[ToolDefinition] = ()
+    ) -> str:
+        """The prompt text of `messages`, ending with the assistant's turn opening; `tools`
+        and the history's calls through the template when it shows them, else as text."""
         if not self.has_chat_template:
             raise Unsupported("This model has no chat template.", param="messages")
-        conversation = []
-        for message in messages:
-            item: dict[str, str] = {"role": message.role, "content": message.content}
-            if message.name is not None:
-                item["name"] = message.name
-            conversation.append(item)
+        extra: dict[str, Any] = {}
+        if self.native_tools:
+            if tools:
+                extra["tools"] = template_tools(tools)
+        else:
+            messages = as_plain_messages(messages, tools)
+        conversation = template_messages(messages)
         try:
             text = self.tokenizer.apply_chat_template(
-                conversation, add_generation_prompt=True, tokenize=False
+                conversation, add_generation_prompt=True, tokenize=False, **extra
             )
         except Exception as exc:  # jinja raises from inside the template (raise_exception)
             raise InvalidRequest(f"The chat template refused the messages: {exc}") from None
@@ -69,9 +81,11 @@ class PromptEncoder:
         )
         return list(encoded.input_ids)
 
-    def encode_chat(self, messages: Sequence[ChatMessage]) -> list[int]:
+    def encode_chat(
+        self, messages: Sequence[ChatMessage], tools: Sequence[ToolDefinition] = ()
+    ) -> list[int]:
         """Token ids of the rendered chat, with BOS exactly once when the model wants it."""
-        ids = self.encode_text(self.render_chat(messages), add_special=False)
+        ids = self.encode_text(self.render_chat(messages, tools), add_special=False)
         prefix = self.special_prefix
         if prefix and ids[: len(prefix)] != prefix:
             ids = prefix + ids
@@ -132,6 +146,21 @@ class TokenPieces:
             return data.decode("utf-8", errors="replace"), list(data)
         text = raw.replace("\u2581", " ")  # sentencepiece's word boundary
         return text, list(text.encode("utf-8"))
+
+
+@lru_cache(maxsize=8)
+def _shows_hermes_tools(template: str) -> bool:
+    """The template reads a `tools` variable and writes `<tool_call>` blocks."""
+    import jinja2
+    import jinja2.meta
+
+    if CALL_OPEN not in template:
+        return False
+    try:
+        parsed = jinja2.Environment().parse(template)
+    except jinja2.TemplateSyntaxError:
+        return False
+    return "tools" in jinja2.meta.find_undeclared_variables(parsed)
 
 
 def _byte_level_decoder(tokenizer: Any) -> dict[str, int] | None:

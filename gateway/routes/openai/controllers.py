@@ -10,7 +10,6 @@ from typing import Any
 import msgspec
 from gateway_schemas.canonical import GenerationChunk, GenerationRequest
 from gateway_schemas.openai import (
-    AssistantMessage,
     ChatChoice,
     ChatChunkChoice,
     ChatCompletion,
@@ -36,8 +35,10 @@ from msgspec import UNSET
 from gateway.engine import Capability
 from gateway.errors import GatewayError
 from gateway.gateway import Gateway
+from gateway.routes.openai import tools
 from gateway.routes.openai import translate as tr
 from gateway.services.embeddings import embed
+from gateway.services.generation import Generation
 from gateway.services.streams import SSE_HEADERS, primed
 
 ERRORS = {
@@ -90,25 +91,18 @@ class OpenAIController(Controller):
         rid = f"chatcmpl-{uuid.uuid4().hex}"
         model = gateway.model_for(data.model, Capability.CHAT)
         data = msgspec.structs.replace(data, model=model)
-        requests = tr.chat_requests(data, rid, model)
+        tool_plan = tools.plan(data)
+        requests = tr.chat_requests(data, rid, model, tool_plan)
         gateway.models.get(model)
         if data.stream:
             chunks = await primed(gateway.generation.stream_many(requests))
-            return _sse(_chat_events(data, rid, chunks))
+            return _sse(_chat_events(data, rid, chunks, tool_plan))
         results = await gateway.generation.complete_many(requests)
         body = ChatCompletion(
             id=rid,
             created=int(time.time()),
             model=model,
-            choices=[
-                ChatChoice(
-                    index=i,
-                    message=AssistantMessage(content=r.text),
-                    finish_reason=tr.finish_reason(r.final.finish_reason),
-                    logprobs=tr.chat_logprobs(r.logprobs) if data.logprobs else None,
-                )
-                for i, r in enumerate(results)
-            ],
+            choices=[_chat_choice(i, r, data.logprobs, tool_plan) for i, r in enumerate(results)],
             usage=tr.usage([r.final.usage for r in results], prompts=1),
             timings=tr.timings([r.final.timings for r in results]),
         )
@@ -169,8 +163,25 @@ async def _prompt_text(backend: Any, request: GenerationRequest) -> str:
     return prompt if isinstance(prompt, str) else await backend.detokenize(prompt or [])
 
 
+def _chat_choice(
+    index: int, result: Generation, logprobs: bool, tool_plan: tools.ToolPlan
+) -> ChatChoice:
+    message, reason = tools.reply(
+        tool_plan, result.text, tr.finish_reason(result.final.finish_reason)
+    )
+    return ChatChoice(
+        index=index,
+        message=message,
+        finish_reason=reason,
+        logprobs=tr.chat_logprobs(result.logprobs) if logprobs else None,
+    )
+
+
 async def _chat_events(
-    body: ChatCompletionRequest, rid: str, chunks: AsyncIterator[tuple[int, GenerationChunk]]
+    body: ChatCompletionRequest,
+    rid: str,
+    chunks: AsyncIterator[tuple[int, GenerationChunk]],
+    tool_plan: tools.ToolPlan,
 ) -> AsyncIterator[bytes]:
     created = int(time.time())
     include_usage = body.stream_options is not None and body.stream_options.include_usage
@@ -187,6 +198,8 @@ async def _chat_events(
     usages: list[Any] = [None] * body.n
     timings: list[Any] = [None] * body.n
     started, predicted = time.perf_counter(), 0
+    # Content passes through as it comes; tool calls are sent once each is complete.
+    streams = [tools.DeltaStream(tool_plan) for _ in range(body.n)]
     try:
         async for index, chunk in chunks:
             predicted += len(chunk.token_ids)
@@ -197,17 +210,16 @@ async def _chat_events(
                     if body.timings_per_token
                     else UNSET
                 )
-                yield event(
-                    [
-                        ChatChunkChoice(
-                            index=index, delta=Delta(content=chunk.text), logprobs=logprobs
-                        )
-                    ],
-                    timings=partial,
-                )
+                deltas = streams[index].feed(chunk.text) or ([Delta()] if logprobs else [])
+                for delta in deltas:
+                    choice = ChatChunkChoice(index=index, delta=delta, logprobs=logprobs)
+                    yield event([choice], timings=partial)
+                    logprobs = None
             if chunk.finish_reason is not None:
                 usages[index], timings[index] = chunk.usage, chunk.timings
-                reason = tr.finish_reason(chunk.finish_reason)
+                last, reason = streams[index].finish(tr.finish_reason(chunk.finish_reason))
+                for delta in last:
+                    yield event([ChatChunkChoice(index=index, delta=delta)])
                 yield event(
                     [ChatChunkChoice(index=index, delta=Delta(), finish_reason=reason)],
                     timings=tr.timings([chunk.timings]),

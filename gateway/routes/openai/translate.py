@@ -34,6 +34,7 @@ from gateway_schemas.openai import (
 from msgspec import UnsetType
 
 from gateway.errors import InvalidRequest, Unsupported
+from gateway.routes.openai import tools
 from gateway.services.prompts import prompt_batch
 
 # The canonical `abort` (client gone, or aborted by an operator) has no OpenAI name.
@@ -120,14 +121,26 @@ def _message(index: int, message: ChatMessageIn) -> ChatMessage:
             texts.append(part.text)
         content = "".join(texts)
     role = "system" if message.role == "developer" else message.role
-    return ChatMessage(role=role, content=content or "", name=message.name)
+    return ChatMessage(
+        role=role,
+        content=content or "",
+        name=message.name,
+        tool_calls=tools.history_calls(index, message),
+        tool_call_id=message.tool_call_id if message.role == "tool" else None,
+    )
 
 
 def chat_requests(
-    body: ChatCompletionRequest, request_id: str, model: str
+    body: ChatCompletionRequest,
+    request_id: str,
+    model: str,
+    tool_plan: tools.ToolPlan = tools.NO_TOOLS,
 ) -> list[GenerationRequest]:
+    """One canonical request per choice; `tool_plan` (from `tools.plan(body)`) says which
+    tools the prompt shows and whether a call is forced."""
     if body.top_logprobs and not body.logprobs:
         raise InvalidRequest("`top_logprobs` requires `logprobs` to be true.", param="top_logprobs")
+    tools.check_tool_results(body.messages)
     messages = [_message(i, m) for i, m in enumerate(body.messages)]
     return [
         GenerationRequest(
@@ -140,7 +153,8 @@ def chat_requests(
             ignore_eos=body.ignore_eos,
             logprobs=body.logprobs,
             top_logprobs=body.top_logprobs or 0,
-            constraint=constraint(body),
+            constraint=tool_plan.constraint or constraint(body),
+            tools=tool_plan.tools,
         )
         for choice in range(body.n)
     ]
