@@ -187,13 +187,14 @@ def generation_request(
     prompt: list[int],
     bias: BiasPairs,
 ) -> GenerationRequest:
+    """The canonical request of one native sequence. `t_max_predict_ms` and `n_indent` are
+    not the backend's business: the route stops the sequence (see `completion`)."""
     if body.lora:
         ids = ", ".join(str(item.id) for item in body.lora)
         raise InvalidRequest(
             f"Invalid adapter id(s) in `lora`: {ids} (no LoRA adapters are loaded)."
         )
     predict = n_predict(body, defaults)
-    time_limit = body.t_max_predict_ms / 1000.0 if body.t_max_predict_ms > 0 else None
     return GenerationRequest(
         id=request_id,
         model=model,
@@ -207,7 +208,6 @@ def generation_request(
         constraint=constraint(body),
         cache_prompt=body.cache_prompt,
         slot=None if body.id_slot < 0 else body.id_slot,
-        time_limit=time_limit,
         # Below 0 the temperature is greedy with plain softmax probabilities (llama.cpp).
         post_sampling_probs=body.post_sampling_probs and not _negative_temperature(body),
     )
