@@ -137,3 +137,93 @@ def test_kv_state_save_and_load_continues_the_same(api):
     again = api.post("/api/v1/generate", json=body).json()["results"][0]["text"]
     assert again == first
     assert api.post("/api/admin/clear_state").json() == {"success": True}
+
+
+def test_a_lenient_body_on_the_real_model(api):
+    """What frontends send and KoboldCpp accepts: numbers as floats and text, nulls, a
+    model name, SillyTavern's JSON-encoded breakers; the greedy answer is unchanged."""
+    body = {
+        "prompt": QUESTION,
+        "replace_instruct_placeholders": True,
+        "max_length": 12.0,
+        "temperature": "0",
+        "top_k": 40.0,
+        "mirostat": 0.0,
+        "dry_allowed_length": 2.0,
+        "rep_pen_range": "64",
+        "sampler_seed": "7",
+        "stop_sequence": None,
+        "model": "kcpp",
+        "dry_multiplier": 0.5,
+        "dry_sequence_breakers": '["\\n", ":"]',
+        "banned_strings": [],
+        "n": 1,
+        "gui_settings": False,
+    }
+    lenient = generate(api, **body)
+    strict = generate(api, temperature=0, max_length=12)
+    assert "Paris" in lenient["text"] and lenient["completion_tokens"] <= 12
+    assert strict["text"].startswith(lenient["text"][:5])
+
+
+def test_missing_fields_take_koboldcpp_defaults_on_the_real_model(api):
+    response = api.post("/api/v1/generate", json={"prompt": QUESTION, "max_length": 4})
+    assert response.status_code == 200, response.text
+    assert response.json()["results"][0]["completion_tokens"] <= 4
+    blank = api.post("/api/v1/generate", json={"max_length": 3})  # no prompt at all
+    assert blank.status_code == 200, blank.text
+
+
+def test_extreme_values_are_clamped_not_refused_on_the_real_model(api):
+    """Values KoboldCpp clamps or lets a sampler ignore, all at once, on every sampler."""
+    body = {
+        "prompt": "The sea",
+        "max_context_length": 1,
+        "max_length": 10**9,
+        "temperature": 1e-300,
+        "top_k": 10**12,
+        "top_p": 7,
+        "min_p": -1,
+        "typical": 3,
+        "tfs": -2,
+        "top_a": 1e300,
+        "rep_pen": 1e308,
+        "rep_pen_range": -5,
+        "rep_pen_slope": 40,
+        "mirostat": 1.5,
+        "dry_multiplier": 2e16,
+        "dry_base": 0.3,
+        "dry_allowed_length": -4,
+        "dry_penalty_last_n": 10**15,
+        "xtc_threshold": -1,
+        "xtc_probability": 9,
+        "nsigma": 1e30,
+        "dynatemp_range": 5,
+        "dynatemp_exponent": -3,
+        "smoothing_factor": 1e200,
+        "sampler_order": [2924, -1949, 5, 5, 6, 0],
+        "sampler_seed": 10**15,
+        "logit_bias": {"abc": 1, "99999999": 5, "28": -1e9},
+    }
+    response = api.post("/api/v1/generate", json=body)
+    assert response.status_code == 200, response.text
+    # KoboldCpp: a context of 1 leaves room for one generated token.
+    assert response.json()["results"][0]["completion_tokens"] <= 1
+    for mirostat in (1, 2):
+        wild = body | {"max_context_length": 64, "max_length": 4, "mirostat": mirostat}
+        response = api.post("/api/v1/generate", json=wild | {"mirostat_tau": 4e33})
+        assert response.status_code == 200, response.text
+
+
+def test_a_json_grammar_is_a_schema_and_embeddings_ignore_the_model(api):
+    schema = {
+        "type": "object",
+        "properties": {"ok": {"type": "boolean"}},
+        "required": ["ok"],
+        "additionalProperties": False,
+    }
+    result = generate(api, grammar=json.dumps(schema), max_length=30, temperature=0)
+    assert set(json.loads(result["text"])) == {"ok"}
+    reply = api.post("/api/extra/embeddings", json={"model": "kcpp", "input": "Niko"})
+    assert reply.status_code == 200, reply.text
+    assert len(reply.json()["data"][0]["embedding"]) > 100
