@@ -233,3 +233,20 @@ def test_bare_routes_still_validate_llama_fields(client):
     assert (
         response.status_code == 400 and response.json()["error"]["type"] == "invalid_request_error"
     )
+
+
+def test_chat_token_count_includes_the_tools(client):
+    tool = {
+        "type": "function",
+        "function": {
+            "name": "weather",
+            "description": "The weather in a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
+    }
+    body = CHAT | {"tools": [tool]}
+    with_tools = client.post("/v1/chat/completions/input_tokens", json=body).json()
+    without = client.post("/v1/chat/completions/input_tokens", json=CHAT).json()
+    assert with_tools["input_tokens"] > without["input_tokens"]
+    chat = client.post("/chat/completions", json=body | {"max_tokens": 1}).json()
+    assert chat["usage"]["prompt_tokens"] == with_tools["input_tokens"]

@@ -10,7 +10,7 @@ llama.cpp does; known ones are validated (a 400 where llama.cpp would silently c
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeAlias
 
 from msgspec import UNSET, Meta, Struct, UnsetType, field
 
@@ -33,8 +33,10 @@ class MultimodalPrompt(Struct, kw_only=True):
     multimodal_data: list[str] | UnsetType = UNSET
 
 
-SinglePrompt = str | list[PromptPiece] | MultimodalPrompt
-PromptForm = str | MultimodalPrompt | list[str | int | list[PromptPiece] | MultimodalPrompt]
+SinglePrompt: TypeAlias = str | list[PromptPiece] | MultimodalPrompt
+PromptForm: TypeAlias = (
+    str | MultimodalPrompt | list[str | int | list[PromptPiece] | MultimodalPrompt]
+)
 """A text, token ids, text and ids mixed, a multimodal object, or a list of those
 (several prompts: the answer is then a list)."""
 

@@ -6,25 +6,24 @@ model's chat template makes of the conversation, as a chat completion would read
 
 from __future__ import annotations
 
-from typing import Any
-
 from gateway_schemas.canonical import ChatMessage
 from gateway_schemas.llamacpp import ResponsesItem, ResponsesTokenCountRequest
 from gateway_schemas.openai import ChatCompletionRequest
 
 from gateway.engine import Backend
 from gateway.errors import InvalidRequest, Unsupported
+from gateway.routes.openai import tools as openai_tools
 from gateway.routes.openai import translate as openai
 
 TEXT_PARTS = {"input_text", "output_text", "text"}
 
 
 async def rendered_chat(backend: Backend, body: ChatCompletionRequest, model: str) -> str:
-    """The prompt text of a chat completion body, as the chat route renders it."""
-    request = openai.chat_requests(body, "template", model)[0]
-    tools: Any = getattr(request, "tools", None)
-    if tools:
-        return await backend.render_chat(request.messages or [], tools=tools)
+    """The prompt text of a chat completion body (its tools included), as the chat route
+    renders it."""
+    request = openai.chat_requests(body, "template", model, openai_tools.plan(body))[0]
+    if request.tools:
+        return await backend.render_chat(request.messages or [], tools=request.tools)
     return await backend.render_chat(request.messages or [])
 
 

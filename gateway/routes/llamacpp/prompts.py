@@ -10,7 +10,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from gateway_schemas.llamacpp import InfillExtra, MultimodalPrompt, PromptForm, PromptPiece
+from gateway_schemas.llamacpp import (
+    InfillExtra,
+    MultimodalPrompt,
+    PromptForm,
+    PromptPiece,
+    SinglePrompt,
+)
 
 from gateway.errors import InvalidRequest, NotSupported
 
@@ -23,19 +29,20 @@ BAD_ELEMENT = (
     "string, or a list of mixed strings & tokens."
 )
 
-SinglePrompt = str | list[PromptPiece] | MultimodalPrompt
-
 
 def split_prompts(prompt: PromptForm) -> list[SinglePrompt]:
     """One prompt, or several: a list holding a token id at its top level is one prompt
     (ids, or ids and texts mixed); any other list is a list of prompts."""
-    if isinstance(prompt, list) and not any(isinstance(p, int) for p in prompt):
-        if not prompt:
-            raise InvalidRequest("`prompt` is empty.", param="prompt")
-        return list(prompt)  # type: ignore[arg-type]
-    if isinstance(prompt, list) and any(isinstance(p, list | MultimodalPrompt) for p in prompt):
+    if not isinstance(prompt, list):
+        return [prompt]
+    if not prompt:
+        raise InvalidRequest("`prompt` is empty.", param="prompt")
+    if not any(isinstance(p, int) for p in prompt):
+        return [p for p in prompt if not isinstance(p, int)]
+    pieces: list[PromptPiece] = [p for p in prompt if isinstance(p, str | int)]
+    if len(pieces) != len(prompt):
         raise InvalidRequest(BAD_ELEMENT, param="prompt")
-    return [prompt]  # type: ignore[list-item]
+    return [pieces]
 
 
 async def prompt_ids(backend: Backend, prompt: SinglePrompt) -> list[int]:
