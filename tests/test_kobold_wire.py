@@ -659,3 +659,35 @@ def test_serviceinfo_and_props(make_client):
     assert info["api"]["koboldai"]["rel_url"] == "/api"
     props = client.get("/props").json()
     assert props["default_generation_settings"]["n_ctx"] == 4096 and props["total_slots"] >= 1
+
+
+class BosEcho(EchoBackend):
+    """The echo tokenizer with a BOS token (id 1) in front, as llama tokenizers add it."""
+
+    async def tokenize(self, text, *, add_special=True, parse_special=True):
+        return ([1] if add_special else []) + list(text.encode())
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ({"prompt": "abc"}, [1, *b"abc"]),
+        # 8 of context - 3 to generate - BOS: 4 tokens, cut from the start, BOS in front
+        ({"prompt": "abcdefghij"}, [1, *b"ghij"]),
+        # memory needs 4 tokens of slack beyond itself, or it is cut from its start
+        ({"prompt": "abcdefghij", "memory": "MNO", "max_length": 1}, [1, *b"NOghij"]),
+        ({"prompt": "abcdefghij", "memory": "MNO", "max_length": 6}, [1, *b"j"]),
+        # KoboldCpp's blank prompt: BOS alone
+        ({}, [1]),
+    ],
+)
+def test_prompt_ids_keep_bos_in_front_of_a_cut_prompt(tmp_path, body, expected):
+    import asyncio
+
+    from gateway_schemas.kobold import GenerationInput
+
+    from gateway.routes.kobold.translate import prompt_ids
+
+    backend = BosEcho(ModelSpec(name="bos", backend="echo"), tmp_path)
+    request = GenerationInput(**{"max_length": 3, **body})
+    assert asyncio.run(prompt_ids(backend, request, 8, request.max_length or 3)) == expected

@@ -102,7 +102,8 @@ class JsonToGrammarRequest(Struct, kw_only=True):
 
 class KoboldEmbeddingRequest(Struct, kw_only=True):
     """`/api/extra/embeddings`: OpenAI's shape; `model` is ignored, the first embedding
-    model answers. An empty `input` embeds nothing."""
+    model answers. An empty `input` embeds nothing. Inputs longer than the model reads are
+    always truncated (`truncate` is accepted for KoboldCpp's sake)."""
 
     input: str | list[str] = ""
     truncate: bool = True

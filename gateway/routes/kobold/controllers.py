@@ -21,7 +21,6 @@ import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Annotated, Any
 
-import msgspec
 from gateway_schemas.kobold import (
     DetokenizeRequest,
     ErrorResponse,
@@ -337,8 +336,10 @@ class KoboldController(Controller):
             return _no_embeddings(NO_EMBEDDING_MODEL, texts)
         if not texts:
             return _no_embeddings(model, texts)
-        request = EmbeddingRequest(input=list(texts), encoding_format=body.encoding_format)
-        return await embed(gateway, msgspec.structs.replace(request, model=model))
+        request = EmbeddingRequest(
+            model=model, input=list(texts), encoding_format=body.encoding_format
+        )
+        return await embed(gateway, request)
 
     @post("/extra/shutdown", status_code=200)
     async def shutdown(self, request: Request[Any, Any, Any]) -> dict[str, Any]:

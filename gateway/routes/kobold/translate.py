@@ -7,9 +7,9 @@ generates:
 - `max_context_length` is at most the model's context; `max_length` is cut so that a
   fifth of that context (at least 16 tokens, when there are that many) is left to the
   prompt, as KoboldCpp cuts it. `max_length` below 1 is 1.
-- `memory` is kept, cut from its start when it cannot leave room for the generation;
-  then `prompt` is cut from its start to fit; a cut text keeps the model's BOS token in
-  front. A prompt that ends up empty starts from the BOS token alone (KoboldCpp's blank
+- The model's BOS token (when it adds one) comes first, then `memory`, cut from its
+  start when it leaves less than 4 tokens of slack, then `prompt`, cut from its start to
+  fit. With no prompt left the model starts from the BOS token alone (KoboldCpp's blank
   prompt), or from a newline for a model without one.
 - `temperature`, `top_k`, `top_a`, `nsigma`, smoothing and the mirostat rates below 0 are
   0 (greedy, or off); `top_p`, `min_p`, `typical`, `tfs` and the XTC values are held to
@@ -220,35 +220,26 @@ def limits(body: GenerationInput, context: int, default_length: int) -> tuple[in
     return max_context, max_length
 
 
-def _cut(ids: list[int], keep: int, bos: list[int]) -> list[int]:
-    """The last `keep` tokens of `ids`; the first becomes BOS when `ids` began with it."""
-    kept = ids[len(ids) - keep :] if keep > 0 else []
-    if kept and bos and ids[:1] == bos and len(kept) < len(ids):
-        kept[0] = bos[0]
-    return kept
-
-
 async def prompt_ids(
     backend: Backend, body: GenerationInput, max_context: int, max_length: int
 ) -> list[int]:
-    """`memory` then `prompt`, cut from their starts so that both and the generation fit
-    `max_context` (the memory last, keeping 4 tokens of slack as KoboldCpp does)."""
+    """The model's BOS token (when it adds one), `memory`, then `prompt`, cut from their
+    starts so that all of it and the generation fit `max_context`: the memory only when
+    it leaves less than KoboldCpp's slack of 4 tokens, then the prompt."""
     memory, prompt = body.memory, body.prompt
     if body.replace_instruct_placeholders:
         user, output = await instruct_tags(backend)
         memory = memory.replace(INPUT_TAG, user).replace(OUTPUT_TAG, output)
         prompt = prompt.replace(INPUT_TAG, user).replace(OUTPUT_TAG, output)
     bos = await backend.tokenize("", add_special=True)
-    head = await backend.tokenize(memory, add_special=True) if memory else []
-    tail = await backend.tokenize(prompt, add_special=not head) if prompt else []
-    room = max_context - max_length
+    head = await backend.tokenize(memory, add_special=False) if memory else []
+    tail = await backend.tokenize(prompt, add_special=False) if prompt else []
+    room = max_context - max_length - len(bos)
     if head and len(head) + 4 > room:
-        head = _cut(head, room - 4, bos)
+        head = head[len(head) - (room - 4) :] if room > 4 else []
     budget = room - len(head)
-    if len(tail) > budget:
-        tail = _cut(tail, budget, [] if head else bos)
-    ids = head + tail
-    return ids or bos or await backend.tokenize("\n", add_special=False)
+    tail = tail[max(len(tail) - budget, 0) :] if budget > 0 else []
+    return bos + head + tail or await backend.tokenize("\n", add_special=False)
 
 
 def constraint(grammar: str) -> Constraint | None:
