@@ -107,3 +107,14 @@ def test_preloadstory(make_client, tmp_path):
     story.write_text(json.dumps({"prompt": "Once", "memory": "", "authorsnote": "", "actions": []}))
     client = make_client(kobold=KoboldSettings(preload_story=str(story)))
     assert client.get("/api/extra/preloadstory").json()["prompt"] == "Once"
+
+
+def test_multiplayer_idle_is_whether_someone_else_is_busy(client):
+    def status(**body: object) -> int:
+        return client.post("/api/extra/multiplayer/status", json=body).json()["idle"]
+
+    assert status(sender="A") == 1
+    assert status(sender="A", senderbusy=True) == 1  # one's own typing does not count
+    assert status(sender="B") == 0  # A is busy
+    client.post("/api/extra/multiplayer/setstory", json={"data": "s", "sender": "B"})
+    assert status(sender="C") == 0

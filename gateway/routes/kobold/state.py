@@ -13,6 +13,8 @@ from gateway_schemas.canonical import GenerationChunk, TokenLogprob
 from gateway.storage import Store
 
 KEEP_FINISHED = 64
+MULTIPLAYER_BUSY_SECONDS = 6.0
+"""How long a multiplayer participant counts as busy after saying so (KoboldCpp's)."""
 
 
 @dataclass
@@ -60,6 +62,7 @@ class KoboldState:
         self.total_gens = 0
         self.last_finished = time.time()
         self.saved: dict[int, SavedState] = {}
+        self.players_busy: dict[str, float] = {}
 
     def begin(self, generation: KoboldGeneration) -> None:
         """Record a started generation (its place in `in_flight` was reserved before)."""
@@ -76,6 +79,18 @@ class KoboldState:
         self.in_flight -= 1
         self.total_gens += 1
         self.last_finished = time.time()
+
+    def player_busy(self, sender: str) -> None:
+        """A multiplayer participant is typing or generating."""
+        if sender:
+            self.players_busy[sender] = time.monotonic()
+
+    def multiplayer_idle(self, sender: str) -> int:
+        """1 when nothing generates and no other participant was busy lately, else 0."""
+        now = time.monotonic()
+        others = (when for who, when in self.players_busy.items() if who != sender)
+        busy = self.in_flight > 0 or any(now - when < MULTIPLAYER_BUSY_SECONDS for when in others)
+        return 0 if busy else 1
 
     async def erase_story(self, slot: int) -> None:
         """Empty a save slot (KoboldCpp's save with no data)."""

@@ -10,6 +10,9 @@
 - `data/load`: `{"success": true, "data": {"title", "format", "data"}}`, as KoboldCpp
   answers (Lite reads `data.data`; koboldcpp-openapi.json types `data` as a string, which
   KoboldCpp does not send); an empty or invalid slot is `{"success": false, "data": null}`.
+- `multiplayer/status`: `idle` is 1 when nothing generates and no other participant said
+  it was busy (`senderbusy`, or a story update) in the last 6 seconds, else 0, as
+  KoboldCpp decides it (Lite shows the session as active otherwise).
 - `multiplayer/getstory`: the stored story as plain text (Lite reads the body as the
   compressed story), empty when there is none.
 - `multiplayer/setstory`: no story is a 400 as in KoboldCpp; `full_update` (default false)
@@ -19,7 +22,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -101,13 +103,15 @@ class StoryController(Controller):
         kobold: NamedDependency[KoboldState],
         data: Annotated[Any, documented(MultiplayerStatusRequest)] = None,
     ) -> dict[str, Any]:
-        read_body(data, MultiplayerStatusRequest, optional=True)
+        body = read_body(data, MultiplayerStatusRequest, optional=True)
+        if body.senderbusy:
+            kobold.player_busy(body.sender)
         row = await kobold.store.multiplayer()
         # Turns as strings: koboldcpp-openapi.json types them so.
         return {
             "turn_major": str(row["turn_major"] if row else 0),
             "turn_minor": str(row["turn_minor"] if row else 0),
-            "idle": int(time.time() - row["updated"]) if row else 0,
+            "idle": kobold.multiplayer_idle(body.sender),
             "data_format": row["data_format"] if row else "",
         }
 
@@ -127,6 +131,7 @@ class StoryController(Controller):
             raise StoryRefused("No story submitted!")
         if len(body.data) > MULTIPLAYER_LIMIT:
             raise StoryRefused("Story is too long!")
+        kobold.player_busy(body.sender)
         row = await kobold.store.set_multiplayer(
             body.data, body.data_format, body.sender, body.full_update
         )
@@ -134,6 +139,6 @@ class StoryController(Controller):
             "success": True,
             "turn_major": str(row["turn_major"]),
             "turn_minor": str(row["turn_minor"]),
-            "idle": 0,
+            "idle": kobold.multiplayer_idle(body.sender),
             "data_format": row["data_format"],
         }
