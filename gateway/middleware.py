@@ -1,4 +1,5 @@
-"""One middleware for every route: authentication, authorization and request metrics.
+"""One middleware for every route: authentication, authorization, request metrics, and
+cancelling the work of clients that went away (`gateway.disconnects`).
 
 Each route handler says what it needs through its `opt`: `family` (for metrics and
 errors), `scope` (the API-key scope it requires) and `public` (no key needed: /health).
@@ -13,6 +14,7 @@ from litestar import Request
 from litestar.exceptions import HTTPException
 from litestar.middleware import ASGIMiddleware
 
+from gateway.disconnects import run_until_disconnect
 from gateway.errors import GatewayError
 
 if TYPE_CHECKING:
@@ -21,6 +23,8 @@ if TYPE_CHECKING:
     from gateway.gateway import Gateway
 
 DEFAULT_SCOPE = "inference"
+CLIENT_GONE = 499
+"""The status metrics record for a request whose client left before its response ended."""
 
 
 class GatewayMiddleware(ASGIMiddleware):
@@ -45,7 +49,10 @@ class GatewayMiddleware(ASGIMiddleware):
                     Request(scope), opt.get("scope", DEFAULT_SCOPE)
                 )
                 scope["state"]["actor"] = actor
-            await next_app(scope, receive, send_wrapper)
+            if scope["type"] != "http":
+                await next_app(scope, receive, send_wrapper)
+            elif not await run_until_disconnect(next_app, scope, receive, send_wrapper):
+                status = CLIENT_GONE
         except (GatewayError, HTTPException) as exc:
             status = exc.status if isinstance(exc, GatewayError) else exc.status_code
             raise

@@ -99,6 +99,15 @@ class KoboldSettings(Struct, kw_only=True, forbid_unknown_fields=True):
     admin_dir: str | None = None
 
 
+class GenerationSettings(Struct, kw_only=True, forbid_unknown_fields=True):
+    """`[generation]`: limits that hold for every dialect."""
+
+    max_tokens: Annotated[int, Meta(ge=1)] | None = None
+    """Tokens generated at most when a request sets no limit (an OpenAI request without
+    `max_tokens`, llama.cpp's `n_predict: -1`). Unset: until the sequence's context is full,
+    as llama-server does."""
+
+
 class Settings(Struct, kw_only=True, forbid_unknown_fields=True):
     data_dir: str | None = None
     model: str | None = None
@@ -111,6 +120,7 @@ class Settings(Struct, kw_only=True, forbid_unknown_fields=True):
     routes: dict[str, bool] = field(default_factory=dict)
     models: list[ModelSpec] = field(default_factory=lambda: list(DEFAULT_MODELS))
     api_keys: list[ApiKey] = field(default_factory=list)
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
     llamacpp: LlamaCppSettings = field(default_factory=LlamaCppSettings)
     kobold: KoboldSettings = field(default_factory=KoboldSettings)
 

@@ -16,8 +16,9 @@ ROUTES = [
     ("/v1/embeddings", {"input": "hi"}),
     ("/chat/completions", CHAT),
     ("/completions", {"prompt": "hi", "max_tokens": 4}),
-    ("/embeddings", {"input": "hi"}),
 ]
+# `/embeddings` (no /v1) is llama-server's native format: no `model` in its answer; the
+# choice of model is the same there (see test_native_routes_follow_the_same_rule).
 
 
 @pytest.mark.parametrize(("path", "body"), ROUTES)
@@ -54,9 +55,10 @@ def test_unknown_model_served_by_the_default_when_configured(make_client, path, 
     assert response.json()["model"] == "echo"
 
 
-@pytest.mark.parametrize("path", ["/completion", "/tokenize"])
+@pytest.mark.parametrize("path", ["/completion", "/tokenize", "/embeddings"])
 def test_native_routes_follow_the_same_rule(make_client, path):
-    body = {"prompt": "hi", "n_predict": 2} if path == "/completion" else {"content": "hi"}
+    bodies = {"/completion": {"prompt": "hi", "n_predict": 2}, "/embeddings": {"input": "hi"}}
+    body = bodies.get(path, {"content": "hi"})
     client = make_client(models=TWO)
     assert client.post(path, json=body).status_code == 200
     missing = client.post(path, json={**body, "model": "gpt-4o"})

@@ -34,6 +34,11 @@ class GenerationService:
         self._gateway = gateway
 
     def prepare(self, request: GenerationRequest) -> GenerationRequest:
+        """The request as the backend gets it: `[generation] max_tokens` bounds a request
+        that sets no limit, then `prepare_generation` hooks may replace it."""
+        cap = self._gateway.settings.generation.max_tokens
+        if request.max_tokens is None and cap is not None:
+            request = msgspec.structs.replace(request, max_tokens=cap)
         for result in self._gateway.hook.prepare_generation(gateway=self._gateway, request=request):
             if result is not None:
                 request = result
