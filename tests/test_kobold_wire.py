@@ -514,12 +514,6 @@ def test_interrogate_without_vision_is_refused_with_a_4xx(client):
     assert "No Vision model loaded" in response.json()["detail"]["msg"]
 
 
-def test_openai_audio_routes_still_answer_501(client):
-    for path in ("/v1/audio/transcriptions", "/v1/audio/speech"):
-        response = client.post(path, json={})
-        assert response.status_code == 501 and "plugin" in response.json()["detail"]["msg"]
-
-
 def test_serviceinfo_and_props(make_client):
     client = make_client(routes={"llamacpp": False})
     info = client.get("/.well-known/serviceinfo").json()

@@ -311,3 +311,23 @@ def test_unknown_fields_are_ignored(client):
     response = client.post(CHAT, json=chat("ok", vendor_extra={"x": 1}, parallel_tool_calls=False))
     assert response.status_code == 200
     assert response.json()["choices"][0]["message"]["content"] == "ok"
+
+
+@pytest.mark.parametrize("path", ["/v1/audio/speech", "/v1/audio/transcriptions"])
+def test_absent_audio_is_a_4xx_that_clients_do_not_retry(client, path):
+    response = client.post(path, json={"model": "tts-1", "input": "hi", "voice": "alloy"})
+    assert response.status_code == 404
+    assert response.headers["x-should-retry"] == "false"
+    error = response.json()["error"]
+    assert error["code"] == "capability_not_available" and "plugin" in error["message"]
+
+
+def test_the_openai_sdk_does_not_retry_absent_audio(client):
+    import openai
+
+    sent: list[str] = []
+    client.event_hooks["request"].append(lambda request: sent.append(request.url.path))
+    sdk = openai.OpenAI(base_url=f"{client.base_url}/v1", api_key="x", http_client=client)
+    with pytest.raises(openai.NotFoundError, match="text-to-speech"):
+        sdk.audio.speech.create(model="tts-1", input="hello", voice="alloy")
+    assert sent == ["/v1/audio/speech"]

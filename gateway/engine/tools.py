@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeAlias
 
 from gateway_schemas.canonical import ChatMessage, ToolCall, ToolDefinition
 
@@ -30,7 +30,7 @@ CALL_CLOSE = "</tool_call>"
 RESPONSE_OPEN = "<tool_response>"
 RESPONSE_CLOSE = "</tool_response>"
 
-Piece = str | ToolCall
+Piece: TypeAlias = str | ToolCall
 """What the parser yields: text to show as content, or a complete call."""
 
 

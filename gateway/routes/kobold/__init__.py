@@ -29,11 +29,7 @@ def register_routes(register: Callable[[RouteFamily], None], gateway: Gateway) -
     from gateway.routes.kobold.admin import KoboldAdminController
     from gateway.routes.kobold.controllers import KoboldController
     from gateway.routes.kobold.errors import EXCEPTION_HANDLERS
-    from gateway.routes.kobold.probes import (
-        KoboldPropsController,
-        ProbeController,
-        UnprovidedController,
-    )
+    from gateway.routes.kobold.probes import KoboldPropsController, ProbeController
     from gateway.routes.kobold.state import KoboldState
     from gateway.routes.kobold.stories import StoryController
     from gateway.storage import Store
@@ -45,7 +41,6 @@ def register_routes(register: Callable[[RouteFamily], None], gateway: Gateway) -
         StoryController,
         KoboldAdminController,
         ProbeController,
-        UnprovidedController,
     ]
     if not gateway.settings.family_enabled("llamacpp"):
         handlers.append(KoboldPropsController)

@@ -19,19 +19,19 @@ server (`/api/extra/version` says each is off):
   reserved for this server's own failures.
 
 The request bodies of these routes are not read: there is nothing to do with them.
-`/v1/audio/transcriptions` and `/v1/audio/speech` (OpenAI's paths, which KoboldCpp also
-serves) answer 501, naming the capability.
+`/v1/audio/*` (OpenAI's paths, which KoboldCpp also serves) belong to the OpenAI family
+(`gateway.routes.openai.absent`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from litestar import Controller, Request, Response, get, post
+from litestar import Controller, Response, get, post
 from litestar.di import NamedDependency
 
 from gateway import __version__
-from gateway.errors import GatewayError, NotSupported, Unsupported
+from gateway.errors import GatewayError, Unsupported
 from gateway.gateway import Gateway
 from gateway.routes.kobold.controllers import _context, _model
 
@@ -111,27 +111,3 @@ class KoboldPropsController(Controller):
             "total_slots": slots,
             "default_generation_settings": {"n_ctx": _context(gateway, backend)},
         }
-
-
-UNPROVIDED = {
-    "/v1/audio/transcriptions": "speech-to-text transcription",
-    "/v1/audio/speech": "text-to-speech",
-}
-
-
-class UnprovidedController(Controller):
-    """OpenAI's audio routes, which KoboldCpp serves too: 501 until a plugin provides them."""
-
-    path = "/"
-
-    @post(list(UNPROVIDED), status_code=200)
-    async def unprovided_post(self, request: Request[Any, Any, Any]) -> None:
-        raise _unprovided(request.url.path)
-
-
-def _unprovided(path: str) -> NotSupported:
-    capability = UNPROVIDED.get(path, "this capability")
-    return NotSupported(
-        f"This server has no {capability} ({path}). A gateway plugin can provide it: "
-        "register a route family with the `register_routes` hook."
-    )

@@ -1,4 +1,5 @@
-"""The OpenAI dialect: /v1/models, /v1/chat/completions, /v1/completions, /v1/embeddings."""
+"""The OpenAI dialect: /v1/models, /v1/chat/completions, /v1/completions, /v1/embeddings;
+/v1/audio/* answer a 404 that no client retries (`absent`)."""
 
 from __future__ import annotations
 
@@ -19,12 +20,13 @@ FAMILY = "openai"
 
 @hookimpl
 def register_routes(register: Callable[[RouteFamily], None], gateway: Gateway) -> None:
+    from gateway.routes.openai.absent import AbsentCapabilityController
     from gateway.routes.openai.controllers import OpenAIController
     from gateway.routes.openai.errors import EXCEPTION_HANDLERS
 
     router = Router(
         path="/",
-        route_handlers=[OpenAIController],
+        route_handlers=[OpenAIController, AbsentCapabilityController],
         exception_handlers=EXCEPTION_HANDLERS,
         opt={"family": FAMILY, "scope": "inference"},
         tags=["openai"],
