@@ -331,3 +331,11 @@ def test_the_openai_sdk_does_not_retry_absent_audio(client):
     with pytest.raises(openai.NotFoundError, match="text-to-speech"):
         sdk.audio.speech.create(model="tts-1", input="hello", voice="alloy")
     assert sent == ["/v1/audio/speech"]
+
+
+@pytest.mark.parametrize("path", [CHAT, "/v1/completions"])
+def test_adapters_are_read_not_silently_ignored(client, path):
+    body = chat() if path == CHAT else {"model": "echo", "prompt": "x"}
+    response = client.post(path, json={**body, "adapters": [{"name": "default", "scale": 0.7}]})
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "adapters"

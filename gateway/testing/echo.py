@@ -37,7 +37,7 @@ from gateway.engine import Backend, Capability
 from gateway.engine.backend import SlotAction
 from gateway.engine.stops import StopMatcher
 from gateway.engine.tools import as_plain_messages
-from gateway.errors import InvalidRequest
+from gateway.errors import InvalidRequest, Unsupported
 
 VOCAB_SIZE = 256
 
@@ -98,6 +98,8 @@ class EchoBackend(Backend):
         return await self.tokenize(text), text
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationChunk]:
+        if request.adapters:
+            raise Unsupported("The echo backend has no LoRA adapters.", param="adapters")
         bad = [t for t in request.sampling.logit_bias if not 0 <= t < VOCAB_SIZE]
         if bad:
             raise InvalidRequest(

@@ -122,6 +122,13 @@ class ResponseFormatJsonSchema(Struct, kw_only=True, tag="json_schema"):
 ResponseFormat = ResponseFormatText | ResponseFormatJsonObject | ResponseFormatJsonSchema
 
 
+class AdapterIn(Struct, kw_only=True):
+    """Kiln's per-request LoRA composition: an adapter and its scale."""
+
+    name: str
+    scale: float = 1.0
+
+
 class SamplingExtras(Struct, kw_only=True):
     """Sampling fields shared by chat and text completions."""
 
@@ -148,6 +155,9 @@ class SamplingExtras(Struct, kw_only=True):
     json_schema: dict[str, object] | None = None
     timings_per_token: bool = False
     """llama.cpp's extension: every streamed chunk carries the timings so far."""
+    adapters: list[AdapterIn] | None = None
+    """Kiln's extension: LoRA adapters applied to this request (read, never ignored: a
+    backend without adapters refuses them)."""
 
 
 class ChatCompletionRequest(SamplingExtras, kw_only=True):

@@ -223,7 +223,7 @@ class TorchBackend(Backend):
 
 def _refuse_unsupported(request: GenerationRequest) -> None:
     if request.adapters:
-        raise Unsupported("The torch backend does not support LoRA adapters.")
+        raise Unsupported("This server has no LoRA adapters yet (`adapters`).", param="adapters")
 
 
 def _prompt_ids(lm: Any, request: GenerationRequest) -> list[int]:

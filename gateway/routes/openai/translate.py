@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import msgspec
 from gateway_schemas.canonical import (
+    AdapterRef,
     ChatMessage,
     Constraint,
     GenerationRequest,
@@ -155,6 +156,7 @@ def chat_requests(
             top_logprobs=body.top_logprobs or 0,
             constraint=tool_plan.constraint or constraint(body),
             tools=tool_plan.tools,
+            adapters=adapters(body),
         )
         for choice in range(body.n)
     ]
@@ -182,9 +184,14 @@ def completion_requests(
                     logprobs=body.logprobs is not None,
                     top_logprobs=body.logprobs or 0,
                     constraint=constraint(body),
+                    adapters=adapters(body),
                 )
             )
     return requests
+
+
+def adapters(body: SamplingExtras) -> list[AdapterRef]:
+    return [AdapterRef(name=a.name, scale=a.scale) for a in body.adapters or []]
 
 
 def usage(usages: list[Usage | None], prompts: int) -> UsageOut:

@@ -1,0 +1,139 @@
+"""Every curl example of the Kiln (000), NPU-STACK (001) and tinfer / llama.cpp (003) API
+references, parsed from the seed files and sent as written to `gateway serve` with its
+defaults, on the real model (only the host and port are the live server's).
+
+An example whose route this server does not mount yet must be listed in NOT_MOUNTED_YET:
+when a later feature mounts the route, this test fails until the example is run (and
+works). Examples that name a model the server does not have (`my-model`, `model-name`)
+get the documented 404 listing the served models, and work with `unknown_models = "default"`,
+as llama-server ignores the name.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+from live import LiveServer, start_server, stop_server
+from seed_examples import Example, examples
+
+EXAMPLES = examples("000", "001", "003")
+SERVED = ["smollm2-135m-instruct", "all-minilm-l6-v2"]
+
+NOT_MOUNTED_YET = {
+    # Kiln's training, adapters, batch and config routes: the following issues.
+    "GET /v1/config",
+    "POST /v1/train/sft",
+    "POST /v1/train/grpo",
+    "GET /v1/train/status",
+    "GET /v1/train/queue",
+    "DELETE /v1/train/queue/$JOB_ID",
+    "POST /v1/completions/batch",
+    "GET /v1/adapters/default/download",
+    "POST /v1/adapters/upload",
+    "POST /v1/adapters/merge",
+    # NPU-STACK's model manager.
+    "POST /v1/models/load",
+    "POST /v1/models/unload",
+}
+
+
+@pytest.fixture(scope="module")
+def lenient_server(
+    data_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveServer]:
+    """`gateway serve` with `unknown_models = "default"`."""
+    log = tmp_path_factory.mktemp("lenient") / "server.log"
+    env = {"GATEWAY_DATA_DIR": str(data_dir), "GATEWAY_UNKNOWN_MODELS": "default"}
+    server = start_server([], env, log)
+    yield server
+    stop_server(server)
+
+
+@pytest.fixture(scope="module")
+def operations(live_server: LiveServer) -> list[tuple[str, re.Pattern[str]]]:
+    """(method, path pattern) of every operation the live server mounts."""
+    document = httpx.get(f"{live_server.url}/schema/openapi.json", timeout=30).json()
+    found = []
+    for template, item in document["paths"].items():
+        pattern = re.compile("^" + re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(template)) + "$")
+        found += [(method.upper(), pattern) for method in item]
+    return found
+
+
+def _mounted(example: Example, operations: list[tuple[str, re.Pattern[str]]]) -> bool:
+    return any(m == example.method and p.match(example.path) for m, p in operations)
+
+
+def send(example: Example, base_url: str) -> httpx.Response:
+    """The example's request, to `base_url` instead of the documented host and port."""
+    url = base_url + example.url[len(f"http://{urlsplit(example.url).netloc}") :]
+    return httpx.request(
+        example.method,
+        url,
+        headers=example.headers,
+        content=example.data.encode() if example.data is not None else None,
+        timeout=300,
+    )
+
+
+def _named_model(example: Example) -> str | None:
+    body = json.loads(example.data) if example.data else {}
+    return body.get("model") if isinstance(body, dict) else None
+
+
+def _check_success(example: Example, response: httpx.Response) -> None:
+    assert 200 <= response.status_code < 300, f"{example.id}: {response.text}"
+    body = json.loads(example.data) if example.data else {}
+    if isinstance(body, dict) and body.get("stream"):
+        assert response.text.rstrip().endswith("data: [DONE]"), response.text[-300:]
+        return
+    payload: Any = response.json()  # every example pipes its answer to `json.tool`
+    if example.path.endswith("/chat/completions"):
+        assert payload["choices"][0]["message"]["content"]
+        assert payload["model"] in SERVED
+    if example.path.endswith("/embeddings"):
+        assert payload["model"] == "all-minilm-l6-v2"
+        assert len(payload["data"][0]["embedding"]) == 384
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[e.id for e in EXAMPLES])
+def test_seed_example(example, live_server, operations, request):
+    key = f"{example.method} {example.path}"
+    if not _mounted(example, operations):
+        assert key in NOT_MOUNTED_YET, f"{key} is not served and not listed as pending"
+        return
+    assert key not in NOT_MOUNTED_YET, f"{key} is served now: run its example"
+    response = send(example, live_server.url)
+    body = json.loads(example.data) if example.data else {}
+    if isinstance(body, dict) and body.get("adapters"):
+        # Kiln's per-request adapter composition names `default`, the adapter its SFT
+        # example trains; adapters and training are the next issues. Until then: a 4xx.
+        assert response.status_code == 400
+        assert response.json()["error"]["param"] == "adapters"
+        return
+    if example.path == "/infill":
+        # llama-server's answer for a model without fill-in-the-middle tokens (SmolLM2).
+        assert response.status_code == 501, response.text
+        error = response.json()["error"]
+        assert error["type"] == "not_supported_error"
+        assert error["message"].startswith("Infill is not supported by this model")
+        return
+    model = _named_model(example)
+    if model is not None and model not in SERVED:
+        assert response.status_code == 404, response.text
+        message = response.json()["error"]["message"]
+        assert f"`{model}`" in message and all(f"`{name}`" in message for name in SERVED)
+        response = send(example, request.getfixturevalue("lenient_server").url)
+    _check_success(example, response)
+
+
+def test_every_seed_file_yields_its_examples():
+    counts = {source: sum(e.source == source for e in EXAMPLES) for source in ("000", "001", "003")}
+    assert counts == {"000": 13, "001": 7, "003": 13}
