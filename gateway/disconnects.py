@@ -49,7 +49,7 @@ async def run_until_disconnect(app: ASGIApp, scope: Scope, receive: Receive, sen
     async def watch() -> None:
         await body_read.wait()
         while (await receive())["type"] != "http.disconnect":
-            pass
+            await asyncio.sleep(0)  # never spin on a server that answers at once
         gone.set()
 
     task = asyncio.ensure_future(app(scope, app_receive, app_send))

@@ -134,9 +134,12 @@ async def test_the_app_is_cancelled_when_the_client_leaves_mid_handler():
 
 async def test_a_finished_response_is_not_cancelled_and_errors_propagate():
     sent: list[dict[str, Any]] = []
+    requests = [{"type": "http.request", "body": b"", "more_body": False}]
 
     async def receive() -> Any:
-        return {"type": "http.request", "body": b"", "more_body": False}
+        if requests:
+            return requests.pop()
+        await asyncio.Event().wait()  # a client that stays connected
 
     async def send(message: Any) -> None:
         sent.append(message)
@@ -152,5 +155,6 @@ async def test_a_finished_response_is_not_cancelled_and_errors_propagate():
     async def broken(scope: Any, receive: Any, send: Any) -> None:
         raise RuntimeError("boom")
 
+    requests.append({"type": "http.request", "body": b"", "more_body": False})
     with pytest.raises(RuntimeError, match="boom"):
         await run_until_disconnect(broken, {"type": "http"}, receive, send)

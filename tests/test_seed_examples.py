@@ -98,6 +98,8 @@ def _check_success(example: Example, response: httpx.Response) -> None:
     if example.path.endswith("/chat/completions"):
         assert payload["choices"][0]["message"]["content"]
         assert payload["model"] in SERVED
+    if example.path == "/v1/models":  # what a user serves: no test fixtures
+        assert [card["id"] for card in payload["data"]] == SERVED
     if example.path.endswith("/embeddings"):
         assert payload["model"] == "all-minilm-l6-v2"
         assert len(payload["data"][0]["embedding"]) == 384
