@@ -139,3 +139,18 @@ def test_seed_example(example, live_server, operations, request):
 def test_every_seed_file_yields_its_examples():
     counts = {source: sum(e.source == source for e in EXAMPLES) for source in ("000", "001", "003")}
     assert counts == {"000": 13, "001": 7, "003": 13}
+
+
+def test_npu_stack_langchain_example(request):
+    """001's LangChain example as written (its `my-model` is NPU-STACK's registered name, so
+    it runs against the server that serves unknown names with the default model), with
+    `max_tokens` added to keep the test short."""
+    from langchain_openai import ChatOpenAI
+
+    url = request.getfixturevalue("lenient_server").url
+    llm = ChatOpenAI(
+        base_url=f"{url}/v1", api_key="any", model="my-model", temperature=0.7, max_tokens=48
+    )
+    response = llm.invoke("What is an NPU?")
+    assert isinstance(response.content, str) and response.content
+    assert response.response_metadata["model_name"] == SERVED[0]
