@@ -204,3 +204,26 @@ def test_health_reports_the_engine(smol: TorchBackend) -> None:
     assert health["runner"] == "flat"
     assert health["slots"] == 8 and health["context_per_slot"] == 4096
     assert health["prefill_chunk"] == 256
+
+
+def test_a_closed_stream_leaves_its_slot_at_the_next_step(smol: TorchBackend) -> None:
+    """What a disconnected client does (the host closes the stream): the sequence, which
+    would otherwise generate until its context is full, is retired by the next step."""
+
+    async def run() -> tuple[int, int]:
+        request = GenerationRequest(id="leaver", model="smol", prompt=STORY, ignore_eos=True)
+        stream = smol.generate(request)
+        async for chunk in stream:
+            if chunk.token_ids:
+                break  # decoding has started
+        worker = smol._worker
+        at_close = worker.steps
+        await stream.aclose()
+        while any(state.busy for state in worker.slot_states()):
+            await asyncio.sleep(0.001)
+        return at_close, worker.steps
+
+    at_close, freed = asyncio.run(run())
+    # The step running when the stream closed may finish; the one after retires it
+    # before its forward pass.
+    assert freed - at_close <= 1
