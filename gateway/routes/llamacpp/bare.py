@@ -232,12 +232,7 @@ class BareOpenAIController(OpenAIController):
         data: JSONBody[BareChatRequest],
         gateway: NamedDependency[Gateway],
     ) -> Response[Any]:
-        recorder = Recorder(gateway.generation, extras_of(data))
-        view: Any = GatewayView(gateway, recorder)
-        response = await OpenAIController.chat_completions.fn(self, data=data, gateway=view)
-        if not data.verbose:
-            return response
-        return await _verbose_response(response, gateway, recorder)
+        return await _with_extras(self, OpenAIController.chat_completions.fn, data, gateway)
 
     @post("/completions", status_code=200, responses=ERRORS)
     async def completions(
@@ -245,12 +240,7 @@ class BareOpenAIController(OpenAIController):
         data: JSONBody[BareCompletionRequest],
         gateway: NamedDependency[Gateway],
     ) -> Response[Any]:
-        recorder = Recorder(gateway.generation, extras_of(data))
-        view: Any = GatewayView(gateway, recorder)
-        response = await OpenAIController.completions.fn(self, data=data, gateway=view)
-        if not data.verbose:
-            return response
-        return await _verbose_response(response, gateway, recorder)
+        return await _with_extras(self, OpenAIController.completions.fn, data, gateway)
 
     @post("/embeddings", status_code=200, responses=ERRORS)
     async def embeddings(
@@ -259,3 +249,19 @@ class BareOpenAIController(OpenAIController):
         """llama-server's native embeddings: `[{"index", "embedding": [[...]]}]`."""
         backend = gateway.models.get(_model(gateway, data.model, Capability.EMBED))
         return await emb.native_embeddings(backend, data)
+
+
+async def _with_extras(
+    controller: Any,
+    handler: Any,
+    data: BareChatRequest | BareCompletionRequest,
+    gateway: Gateway,
+) -> Response[Any]:
+    """The OpenAI handler on a view of the gateway whose generations carry llama-server's
+    extras; with `verbose`, each choice's native answer added as `__verbose`."""
+    recorder = Recorder(gateway.generation, extras_of(data))
+    view: Any = GatewayView(gateway, recorder)
+    response: Response[Any] = await handler(controller, data=data, gateway=view)
+    if not data.verbose:
+        return response
+    return await _verbose_response(response, gateway, recorder)
