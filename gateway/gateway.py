@@ -61,11 +61,14 @@ class Gateway:
         self.hook.register_models(register=register, gateway=self)
         return specs
 
-    def model_for(self, requested: str | None, capability: Capability) -> str:
+    def model_for(
+        self, requested: str | None, capability: Capability, default: str | None = None
+    ) -> str:
         """The model serving a request that names `requested` (or none) and needs
-        `capability`, under the `unknown_models` setting (see `ModelManager.resolve`)."""
+        `capability`, under the `unknown_models` setting (see `ModelManager.resolve`);
+        `default` replaces the first capable model as the default."""
         fallback = self.settings.unknown_models == "default"
-        return self.models.resolve(requested, capability, fallback=fallback)
+        return self.models.resolve(requested, capability, fallback=fallback, default=default)
 
     async def startup(self) -> None:
         for result in self.hook.startup(gateway=self):

@@ -82,3 +82,14 @@ def test_setting_is_validated():
     assert load_settings(environ={"GATEWAY_UNKNOWN_MODELS": "default"}).unknown_models == "default"
     with pytest.raises(ConfigError, match="unknown_models"):
         load_settings(environ={"GATEWAY_UNKNOWN_MODELS": "maybe"})
+
+
+def test_native_default_is_the_llamacpp_alias(make_client):
+    from gateway.settings import LlamaCppSettings
+
+    knobs = LlamaCppSettings(model_alias="echo-b")
+    body = {"prompt": "hi", "n_predict": 2}
+    client = make_client(models=TWO, llamacpp=knobs, unknown_models="default")
+    assert client.post("/completion", json=body).json()["model"] == "echo-b"
+    assert client.post("/completion", json={**body, "model": "gpt-4o"}).json()["model"] == "echo-b"
+    assert client.post("/completion", json={**body, "model": "echo"}).json()["model"] == "echo"

@@ -86,19 +86,24 @@ class ModelManager:
             raise ModelNotFound(name, list(self._handles)) from None
 
     def resolve(
-        self, requested: str | None, capability: Capability, *, fallback: bool = False
+        self,
+        requested: str | None,
+        capability: Capability,
+        *,
+        fallback: bool = False,
+        default: str | None = None,
     ) -> str:
         """The name of the model that serves a request naming `requested`.
 
-        No name: the first model that has `capability` (the default for it). A served
-        name: that model. An unknown name: with `fallback`, the default (llama-server
-        ignores the name clients send); otherwise ModelNotFound, listing the served models.
+        No name: `default`, else the first model that has `capability`. A served name:
+        that model. An unknown name: with `fallback`, the default (llama-server ignores the
+        name clients send); otherwise ModelNotFound, listing the served models.
         """
         if requested and requested in self._handles:
             return requested
         if requested and not fallback:
             raise ModelNotFound(requested, list(self._handles))
-        return self.first_with(capability)
+        return default or self.first_with(capability)
 
     def first_with(self, capability: Capability) -> str:
         """The name of the first configured model whose backend has `capability`."""

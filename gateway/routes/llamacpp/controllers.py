@@ -55,15 +55,11 @@ def _model(gateway: Gateway, requested: str | None, capability: Capability) -> s
     """The model a native request runs on: the one named, else `[llamacpp] model_alias`,
     else the first configured model that has `capability`. An unknown name is a 404 that
     lists the served models, or with `unknown_models = "default"` gets the default."""
-    if requested and (
-        requested in {h.spec.name for h in gateway.models}
-        or gateway.settings.unknown_models == "reject"
-    ):
-        return gateway.model_for(requested, capability)
     alias = gateway.settings.llamacpp.model_alias
-    if alias and capability in gateway.models.handle(alias).backend.capabilities:
-        return alias
-    return gateway.models.first_with(capability)
+    handle = next((h for h in gateway.models if h.spec.name == alias), None)
+    if handle is not None and capability not in handle.backend.capabilities:
+        alias = None  # an alias that is not served stays: using it is the 404
+    return gateway.model_for(requested, capability, default=alias)
 
 
 class NativeController(Controller):
