@@ -66,8 +66,10 @@ class ServerBusy(GatewayError):
     kind = "service_unavailable"
 
 
-def _model(gateway: Gateway, requested: str | None = None) -> str:
-    name = requested or gateway.settings.kobold.model
+def _model(gateway: Gateway) -> str:
+    """The model the Kobold routes use (requests cannot choose: KoboldCpp ignores `model`):
+    `[kobold] model`, else the first generating model."""
+    name = gateway.settings.kobold.model
     if name:
         gateway.models.handle(name)
         return name
