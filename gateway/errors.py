@@ -57,6 +57,20 @@ class ModelNotFound(GatewayError):
         )
 
 
+class NotFound(GatewayError):
+    """A named thing (an adapter, a job) that does not exist."""
+
+    status = 404
+    kind = "not_found_error"
+
+
+class Conflict(GatewayError):
+    """The request clashes with the current state (a name taken, a resource in use)."""
+
+    status = 409
+    kind = "conflict_error"
+
+
 class ModelNotReady(GatewayError):
     status = 503
     kind = "unavailable_error"

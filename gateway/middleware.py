@@ -1,5 +1,7 @@
-"""One middleware for every route: authentication, authorization, request metrics, and
-cancelling the work of clients that went away (`gateway.disconnects`).
+"""One middleware for every route: authentication, authorization, request metrics,
+cancelling the work of clients that went away (`gateway.disconnects`), and the
+`X-Gateway-Adapters` header saying which LoRA adapters served a generation
+(`gateway.adapters.served`).
 
 Each route handler says what it needs through its `opt`: `family` (for metrics and
 errors), `scope` (the API-key scope it requires) and `public` (no key needed: /health).
@@ -14,6 +16,7 @@ from litestar import Request
 from litestar.exceptions import HTTPException
 from litestar.middleware import ASGIMiddleware
 
+from gateway.adapters import served
 from gateway.disconnects import run_until_disconnect
 from gateway.errors import GatewayError
 
@@ -41,21 +44,29 @@ class GatewayMiddleware(ASGIMiddleware):
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                header = record.header()
+                if header is not None:
+                    message["headers"] = [
+                        *message.get("headers", []),
+                        (served.HEADER.encode(), header.encode()),
+                    ]
             await send(message)
 
-        try:
-            if not opt.get("public", False):
-                actor = await self.gateway.authorize(
-                    Request(scope), opt.get("scope", DEFAULT_SCOPE)
-                )
-                scope["state"]["actor"] = actor
-            if scope["type"] != "http":
-                await next_app(scope, receive, send_wrapper)
-            elif not await run_until_disconnect(next_app, scope, receive, send_wrapper):
-                status = CLIENT_GONE
-        except (GatewayError, HTTPException) as exc:
-            status = exc.status if isinstance(exc, GatewayError) else exc.status_code
-            raise
-        finally:
-            if scope["type"] == "http":
-                self.gateway.metrics.observe_request(family, status, time.perf_counter() - started)
+        with served.recording() as record:
+            try:
+                if not opt.get("public", False):
+                    actor = await self.gateway.authorize(
+                        Request(scope), opt.get("scope", DEFAULT_SCOPE)
+                    )
+                    scope["state"]["actor"] = actor
+                if scope["type"] != "http":
+                    await next_app(scope, receive, send_wrapper)
+                elif not await run_until_disconnect(next_app, scope, receive, send_wrapper):
+                    status = CLIENT_GONE
+            except (GatewayError, HTTPException) as exc:
+                status = exc.status if isinstance(exc, GatewayError) else exc.status_code
+                raise
+            finally:
+                if scope["type"] == "http":
+                    elapsed = time.perf_counter() - started
+                    self.gateway.metrics.observe_request(family, status, elapsed)

@@ -22,6 +22,7 @@ from gateway_schemas.canonical import (
     ToolDefinition,
 )
 
+from gateway.adapters.store import AdapterStore
 from gateway.errors import Unsupported
 
 SlotAction = Literal["save", "restore", "erase"]
@@ -32,6 +33,8 @@ class Capability(enum.StrEnum):
     CHAT = "chat"
     EMBED = "embed"
     TOKENIZE = "tokenize"
+    ADAPTERS = "adapters"
+    """Serves LoRA adapters from its store, per request (`GenerationRequest.adapters`)."""
 
 
 class ModelSpec(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -51,6 +54,8 @@ class Backend(ABC):
     def __init__(self, spec: ModelSpec, data_dir: Path):
         self.spec = spec
         self.data_dir = data_dir
+        self.adapters = AdapterStore.for_model(data_dir, spec.name)
+        """The model's LoRA adapters (used by backends with `Capability.ADAPTERS`)."""
 
     @abstractmethod
     async def load(self) -> None:
@@ -120,6 +125,26 @@ class Backend(ABC):
     async def slot_action(self, slot: int, action: SlotAction, path: Path) -> dict[str, Any]:
         """Save a slot's prompt cache to `path`, restore it from there, or erase it."""
         raise Unsupported(f"Model `{self.spec.name}` cannot save or restore slots.")
+
+    async def check_adapter(self, path: Path) -> dict[str, Any]:
+        """Check that the PEFT adapter directory at `path` fits this model; a summary
+        (`rank`, `target_modules`, ...) when it does, InvalidRequest saying what differs
+        when it does not."""
+        raise Unsupported(f"Model `{self.spec.name}` does not serve LoRA adapters.")
+
+    async def merge_adapters(
+        self,
+        sources: Sequence[tuple[Path, float]],
+        mode: Literal["weighted_average", "ties", "concat"],
+        density: float | None,
+        output: Path,
+    ) -> int:
+        """Merge the adapters at `sources` (directory, weight) into a new adapter directory
+        `output`; the number of tensors written."""
+        raise Unsupported(f"Model `{self.spec.name}` does not serve LoRA adapters.")
+
+    def adapters_changed(self, name: str) -> None:
+        """`name` was deleted or replaced in the store: forget any resident copy."""
 
 
 BackendFactory = Callable[[ModelSpec, Path], Backend]

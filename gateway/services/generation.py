@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING
 import msgspec
 from gateway_schemas.canonical import GenerationChunk, GenerationRequest, TokenLogprob
 
-from gateway.errors import BackendFailure, GatewayError
+from gateway.adapters import served
+from gateway.engine.backend import Capability
+from gateway.errors import BackendFailure, GatewayError, Unsupported
 from gateway.utils import await_me_maybe
 
 if TYPE_CHECKING:
@@ -35,14 +37,31 @@ class GenerationService:
 
     def prepare(self, request: GenerationRequest) -> GenerationRequest:
         """The request as the backend gets it: `[generation] max_tokens` bounds a request
-        that sets no limit, then `prepare_generation` hooks may replace it."""
+        that sets no limit, `prepare_generation` hooks may replace it, and its adapters are
+        resolved (`adapters`)."""
         cap = self._gateway.settings.generation.max_tokens
         if request.max_tokens is None and cap is not None:
             request = msgspec.structs.replace(request, max_tokens=cap)
         for result in self._gateway.hook.prepare_generation(gateway=self._gateway, request=request):
             if result is not None:
                 request = result
-        return request
+        return self.adapters(request)
+
+    def adapters(self, request: GenerationRequest) -> GenerationRequest:
+        """`request` with its adapter set resolved: none named means the model's server
+        default; every adapter must exist in the model's store, and the model must serve
+        adapters. The set is recorded for the response's `X-Gateway-Adapters` header."""
+        backend = self._gateway.models.get(request.model)
+        if Capability.ADAPTERS in backend.capabilities:
+            refs = backend.adapters.resolve(request.adapters)
+        elif request.adapters:
+            raise Unsupported(
+                f"Model `{request.model}` does not serve LoRA adapters.", param="adapters"
+            )
+        else:
+            refs = []
+        served.record(refs)
+        return msgspec.structs.replace(request, adapters=refs)
 
     async def stream(self, request: GenerationRequest) -> AsyncGenerator[GenerationChunk]:
         """The chunks of one generation. Closing this iterator stops the generation."""

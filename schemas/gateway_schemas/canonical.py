@@ -151,7 +151,9 @@ class GenerationRequest(Struct, kw_only=True, omit_defaults=True):
     logprobs: bool = False
     top_logprobs: Annotated[int, Meta(ge=0, le=20)] = 0
     constraint: Constraint | None = None
-    adapters: list[AdapterRef] = field(default_factory=list)
+    adapters: list[AdapterRef] | None = None
+    """LoRA adapters (their deltas scaled and summed). None: the server default for the
+    model; an empty list: the base model. The host resolves None before a backend sees it."""
     cache_prompt: bool = True
     slot: int | None = None
     """The backend's parallel slot to run in (llama.cpp's `id_slot`); None: any."""

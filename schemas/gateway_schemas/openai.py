@@ -155,9 +155,12 @@ class SamplingExtras(Struct, kw_only=True):
     json_schema: dict[str, object] | None = None
     timings_per_token: bool = False
     """llama.cpp's extension: every streamed chunk carries the timings so far."""
+    adapter: str | UnsetType | None = UNSET
+    """Kiln's extension: the LoRA adapter to serve this request with; `null`: the base model;
+    absent (and no `adapters`): the server default."""
     adapters: list[AdapterIn] | None = None
-    """Kiln's extension: LoRA adapters applied to this request (read, never ignored: a
-    backend without adapters refuses them)."""
+    """Kiln's extension: LoRA adapters composed for this request (their scaled deltas summed);
+    exclusive with `adapter`."""
 
 
 class ChatCompletionRequest(SamplingExtras, kw_only=True):
@@ -275,6 +278,8 @@ class ChatCompletion(Struct, kw_only=True):
     object: Literal["chat.completion"] = "chat.completion"
     system_fingerprint: str | None = None
     timings: TimingsOut | UnsetType = UNSET
+    adapters: list[AdapterIn] | UnsetType = UNSET
+    """The gateway's extension: the LoRA adapters that served this response."""
 
 
 class FunctionDelta(Struct, kw_only=True, omit_defaults=True):
@@ -314,6 +319,8 @@ class ChatCompletionChunk(Struct, kw_only=True):
     usage: UsageOut | None = None
     system_fingerprint: str | None = None
     timings: TimingsOut | UnsetType = UNSET
+    adapters: list[AdapterIn] | UnsetType = UNSET
+    """The gateway's extension: the LoRA adapters that served this response."""
 
 
 class CompletionLogprobs(Struct, kw_only=True):
@@ -339,6 +346,8 @@ class Completion(Struct, kw_only=True):
     usage: UsageOut | None = None
     system_fingerprint: str | None = None
     timings: TimingsOut | UnsetType = UNSET
+    adapters: list[AdapterIn] | UnsetType = UNSET
+    """The gateway's extension: the LoRA adapters that served this response."""
 
 
 class EmbeddingData(Struct, kw_only=True):

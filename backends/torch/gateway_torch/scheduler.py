@@ -12,7 +12,8 @@ Each step the scheduler
    sequence that asked for logits (each with its own parameters and RNG), and streams
    chunks out;
 4. retires finished, stopped and aborted sequences: their slot keeps its cached tokens
-   for the next prompt that starts the same way.
+   for the next prompt that starts the same way *under the same adapters* (a prefix
+   computed with other LoRA weights is never reused).
 
 Nothing here runs on the event loop; jobs come in through `submit()` and their chunks go
 back through each job's thread-safe `send`.
@@ -40,7 +41,7 @@ from gateway_schemas.canonical import (
 )
 
 from gateway.errors import BackendFailure, GatewayError, InvalidRequest
-from gateway_torch.job import ChunkEmitter, Job
+from gateway_torch.job import AdapterKey, ChunkEmitter, Job
 from gateway_torch.loading import CausalModel
 from gateway_torch.logprobs import post_sampling_logprob, token_logprob
 from gateway_torch.runners import Runner, Work
@@ -102,6 +103,7 @@ class Scheduler:
         self._stopping = False
         self._active: list[_Sequence] = []
         self._slot_ids: list[list[int]] = [[] for _ in range(runner.slots)]
+        self._slot_adapters: list[AdapterKey] = [() for _ in range(runner.slots)]
         self._slot_used: list[int] = [0] * runner.slots
         self._owner: list[_Sequence | None] = [None] * runner.slots
         self._clock = 0
@@ -176,7 +178,13 @@ class Scheduler:
         state = self._runner.export_slot(slot, len(ids))
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(path.name + ".partial")
-        torch.save({"tokens": ids, "state": state, "runner": self._runner.name}, partial)
+        saved = {
+            "tokens": ids,
+            "state": state,
+            "runner": self._runner.name,
+            "adapters": [list(entry) for entry in self._slot_adapters[slot]],
+        }
+        torch.save(saved, partial)
         partial.replace(path)
         return {"n_saved": len(ids), "n_written": path.stat().st_size}
 
@@ -191,6 +199,10 @@ class Scheduler:
         except (ValueError, RuntimeError) as exc:
             raise InvalidRequest(f"The slot file does not fit this model: {exc}") from exc
         self._slot_ids[slot] = list(saved["tokens"])[:length]
+        self._slot_adapters[slot] = tuple(
+            (str(name), str(version), float(scale))
+            for name, version, scale in saved.get("adapters", [])
+        )
         return {"n_restored": length, "n_read": path.stat().st_size}
 
     def erase_slot(self, slot: int) -> dict[str, Any]:
@@ -271,10 +283,16 @@ class Scheduler:
         if not free:
             return None
         if job.use_prompt_cache:
-            best = max(free, key=lambda s: (_common(self._slot_ids[s], job.prompt_ids), -s))
-            if _common(self._slot_ids[best], job.prompt_ids) > 0:
+            best = max(free, key=lambda s: (self._cached_prefix(s, job), -s))
+            if self._cached_prefix(best, job) > 0:
                 return best
         return min(free, key=lambda s: (len(self._slot_ids[s]) > 0, self._slot_used[s], s))
+
+    def _cached_prefix(self, slot: int, job: Job) -> int:
+        """How many of `job`'s prompt tokens `slot` holds, computed under its adapters."""
+        if self._slot_adapters[slot] != job.adapter_key:
+            return 0
+        return _common(self._slot_ids[slot], job.prompt_ids)
 
     def _admit(self, job: Job, slot: int) -> None:
         now = time.perf_counter()
@@ -285,7 +303,7 @@ class Scheduler:
         reused = 0
         if job.use_prompt_cache:
             # At least one prompt token is always computed: its logits start the output.
-            reused = min(_common(self._slot_ids[slot], job.prompt_ids), len(job.prompt_ids) - 1)
+            reused = min(self._cached_prefix(slot, job), len(job.prompt_ids) - 1)
         sequence = _Sequence(
             state=RowState(dry_breakers=job.dry_breakers),
             job=job,
@@ -299,6 +317,7 @@ class Scheduler:
         )
         self._owner[slot] = sequence
         self._slot_ids[slot] = []
+        self._slot_adapters[slot] = job.adapter_key
         self._active.append(sequence)
         if job.max_new_tokens <= 0:
             sequence.prompt_done = now
@@ -340,6 +359,7 @@ class Scheduler:
                     start=sequence.cached,
                     tokens=sequence.ids[sequence.cached : sequence.cached + count],
                     logits=done,
+                    adapters=sequence.job.adapters,
                 )
             )
             planned.append((sequence, count, done))

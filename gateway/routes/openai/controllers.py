@@ -10,6 +10,7 @@ from typing import Any
 import msgspec
 from gateway_schemas.canonical import GenerationChunk, GenerationRequest
 from gateway_schemas.openai import (
+    AdapterIn,
     ChatChoice,
     ChatChunkChoice,
     ChatCompletion,
@@ -32,6 +33,7 @@ from litestar.params import FromPath, JSONBody
 from litestar.response import Stream
 from msgspec import UNSET
 
+from gateway.adapters import served
 from gateway.engine import Capability
 from gateway.errors import GatewayError
 from gateway.gateway import Gateway
@@ -105,6 +107,7 @@ class OpenAIController(Controller):
             choices=[_chat_choice(i, r, data.logprobs, tool_plan) for i, r in enumerate(results)],
             usage=tr.usage([r.final.usage for r in results], prompts=1),
             timings=tr.timings([r.final.timings for r in results]),
+            adapters=served_adapters(),
         )
         return Response(body)
 
@@ -146,6 +149,7 @@ class OpenAIController(Controller):
             ],
             usage=tr.usage([r.final.usage for r in results], prompts=len(requests) // data.n),
             timings=tr.timings([r.final.timings for r in results]),
+            adapters=served_adapters(),
         )
         return Response(body)
 
@@ -156,6 +160,14 @@ class OpenAIController(Controller):
         self, data: JSONBody[EmbeddingRequest], gateway: NamedDependency[Gateway]
     ) -> EmbeddingResponse:
         return await embed(gateway, data)
+
+
+def served_adapters() -> list[AdapterIn] | Any:
+    """The adapters that served this request's generations (the first set), for the body."""
+    record = served.current()
+    if record is None or not record.sets:
+        return UNSET
+    return [AdapterIn(name=r.name, scale=r.scale) for r in record.sets[0]]
 
 
 async def _prompt_text(backend: Any, request: GenerationRequest) -> str:

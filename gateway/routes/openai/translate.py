@@ -32,7 +32,7 @@ from gateway_schemas.openai import (
     TopLogprobOut,
     UsageOut,
 )
-from msgspec import UnsetType
+from msgspec import UNSET, UnsetType
 
 from gateway.errors import InvalidRequest, Unsupported
 from gateway.routes.openai import tools
@@ -190,8 +190,20 @@ def completion_requests(
     return requests
 
 
-def adapters(body: SamplingExtras) -> list[AdapterRef]:
-    return [AdapterRef(name=a.name, scale=a.scale) for a in body.adapters or []]
+def adapters(body: SamplingExtras) -> list[AdapterRef] | None:
+    """Kiln's `adapter` / `adapters`: None (neither given) lets the server default serve;
+    `adapter: null` is the base model."""
+    if body.adapter is not UNSET and body.adapters is not None:
+        raise InvalidRequest(
+            "Give either `adapter` or `adapters`, not both.",
+            param="adapters",
+            code="invalid_compose_request",
+        )
+    if body.adapters is not None:
+        return [AdapterRef(name=a.name, scale=a.scale) for a in body.adapters]
+    if body.adapter is UNSET:
+        return None
+    return [] if body.adapter is None else [AdapterRef(name=body.adapter, scale=1.0)]
 
 
 def usage(usages: list[Usage | None], prompts: int) -> UsageOut:

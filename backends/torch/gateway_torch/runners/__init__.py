@@ -13,7 +13,8 @@ Two runners:
   run as one flattened ragged batch, with a preallocated per-slot KV cache written in
   place. This is the fast path.
 - `GenericRunner` (`runners.generic`): any other causal LM, one transformers forward per
-  sequence with a `DynamicCache` per slot. Correct everywhere, batched nowhere.
+  sequence with a `DynamicCache` per slot. Correct everywhere, batched nowhere, and
+  without LoRA adapters.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     import torch
 
     from gateway_torch.loading import CausalModel
+    from gateway_torch.lora.batch import AdapterSet
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,8 @@ class Work:
     tokens: list[int]
     logits: bool
     """Whether the next-token logits after the last of `tokens` are wanted."""
+    adapters: AdapterSet = ()
+    """The LoRA adapters (and scales) the sequence runs with; empty: the base model."""
 
 
 class Runner(Protocol):
@@ -44,6 +48,8 @@ class Runner(Protocol):
     slots: int
     context: int
     name: str
+    lora: bool
+    """Whether `forward` applies the works' `adapters`."""
 
     def forward(self, works: list[Work]) -> torch.Tensor:
         """The float32 `[rows, vocab]` logits of the works that asked for them, in order."""

@@ -13,6 +13,9 @@ keys and one for values. New keys and values are written in place at their posit
 step copies a sequence's cache. The weights are the loaded transformers model's own, with
 q/k/v and gate/up concatenated into one matrix each (one matmul instead of three or two).
 Logits are computed only for the rows that asked for them.
+
+LoRA adapters ride along: each work may carry its own adapter set, and every projection's
+delta is computed for the whole step at once (`gateway_torch.lora.batch`).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
+from gateway_torch.lora.batch import AdapterSet, LoraPlan, StackCache
 from gateway_torch.runners import Work
 
 if TYPE_CHECKING:
@@ -62,6 +66,7 @@ class FlatRunner:
     """Runs `Work` batches of a Llama-family model with a slot KV cache."""
 
     name = "flat"
+    lora = True
 
     def __init__(self, lm: CausalModel, slots: int, context: int):
         model = lm.model
@@ -93,6 +98,7 @@ class FlatRunner:
         self.values = [
             torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self.layers
         ]
+        self._stacks = StackCache()
 
     @staticmethod
     def _fuse(layer: Any) -> _Layer:
@@ -124,6 +130,7 @@ class FlatRunner:
         wanted: list[int] = []
         singles: list[int] = []  # token rows of one-token works
         chunks: list[tuple[int, int, int, int]] = []  # (row, slot, start, length)
+        adapted: list[tuple[int, int, AdapterSet]] = []  # (row, length, adapters)
         for work in works:
             n = len(work.tokens)
             if n == 0 or work.start + n > self.context:
@@ -138,11 +145,16 @@ class FlatRunner:
                 chunks.append((row, work.slot, work.start, n))
             if work.logits:
                 wanted.append(row + n - 1)
+            if work.adapters:
+                adapted.append((row, n, work.adapters))
         ids = torch.tensor(tokens, dtype=torch.long, device=device)
         pos = torch.tensor(positions, dtype=torch.long, device=device)
         slot_index = torch.tensor(slot_of, dtype=torch.long, device=device)
         cos, sin = self.cos[pos].unsqueeze(1), self.sin[pos].unsqueeze(1)
         decode = self._decode_plan(singles, slot_of, positions) if singles else None
+        lora = None
+        if adapted:
+            lora = LoraPlan(adapted, len(self.layers), self._stacks, device, self.dtype)
 
         hidden = F.embedding(ids, self.embed)
         count = hidden.shape[0]
@@ -151,6 +163,8 @@ class FlatRunner:
         for index, layer in enumerate(self.layers):
             x = self._rms(hidden, layer.norm1)
             qkv = F.linear(x, layer.qkv, layer.qkv_bias)
+            if lora is not None:
+                lora.add(index, "qkv", x, qkv)
             q = qkv[:, :q_size].view(count, self.heads, self.head_dim)
             k = qkv[:, q_size : q_size + kv_size].view(count, self.kv_heads, self.head_dim)
             v = qkv[:, q_size + kv_size :].view(count, self.kv_heads, self.head_dim)
@@ -166,10 +180,21 @@ class FlatRunner:
                 attn[row : row + n] = self._attend_chunk(
                     q[row : row + n], keys, values, slot, start
                 )
-            hidden = hidden + F.linear(attn.view(count, q_size), layer.out)
+            mixed = attn.view(count, q_size)
+            projected = F.linear(mixed, layer.out)
+            if lora is not None:
+                lora.add(index, "out", mixed, projected)
+            hidden = hidden + projected
             x = self._rms(hidden, layer.norm2)
-            gate, up = F.linear(x, layer.gate_up).chunk(2, dim=-1)
-            hidden = hidden + F.linear(F.silu(gate) * up, layer.down)
+            gate_up = F.linear(x, layer.gate_up)
+            if lora is not None:
+                lora.add(index, "gate_up", x, gate_up)
+            gate, up = gate_up.chunk(2, dim=-1)
+            inner = F.silu(gate) * up
+            down = F.linear(inner, layer.down)
+            if lora is not None:
+                lora.add(index, "down", inner, down)
+            hidden = hidden + down
         if not wanted:
             return torch.empty((0, self.lm_head.shape[0]), device=device)
         last = self._rms(hidden[torch.tensor(wanted, device=device)], self.norm)

@@ -22,6 +22,7 @@ class GenericRunner:
     """Runs `Work` items one after another through the model's own forward."""
 
     name = "generic"
+    lora = False
 
     def __init__(self, lm: CausalModel, slots: int, context: int):
         self._lm = lm
