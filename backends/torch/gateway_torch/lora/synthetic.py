@@ -22,7 +22,7 @@ def write_random_adapter(
     alpha: float | None = None,
     targets: Sequence[str] = ALL_LINEAR,
     seed: int = 0,
-    strength: float = 0.05,
+    strength: float = 0.1,
 ) -> Path:
     """Save a random PEFT LoRA adapter for `model` at `path` (created). `model` is left as
     it was: peft wraps a shallow copy whose injected layers are removed afterwards."""
