@@ -25,11 +25,14 @@ module), so its weight delta is `s_i * B_i @ A_i`. Every merged adapter is saved
 - `ties` (peft `ties`, majority sign by total): applied to the A matrices and to the B
   matrices separately, with the same per-side factors as `linear`: each source matrix keeps
   its `density` fraction of entries with the largest magnitude (the rest become 0); each entry
-  elects the sign of the sum of the kept (unweighted) values; the merged entry is the mean of
-  the weighted kept values that carry the elected sign (0 where none do). Equal ranks needed;
-  `density` defaults to 0.2.
+  elects the sign of the sum of the kept unweighted values (+ on a tie); the merged entry is
+  the mean, over the sources whose kept value has that sign, of their weighted values (0
+  where none has). Equal ranks needed; `density` defaults to 0.2.
 
-peft treats a single source as `linear` whatever the mode (exact: `w s B @ A`).
+peft treats a single source as `linear` whatever the mode (exact: `w s B @ A`). The merged
+config is the first source's (base model name, dropout, task type...) with the new rank.
+`concat` writes into tensors of the base model's dtype (bf16 on a bf16 model); the other modes
+keep the dtype peft loads the sources in (float32 for 16-bit adapters).
 
 Refused with `InvalidRequest` (code `adapter_merge_invalid`) before any work: no sources, an
 unknown mode, a non-finite weight, `density` with a mode other than `ties` or outside (0, 1],
@@ -185,13 +188,22 @@ def _read_config(path: Path, index: int) -> Any:
         config = PeftConfig.from_pretrained(str(path))
     except (ValueError, TypeError, KeyError, OSError) as exc:
         raise InvalidRequest(
-            f"Source `{path.name}` has an unreadable `{config_file}`: {_first_line(exc)}",
+            f"Source `{path.name}` has an unreadable `{config_file}`: {_reason(exc)}",
             param=param,
             code=CODE,
         ) from exc
     if not isinstance(config, LoraConfig):
+        kind = getattr(config.peft_type, "value", config.peft_type)
         raise InvalidRequest(
-            f"Source `{path.name}` is a {config.peft_type} adapter; only LoRA adapters merge.",
+            f"Source `{path.name}` is not a LoRA adapter (its `peft_type` is `{kind}`); only "
+            "LoRA adapters merge.",
+            param=param,
+            code=CODE,
+        )
+    ranks = [config.r, *(config.rank_pattern or {}).values()]
+    if not all(isinstance(r, int) and not isinstance(r, bool) and r > 0 for r in ranks):
+        raise InvalidRequest(
+            f"Source `{path.name}` has an invalid rank `r` in `{config_file}`.",
             param=param,
             code=CODE,
         )
@@ -255,7 +267,7 @@ def _load_sources(
         except torch.cuda.OutOfMemoryError:
             raise
         except (ValueError, TypeError, KeyError, RuntimeError, OSError) as exc:
-            raise _not_for_this_model(path, i, _first_line(exc)) from exc
+            raise _not_for_this_model(path, i, _reason(exc)) from exc
         problems = [
             f"{len(keys)} {what} tensor(s) such as `{keys[0]}`"
             for keys, what in (
@@ -279,7 +291,7 @@ def _not_for_this_model(path: Path, index: int, reason: str) -> InvalidRequest:
 
 def _ranks(config: Any) -> tuple[int, ...]:
     """The distinct ranks of one adapter (`r`, and any `rank_pattern` overrides)."""
-    return tuple(sorted({int(config.r), *(int(r) for r in (config.rank_pattern or {}).values())}))
+    return tuple(sorted({config.r, *(config.rank_pattern or {}).values()}))
 
 
 def _targets_differ(a: Any, b: Any) -> str:
@@ -305,9 +317,14 @@ def _source_name(index: int) -> str:
     return f"source_{index}"
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:300]
+def _reason(exc: BaseException) -> str:
+    """The gist of a loading error: its first line, and the next one where the first only
+    introduces a list (torch's "Error(s) in loading state_dict ...:")."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    text = " ".join(lines[:2]) if lines[0].endswith(":") else lines[0]
+    return text[:400]
 
 
 def _import_peft() -> None:
