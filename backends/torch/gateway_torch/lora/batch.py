@@ -85,18 +85,18 @@ class LoraPlan:
                 else:
                     self.chunks.append(_Chunk(row, count, weights, scale))
         self.stacks: list[dict[str, Stack]] = []
-        self.index = self.flat = self.scale = None
+        self.index = self.flat = self.scale = torch.empty(0)
         if decode:
             ordered = sorted(decode.values(), key=lambda e: e[0].key)
             width = max(len(e[1]) for e in ordered)
             index = torch.zeros((len(ordered), width), dtype=torch.long)
-            scale = torch.zeros((len(ordered), width, 1), dtype=torch.float32)
+            weight = torch.zeros((len(ordered), width, 1), dtype=torch.float32)
             for k, (_, where, scales) in enumerate(ordered):
                 index[k, : len(where)] = torch.tensor(where)
-                scale[k, : len(scales), 0] = torch.tensor(scales)
+                weight[k, : len(scales), 0] = torch.tensor(scales)
             self.index = index.to(device)
             self.flat = self.index.view(-1)
-            self.scale = scale.to(device, dtype)
+            self.scale = weight.to(device, dtype)
             self.stacks = cache.get([e[0] for e in ordered], layers)
 
     def add(self, layer: int, group: str, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -105,7 +105,6 @@ class LoraPlan:
             stack = self.stacks[layer][group]
             if stack is not None:
                 a, b = stack
-                assert self.index is not None and self.flat is not None
                 shrunk = torch.bmm(x[self.index], a) * self.scale
                 y.index_add_(0, self.flat, torch.bmm(shrunk, b).view(-1, y.shape[1]))
         for chunk in self.chunks:

@@ -19,7 +19,7 @@ def write_random_adapter(
     path: Path,
     *,
     rank: int = 8,
-    alpha: float | None = None,
+    alpha: int | None = None,
     targets: Sequence[str] = ALL_LINEAR,
     seed: int = 0,
     strength: float = 0.1,
