@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 from gateway_schemas.llamacpp import InfillExtra
@@ -45,7 +46,7 @@ class FimVocabulary(EchoBackend):
     SPECIAL = {"<fim_prefix>": 300, "<fim_suffix>": 301, "<fim_middle>": 302}
 
     def __init__(self, special: dict[str, int]):
-        super().__init__(ModelSpec(name="fim", backend="echo"), None)
+        super().__init__(ModelSpec(name="fim", backend="echo"), Path("unused"))  # never read
         self.special = special
 
     async def tokenize(

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from msgspec import Struct, field
+from msgspec import UNSET, Struct, UnsetType, field
+
+from gateway_schemas.openai import AdapterIn
 
 DEFAULT_SAMPLER_ORDER = [6, 0, 1, 3, 4, 2, 5]
 
@@ -27,6 +29,9 @@ class GenerationInput(Struct, kw_only=True):
     ids, comma-separated, banned through the logit bias). `dry_sequence_breakers` may be a
     JSON-encoded list, as SillyTavern sends it. `images` are ignored by a model that cannot
     see, as KoboldCpp ignores them without a vision projector.
+
+    The gateway's extensions `adapter` and `adapters` choose LoRA adapters as on the OpenAI
+    routes (KoboldCpp has no per-request adapters).
     """
 
     prompt: str = ""
@@ -78,6 +83,12 @@ class GenerationInput(Struct, kw_only=True):
     images: list[str] = field(default_factory=list)
     render_special: bool = False
     replace_instruct_placeholders: bool = False
+    adapter: str | UnsetType | None = UNSET
+    """The LoRA adapter to generate with; `null`: the base model; absent (and no `adapters`):
+    the server default."""
+    adapters: list[AdapterIn] | None = None
+    """LoRA adapters composed for this request (`[{"name", "scale"}]`, their scaled deltas
+    summed); exclusive with `adapter`."""
 
 
 class GenKey(Struct, kw_only=True):

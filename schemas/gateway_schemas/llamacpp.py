@@ -42,6 +42,8 @@ PromptForm: TypeAlias = (
 
 
 class LoraScale(Struct, kw_only=True):
+    """A LoRA adapter by its id (its position in `GET /lora-adapters`) and its scale."""
+
     id: int
     scale: float
 
@@ -108,7 +110,9 @@ class NativeSampling(Struct, kw_only=True):
     n_cmpl: Annotated[int, Meta(ge=1)] | None = None
     n: Annotated[int, Meta(ge=1)] | None = None
     """OpenAI's name of `n_cmpl`."""
-    lora: list[LoraScale] = field(default_factory=list)
+    lora: list[LoraScale] | None = None
+    """The LoRA adapters of this request; an adapter not listed (or with scale 0) is not
+    applied, so `[]` is the base model. None: the server default (`POST /lora-adapters`)."""
     verbose: bool = False
     model: str | None = None
 
@@ -198,6 +202,8 @@ class BareChatRequest(ChatCompletionRequest, kw_only=True):
     cache_prompt: bool | UnsetType = UNSET
     post_sampling_probs: bool | UnsetType = UNSET
     t_max_predict_ms: Annotated[int, Meta(ge=0)] | UnsetType = UNSET
+    lora: list[LoraScale] | None = None
+    """As on /completion; exclusive with `adapter` / `adapters`."""
     verbose: bool = False
     """The native /completion answer of each choice in `__verbose`."""
 
@@ -225,6 +231,8 @@ class BareCompletionRequest(OpenAICompletionRequest, kw_only=True):
     cache_prompt: bool | UnsetType = UNSET
     post_sampling_probs: bool | UnsetType = UNSET
     t_max_predict_ms: Annotated[int, Meta(ge=0)] | UnsetType = UNSET
+    lora: list[LoraScale] | None = None
+    """As on /completion; exclusive with `adapter` / `adapters`."""
     verbose: bool = False
     """The native /completion answer of each choice in `__verbose`."""
 

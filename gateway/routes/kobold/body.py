@@ -8,8 +8,9 @@ Frontends rely on it: KoboldAI Lite and SillyTavern send `"mirostat": 0.0`,
 `"dry_allowed_length": 2.0` and numbers as strings.
 
 `read_body` does the same for any msgspec Struct, driven by the Struct's own types
-(`msgspec.inspect`): each declared field goes through the reader registered for its kind,
-then `msgspec.convert(..., strict=False)` builds the Struct, which also reads `"true"` as
+(`msgspec.inspect`): each declared field goes through the reader registered for its kind
+(a `null` is the default, except where the field's type admits null: there it is null, as
+for the gateway's `adapter: null`, the base model), then `msgspec.convert(..., strict=False)` builds the Struct, which also reads `"true"` as
 a boolean. What KoboldCpp itself cannot read (a list where a number belongs, a number where
 text belongs, a body that is not a JSON object) stays a 400. Integers saturate at the
 range of a C `int`, where KoboldCpp stores them. Unknown fields are ignored, as KoboldCpp
@@ -100,11 +101,18 @@ def _reader(kind: mi.Type) -> Reader | None:
     return READERS.get(type(kind))
 
 
+def _nullable(kind: mi.Type) -> bool:
+    return isinstance(kind, mi.NoneType) or (
+        isinstance(kind, mi.UnionType) and any(isinstance(t, mi.NoneType) for t in kind.types)
+    )
+
+
 @functools.cache
-def _fields(kind: type[msgspec.Struct]) -> tuple[tuple[str, Reader | None], ...]:
+def _fields(kind: type[msgspec.Struct]) -> tuple[tuple[str, Reader | None, bool], ...]:
+    """Each field's name, reader, and whether its type admits null."""
     info = mi.type_info(kind)
     assert isinstance(info, mi.StructType)
-    return tuple((f.encode_name, _reader(f.type)) for f in info.fields)
+    return tuple((f.encode_name, _reader(f.type), _nullable(f.type)) for f in info.fields)
 
 
 def read_body(raw: object, kind: type[T], *, optional: bool = False) -> T:
@@ -115,10 +123,14 @@ def read_body(raw: object, kind: type[T], *, optional: bool = False) -> T:
     if not isinstance(raw, dict):
         raise InvalidRequest("The request body must be a JSON object.")
     given: dict[str, Any] = {}
-    for name, reader in _fields(kind):
-        value = raw.get(name)
+    for name, reader, nullable in _fields(kind):
+        if name not in raw:
+            continue
+        value = raw[name]
         if value is None:
-            continue  # missing or null: the default
+            if nullable:
+                given[name] = None
+            continue  # null where the type has no null: the default
         if reader is not None:
             value = reader(value)
             if value is DEFAULT:

@@ -5,6 +5,10 @@ the first model that generates, embeddings the first model that embeds (with non
 KoboldCpp's empty vectors). The story routes are in `stories`, the admin routes in
 `admin`, the routes of capabilities this server lacks in `probes`.
 
+Generation bodies may choose LoRA adapters with the gateway's `adapter` / `adapters` (as on
+the OpenAI routes); each `results[]` item says which served it in `adapters`
+(`[{"name", "scale"}]`, empty for the base model), as does the `X-Gateway-Adapters` header.
+
 `/api/extra/shutdown` answers `{"success": false}` unless it comes from loopback, as
 KoboldCpp answers any shutdown it refuses.
 """
@@ -42,6 +46,7 @@ from litestar.openapi import ResponseSpec
 from litestar.response import Stream
 
 from gateway import __version__
+from gateway.adapters import served
 from gateway.engine import Backend, Capability
 from gateway.errors import GatewayError, Unsupported
 from gateway.gateway import Gateway
@@ -101,6 +106,9 @@ def _result(generation: KoboldGeneration, body: GenerationInput) -> dict[str, An
         result["completion_tokens"] = final.usage.completion_tokens
     if body.logprobs:
         result["logprobs"] = _logprobs(generation)
+    record = served.current()
+    if record is not None and record.sets:  # the gateway's extension: what served it
+        result["adapters"] = [{"name": r.name, "scale": r.scale} for r in record.sets[0]]
     return result
 
 

@@ -24,6 +24,8 @@ generates:
 - `logit_bias` skips entries that do not parse, negative ids, ids outside the vocabulary
   and zero biases, holds biases to [-100, 100] and keeps 512 of them.
 - A `grammar` that is a JSON object is a JSON schema (KoboldCpp converts it to GBNF).
+- The gateway's `adapter` / `adapters` are read as on the OpenAI routes: both at once is a
+  400, as is an adapter the model's store lacks (404).
 """
 
 from __future__ import annotations
@@ -42,8 +44,10 @@ from gateway_schemas.canonical import (
     SamplingParams,
 )
 from gateway_schemas.kobold import DEFAULT_SAMPLER_ORDER, GenerationInput
+from gateway_schemas.openai import SamplingExtras
 
 from gateway.errors import InvalidRequest
+from gateway.routes.openai import translate as openai
 
 if TYPE_CHECKING:
     from gateway.engine import Backend
@@ -278,4 +282,5 @@ async def generation_request(
         logprobs=body.logprobs,
         top_logprobs=5 if body.logprobs else 0,
         constraint=constraint(body.grammar),
+        adapters=openai.adapters(SamplingExtras(adapter=body.adapter, adapters=body.adapters)),
     )

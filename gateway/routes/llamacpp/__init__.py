@@ -1,8 +1,9 @@
 """The llama.cpp-native dialect, mounted at the root: /completion, /tokenize, /detokenize,
-/apply-template, /infill, /embedding, /embeddings, /rerank, /props, /slots, and the token
-counting routes /v1/chat/completions/input_tokens and /v1/responses/input_tokens; and, as
-llama.cpp's server does, the OpenAI routes again without their `/v1` prefix (with
-llama-server's extras, see `bare`). Errors in llama.cpp's shape.
+/apply-template, /infill, /embedding, /embeddings, /rerank, /props, /slots, /lora-adapters
+(see `lora`), and the token counting routes /v1/chat/completions/input_tokens and
+/v1/responses/input_tokens; and, as llama.cpp's server does, the OpenAI routes again
+without their `/v1` prefix (with llama-server's extras, see `bare`). Errors in llama.cpp's
+shape.
 Settings: `[llamacpp]` (see `gateway.settings.LlamaCppSettings`)."""
 
 from __future__ import annotations

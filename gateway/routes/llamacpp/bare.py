@@ -6,6 +6,8 @@ They are the OpenAI family's handlers, with what llama-server adds on these rout
   `repeat_penalty`/`repeat_last_n`, `samplers`) and `id_slot`, `cache_prompt`,
   `post_sampling_probs`, `t_max_predict_ms`, applied to the canonical requests the OpenAI
   translation builds (only the fields a body sets; the OpenAI defaults stay);
+- `lora` (adapters by id, see `lora`), exclusive with Kiln's `adapter` / `adapters`, which
+  these routes read as the `/v1` ones do;
 - `verbose: true`: the native /completion answer of each choice in `__verbose` (on the
   answer, or on each choice's last event of a stream);
 - `/embeddings` in llama-server's native format (`/v1/embeddings` stays OpenAI's).
@@ -29,10 +31,11 @@ from litestar.response import Stream
 from msgspec import UNSET
 
 from gateway.engine import Backend, Capability
+from gateway.errors import InvalidRequest
 from gateway.gateway import Gateway
 from gateway.routes.llamacpp import completion as cmpl
 from gateway.routes.llamacpp import embeddings as emb
-from gateway.routes.llamacpp import params
+from gateway.routes.llamacpp import lora, params
 from gateway.routes.llamacpp import translate as tr
 from gateway.routes.llamacpp.controllers import _model, _n_ctx
 from gateway.routes.openai.controllers import ERRORS, OpenAIController
@@ -99,14 +102,23 @@ class Recorder:
     applied to every canonical request, and what each sequence produced kept for
     `__verbose`."""
 
-    def __init__(self, service: Any, extras: dict[str, Any]):
-        self._service = service
+    def __init__(self, gateway: Gateway, extras: dict[str, Any]):
+        self._gateway = gateway
+        self._service = gateway.generation
         self._extras = extras
         self.requests: list[GenerationRequest] = []
         self.outputs: list[cmpl.Output] = []
 
+    def _with_lora(self, request: GenerationRequest) -> GenerationRequest:
+        """`request` with the adapters of the body's `lora` (when it has one)."""
+        entries = self._extras.get("lora")
+        if entries is None:
+            return request
+        backend = self._gateway.models.get(request.model)
+        return msgspec.structs.replace(request, adapters=lora.refs(backend, entries))
+
     def _prepare(self, requests: Sequence[GenerationRequest]) -> list[GenerationRequest]:
-        self.requests = [apply_extras(r, self._extras) for r in requests]
+        self.requests = [self._with_lora(apply_extras(r, self._extras)) for r in requests]
         self.outputs = [cmpl.Output(r, []) for r in self.requests]
         return self.requests
 
@@ -174,6 +186,7 @@ async def verbose_answers(
             n_ctx=n_ctx,
             model=model,
         )
+        settings["lora"] = lora.served_ids(backend)
         run = cmpl.Run(body, model, settings, n_ctx, [[]], [await _prompt_text(backend, request)])
         answers.append(cmpl.final_body(run, 0, output, streamed=False) | {"index": index})
     return answers
@@ -259,7 +272,11 @@ async def _with_extras(
 ) -> Response[Any]:
     """The OpenAI handler on a view of the gateway whose generations carry llama-server's
     extras; with `verbose`, each choice's native answer added as `__verbose`."""
-    recorder = Recorder(gateway.generation, extras_of(data))
+    if data.lora is not None and (data.adapter is not UNSET or data.adapters is not None):
+        raise InvalidRequest(
+            "Give either `lora` or `adapter` / `adapters`, not both.", param="lora"
+        )
+    recorder = Recorder(gateway, extras_of(data))
     view: Any = GatewayView(gateway, recorder)
     response: Response[Any] = await handler(controller, data=data, gateway=view)
     if not data.verbose:

@@ -16,6 +16,7 @@ from gateway_schemas.llamacpp import (
     EmbeddingRequest,
     ErrorResponse,
     InfillRequest,
+    LoraScale,
     NativeSampling,
     PropsUpdate,
     RerankRequest,
@@ -35,7 +36,7 @@ from gateway.engine import Backend, Capability
 from gateway.errors import GatewayError, InvalidRequest, NotSupported
 from gateway.gateway import Gateway
 from gateway.routes.llamacpp import completion as cmpl
-from gateway.routes.llamacpp import counting, params
+from gateway.routes.llamacpp import counting, lora, params
 from gateway.routes.llamacpp import embeddings as emb
 from gateway.routes.llamacpp import prompts as pr
 from gateway.routes.llamacpp import translate as tr
@@ -146,8 +147,10 @@ class NativeController(Controller):
         knobs = gateway.settings.llamacpp
         slots = _slots_or_empty(backend)
         idle = {"id": 0, "n_ctx": slots[0]["n_ctx"] if slots else 0, "id_task": -1}
+        defaults = params.slot_view(idle, knobs, name)
+        defaults["params"]["lora"] = lora.default_ids(backend)
         return {
-            "default_generation_settings": params.slot_view(idle, knobs, name),
+            "default_generation_settings": defaults,
             "total_slots": len(slots),
             "model_alias": knobs.model_alias or name,
             "model_path": backend.spec.source or name,
@@ -175,6 +178,28 @@ class NativeController(Controller):
             knobs.temperature = data.temperature
         if data.seed is not None:
             knobs.seed = data.seed
+        return {"success": True}
+
+    @get("/lora-adapters", responses=ERRORS)
+    async def lora_adapters(
+        self, gateway: NamedDependency[Gateway], model: FromQuery[str | None] = None
+    ) -> list[dict[str, Any]]:
+        """The model's LoRA adapters, `[{"id", "path", "scale"}]`: `id` is the adapter's
+        position in the list (sorted by name; it moves when adapters are added or removed),
+        `path` its name, `scale` its scale in the server default (0: not applied)."""
+        return lora.listing(gateway.models.get(_model(gateway, model, Capability.GENERATE)))
+
+    @post("/lora-adapters", status_code=200, responses=ERRORS, opt={"scope": "adapters"})
+    async def set_lora_adapters(
+        self,
+        data: JSONBody[list[LoraScale]],
+        gateway: NamedDependency[Gateway],
+        model: FromQuery[str | None] = None,
+    ) -> dict[str, Any]:
+        """Set the server default, `[{"id", "scale"}]`: the adapters requests without
+        `lora` run with (kept across restarts); one not listed, or with scale 0, is off."""
+        backend = gateway.models.get(_model(gateway, model, Capability.GENERATE))
+        lora.set_default(backend, data)
         return {"success": True}
 
     @get("/slots", responses=ERRORS)
@@ -280,17 +305,19 @@ async def _complete(
     settings = params.generation_settings(
         body, knobs, bias=bias, end_tokens=backend.end_tokens(), n_ctx=n_ctx, model=model
     )
+    adapters = lora.requested(backend, body.lora)
     rid = f"cmpl-{uuid.uuid4().hex}"
     ids = [p for p in prompts for _ in range(n_cmpl)]
     requests = [
-        tr.generation_request(body, knobs, f"{rid}-{i}", model, prompt, bias)
+        tr.generation_request(body, knobs, f"{rid}-{i}", model, prompt, bias, adapters)
         for i, prompt in enumerate(ids)
     ]
     texts = [await backend.detokenize(p) for p in ids]
+    chunks = await primed(gateway.generation.stream_many(requests))
+    settings["lora"] = lora.served_ids(backend)  # known once the generations have started
     run = cmpl.Run(
         body=body, model=model, settings=settings, n_ctx=n_ctx, prompts=ids, prompt_texts=texts
     )
-    chunks = await primed(gateway.generation.stream_many(requests))
     if body.stream:
         ping = knobs.sse_ping_interval if body.sse_ping_interval is None else body.sse_ping_interval
         events = cmpl.events(run, requests, chunks, backend.abort)

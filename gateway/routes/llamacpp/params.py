@@ -98,7 +98,7 @@ def generation_settings(
         "timings_per_token": body.timings_per_token,
         "post_sampling_probs": body.post_sampling_probs,
         "backend_sampling": False,
-        "lora": [{"id": item.id, "scale": item.scale} for item in body.lora],
+        "lora": [{"id": item.id, "scale": item.scale} for item in body.lora or [] if item.scale],
     } | ({"json_schema": body.json_schema} if body.json_schema is not None else {})
 
 

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway_schemas.canonical import (
     DEFAULT_DRY_BREAKERS,
+    AdapterRef,
     Constraint,
     GenerationChunk,
     GenerationRequest,
@@ -186,14 +187,11 @@ def generation_request(
     model: str,
     prompt: list[int],
     bias: BiasPairs,
+    adapters: list[AdapterRef] | None = None,
 ) -> GenerationRequest:
-    """The canonical request of one native sequence. `t_max_predict_ms` and `n_indent` are
-    not the backend's business: the route stops the sequence (see `completion`)."""
-    if body.lora:
-        ids = ", ".join(str(item.id) for item in body.lora)
-        raise InvalidRequest(
-            f"Invalid adapter id(s) in `lora`: {ids} (no LoRA adapters are loaded)."
-        )
+    """The canonical request of one native sequence, with `adapters` (the body's `lora`
+    resolved, see `lora.requested`). `t_max_predict_ms` and `n_indent` are not the
+    backend's business: the route stops the sequence (see `completion`)."""
     predict = n_predict(body, defaults)
     return GenerationRequest(
         id=request_id,
@@ -208,6 +206,7 @@ def generation_request(
         constraint=constraint(body),
         cache_prompt=body.cache_prompt,
         slot=None if body.id_slot < 0 else body.id_slot,
+        adapters=adapters,
         # Below 0 the temperature is greedy with plain softmax probabilities (llama.cpp).
         post_sampling_probs=body.post_sampling_probs and not _negative_temperature(body),
     )
