@@ -7,12 +7,13 @@ splitting the base matmul:
 
 - *decode rows* (one-token works) are gathered per adapter into a `[K, L]` index (K adapters
   active in the step's decodes, L the most rows any of them has, padded with row 0 at scale
-  0), and the delta is two batched matmuls over the stacked adapters (BGMV):
-  `u = ((x[idx] @ A[K]) * scale) @ B[K]`, added back with one `index_add_`. The stacks of
-  the active adapters are built once and reused for as long as the active set stays the
-  same (a steady batch rebuilds nothing);
+  0), and the delta is batched matmuls over the stacked adapters (BGMV): one shrink for the
+  whole group, `t = (x[idx] @ A[K]) * scale`, then one expand per member projection,
+  `t[member ranks] @ B_member[K]`, added into the member's output columns with
+  `index_add_`. The stacks of the active adapters are built once and reused for as long as
+  the active set stays the same (a steady batch rebuilds nothing);
 - *prefill chunks* (a run of rows of one sequence, one adapter set) are segments: for each
-  adapter of the set, `y[rows] += scale * (x[rows] @ A) @ B` (SGMV), two plain matmuls.
+  adapter of the set, `y[rows] += scale * (x[rows] @ A) @ B` (SGMV), plain matmuls.
 
 A row in a composition appears once per adapter of its set, so the deltas sum.
 """
@@ -24,13 +25,23 @@ from dataclasses import dataclass
 
 import torch
 
-from gateway_torch.lora.weights import GROUPS, LoraWeights
+from gateway_torch.lora.weights import GROUPS, GroupLora, LoraWeights
 
 AdapterSet = tuple[tuple[LoraWeights, float], ...]
 """A sequence's adapters with their scales; empty: the base model."""
 
-Stack = tuple[torch.Tensor, torch.Tensor] | None
-"""A group's `[K, in, R]` A stack and `[K, R, out]` B stack (None: no adapter touches it)."""
+Widths = dict[str, list[int]]
+"""The output width of each member projection of each group (q, k, v; o; gate, up; down)."""
+
+
+@dataclass
+class Stack:
+    """A group's weights for K adapters: `a` is `[K, in, R]` (member blocks of the largest
+    rank each adapter has for that member), and per targeted member
+    `(rank offset, rank, column offset, [K, rank, out] B)`."""
+
+    a: torch.Tensor
+    b: list[tuple[int, int, int, torch.Tensor]]
 
 
 @dataclass
@@ -44,15 +55,19 @@ class _Chunk:
 class StackCache:
     """The stacked weights of the last active decode set (per layer and group)."""
 
-    def __init__(self) -> None:
+    def __init__(self, widths: Widths) -> None:
+        self.widths = widths
         self._key: tuple[int, ...] = ()
-        self._stacks: list[dict[str, Stack]] = []
+        self._stacks: list[dict[str, Stack | None]] = []
 
-    def get(self, adapters: Sequence[LoraWeights], layers: int) -> list[dict[str, Stack]]:
+    def get(self, adapters: Sequence[LoraWeights], layers: int) -> list[dict[str, Stack | None]]:
         key = tuple(id(a) for a in adapters)
         if key != self._key or not self._stacks:
             self._stacks = [
-                {group: _stack([a.layers[i].get(group) for a in adapters]) for group in GROUPS}
+                {
+                    group: _stack([a.layers[i].get(group) for a in adapters], self.widths[group])
+                    for group in GROUPS
+                }
                 for i in range(layers)
             ]
             self._key = key
@@ -84,7 +99,8 @@ class LoraPlan:
                     entry[2].append(scale)
                 else:
                     self.chunks.append(_Chunk(row, count, weights, scale))
-        self.stacks: list[dict[str, Stack]] = []
+        self.widths = cache.widths
+        self.stacks: list[dict[str, Stack | None]] = []
         self.index = self.flat = self.scale = torch.empty(0)
         if decode:
             ordered = sorted(decode.values(), key=lambda e: e[0].key)
@@ -104,30 +120,48 @@ class LoraPlan:
         if self.stacks:
             stack = self.stacks[layer][group]
             if stack is not None:
-                a, b = stack
-                shrunk = torch.bmm(x[self.index], a) * self.scale
-                y.index_add_(0, self.flat, torch.bmm(shrunk, b).view(-1, y.shape[1]))
+                shrunk = torch.bmm(x[self.index], stack.a) * self.scale
+                for start, rank, column, b in stack.b:
+                    out = torch.bmm(shrunk[:, :, start : start + rank], b)
+                    width = b.shape[2]
+                    y[:, column : column + width].index_add_(0, self.flat, out.view(-1, width))
         for chunk in self.chunks:
-            pair = chunk.weights.layers[layer].get(group)
-            if pair is None:
+            weights = chunk.weights.layers[layer].get(group)
+            if weights is None:
                 continue
-            a, b = pair
             rows = slice(chunk.row, chunk.row + chunk.count)
-            y[rows].addmm_(x[rows] @ a, b, alpha=chunk.scale)
+            shrunk = x[rows] @ weights.a
+            start = column = 0
+            for block, width in zip(weights.b, self.widths[group], strict=True):
+                if block is not None:
+                    rank = block.shape[0]
+                    part = shrunk[:, start : start + rank]
+                    y[rows, column : column + width].addmm_(part, block, alpha=chunk.scale)
+                    start += rank
+                column += width
 
 
-def _stack(pairs: list[tuple[torch.Tensor, torch.Tensor] | None]) -> Stack:
-    """Stack the adapters' `(A, B)` of one group, zero-padded to the largest rank."""
-    present = [p for p in pairs if p is not None]
+def _stack(groups: list[GroupLora | None], widths: list[int]) -> Stack | None:
+    """Stack K adapters' weights of one group, each member zero-padded to its largest rank."""
+    present = [g for g in groups if g is not None]
     if not present:
         return None
-    rank = max(a.shape[1] for a, _ in present)
-    first_a, first_b = present[0]
-    a_stack = first_a.new_zeros((len(pairs), first_a.shape[0], rank))
-    b_stack = first_b.new_zeros((len(pairs), rank, first_b.shape[1]))
-    for k, pair in enumerate(pairs):
-        if pair is not None:
-            a, b = pair
-            a_stack[k, :, : a.shape[1]] = a
-            b_stack[k, : b.shape[0]] = b
-    return a_stack, b_stack
+    ranks = [max(g.ranks[m] for g in present) for m in range(len(widths))]
+    first = present[0].a
+    a_stack = first.new_zeros((len(groups), first.shape[0], sum(ranks)))
+    b_stacks: list[tuple[int, int, int, torch.Tensor]] = []
+    start = column = 0
+    for member, (rank, width) in enumerate(zip(ranks, widths, strict=True)):
+        if rank:
+            b_stack = first.new_zeros((len(groups), rank, width))
+            for k, group in enumerate(groups):
+                block = None if group is None else group.b[member]
+                if group is None or block is None:
+                    continue
+                own = group.ranks[member]
+                offset = sum(group.ranks[:member])
+                a_stack[k, :, start : start + own] = group.a[:, offset : offset + own]
+                b_stack[k, :own] = block
+            b_stacks.append((start, rank, column, b_stack))
+        start, column = start + rank, column + width
+    return Stack(a=a_stack, b=b_stacks)

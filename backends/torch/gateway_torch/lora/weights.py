@@ -1,14 +1,14 @@
 """Reading a PEFT LoRA adapter into the fused layout of the flat runner.
 
 The flat runner multiplies q/k/v as one matrix and gate/up as one (`runners.flat`); an
-adapter is laid out the same way, per layer and per *group* of projections:
+adapter is laid out the same way, per layer and per *group* of projections (`GroupLora`):
 
-- `A` is `[in, r_g]`: the members' `lora_A` matrices side by side (q's rank, then k's, ...);
-- `B` is `[r_g, out_g]`: block-diagonal, member `i`'s `lora_B` (times its scaling, alpha/r
-  or alpha/sqrt(r) with rsLoRA) in the rows of its rank and the columns of its output.
-
-So one step computes a group's delta for every row with two matmuls, `(x @ A) @ B`, whatever
-subset of the group's projections the adapter targets (a missing member is zero columns).
+- `a` is `[in, r_g]`: the members' `lora_A` matrices side by side (q's rank, then k's, ...),
+  so the shrink of a whole group is one matmul;
+- `b[i]` is member `i`'s `[r_i, out_i]` `lora_B` (times its scaling, alpha/r or
+  alpha/sqrt(r) with rsLoRA), or None for a member the adapter does not target. Keeping
+  the blocks apart (rather than one block-diagonal matrix) means the expand reads only the
+  adapter's real weights.
 
 `read_adapter` also checks that the adapter fits the model, and says what differs.
 """
@@ -48,14 +48,28 @@ _KEY = re.compile(
 
 
 @dataclass
+class GroupLora:
+    """An adapter's weights for one fused projection group of one layer."""
+
+    a: torch.Tensor
+    """`[in, sum of ranks]`: the members' A matrices side by side."""
+    b: list[torch.Tensor | None]
+    """Per member, `[rank, out]` (scaling folded in), or None when it is not targeted."""
+
+    @property
+    def ranks(self) -> list[int]:
+        return [0 if b is None else int(b.shape[0]) for b in self.b]
+
+
+@dataclass
 class LoraWeights:
-    """One adapter version, fused per layer: `layers[i][group] = (A, B)`."""
+    """One adapter version, per layer: `layers[i][group]` for the groups it targets."""
 
     name: str
     version: str
     rank: int
     target_modules: list[str]
-    layers: list[dict[str, tuple[torch.Tensor, torch.Tensor]]] = field(repr=False)
+    layers: list[dict[str, GroupLora]] = field(repr=False)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -64,9 +78,11 @@ class LoraWeights:
     @property
     def nbytes(self) -> int:
         return sum(
-            a.numel() * a.element_size() + b.numel() * b.element_size()
+            t.numel() * t.element_size()
             for layer in self.layers
-            for a, b in layer.values()
+            for group in layer.values()
+            for t in (group.a, *group.b)
+            if t is not None
         )
 
 
@@ -139,7 +155,7 @@ def read_adapter(
     alpha = float(config.get("lora_alpha", 8))
     alphas: dict[str, float] = config.get("alpha_pattern") or {}
     rslora = bool(config.get("use_rslora", False))
-    per_layer: list[dict[str, tuple[torch.Tensor, torch.Tensor]]] = [{} for _ in layers]
+    per_layer: list[dict[str, GroupLora]] = [{} for _ in layers]
     ranks: set[int] = set()
     for index, layer in enumerate(layers):
         for group, members in GROUPS.items():
@@ -174,21 +190,13 @@ def read_adapter(
                 scaling = module_alpha / (math.sqrt(rank) if rslora else rank)
                 parts.append((a.float(), b.float() * scaling, out_features, rank))
                 ranks.add(rank)
-            total = sum(p[3] for p in parts)
-            if total == 0:
+            present = [p for p in parts if p[3]]
+            if not present:
                 continue
-            width = sum(p[2] for p in parts)
-            fused_a = torch.zeros((layer_in(layer, members[0]), total))
-            fused_b = torch.zeros((total, width))
-            r0 = c0 = 0
-            for a, b, out_features, rank in parts:
-                if rank:
-                    fused_a[:, r0 : r0 + rank] = a.T
-                    fused_b[r0 : r0 + rank, c0 : c0 + out_features] = b.T
-                r0, c0 = r0 + rank, c0 + out_features
-            per_layer[index][group] = (
-                fused_a.to(device, dtype).contiguous(),
-                fused_b.to(device, dtype).contiguous(),
+            fused_a = torch.cat([a.T for a, _, _, _ in present], dim=1)
+            per_layer[index][group] = GroupLora(
+                a=fused_a.to(device, dtype).contiguous(),
+                b=[b.T.to(device, dtype).contiguous() if rank else None for _, b, _, rank in parts],
             )
     modules = sorted({module for _, module in found})
     return LoraWeights(
@@ -200,6 +208,9 @@ def read_adapter(
     )
 
 
-def layer_in(layer: Any, module: str) -> int:
-    """The input width of `module` in decoder `layer`."""
-    return int(getattr(getattr(layer, _PARENT[module]), module).weight.shape[1])
+def group_widths(layer: Any, group: str) -> list[int]:
+    """The output width of each member of `group` in decoder `layer`."""
+    return [
+        int(getattr(getattr(layer, _PARENT[module]), module).weight.shape[0])
+        for module in GROUPS[group]
+    ]
