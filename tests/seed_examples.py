@@ -27,7 +27,12 @@ class Example:
     headers: dict[str, str] = field(default_factory=dict)
     data: str | None = None
     form: list[str] = field(default_factory=list)
+    """`-F` fields as written: `name=value`, or `name=@file` to send a file's contents."""
+    output: str | None = None
+    """`-o`: the file the response body is written to (relative to the working directory)."""
     streams: bool = False
+    follows: bool = False
+    """`-L`: follow redirects."""
 
     @property
     def path(self) -> str:
@@ -98,5 +103,7 @@ def _command(text: str, source: str) -> Example | None:
         headers={k.strip(): v.strip() for k, v in headers.items()},
         data=data,
         form=form,
+        output=(options.get("-o") or [None])[0],
         streams="-N" in options,
+        follows="-L" in options,
     )

