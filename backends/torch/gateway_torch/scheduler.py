@@ -365,6 +365,14 @@ class Scheduler:
             planned.append((sequence, count, done))
         if not works:
             return
+        # Decodes first, grouped by adapter set: the LoRA plan then multiplies each
+        # adapter's rows as a view of the step's rows (`gateway_torch.lora.batch`).
+        order = sorted(
+            range(len(works)),
+            key=lambda i: (len(works[i].tokens) > 1, planned[i][0].job.adapter_key),
+        )
+        works = [works[i] for i in order]
+        planned = [planned[i] for i in order]
         logits = self._runner.forward(works)
         self.steps += 1
         sampling: list[_Sequence] = []

@@ -250,24 +250,24 @@ async def test_unknown_adapters_are_a_clear_404(smol: TorchBackend) -> None:
     assert caught.value.status == 404 and caught.value.code == "adapter_not_found"
 
 
-def test_fused_weights_keep_each_projections_blocks(
+def test_fused_weights_hold_each_projection_in_its_block(
     smol: TorchBackend, adapters: dict[str, Path]
 ) -> None:
-    """q and v of a q/v adapter: one shrink matrix for the group, an expand per member, and
-    the deltas equal peft's B @ A * alpha / r."""
+    """q and v of a q/v adapter: A side by side, B block-diagonal, and each block's delta
+    equals peft's B @ A * alpha / r."""
     from safetensors.torch import load_file
 
     weights = read_adapter(adapters["lora-qv"], smol._lm.model)
     group = weights.layers[0]["qkv"]
     assert group.a.shape == (576, 8) and group.ranks == [4, 0, 4]
-    q, k, v = group.b
-    assert q is not None and v is not None and k is None
-    assert q.shape == (4, 576) and v.shape == (4, 192)
+    assert group.b.shape == (8, 576 + 192 + 192)
+    assert group.b[:4, 576:].abs().sum() == 0  # q's rank rows touch only q's columns
+    assert group.b[4:, :768].abs().sum() == 0  # v's rank rows touch only v's columns
     assert "gate_up" not in weights.layers[0]
     raw = load_file(str(adapters["lora-qv"] / "adapter_model.safetensors"))
     prefix = "base_model.model.model.layers.0.self_attn.v_proj"
     expected = raw[f"{prefix}.lora_B.weight"] @ raw[f"{prefix}.lora_A.weight"] * (8 / 4)
-    assert torch.allclose((group.a[:, 4:] @ v).T, expected, atol=1e-6)
+    assert torch.allclose((group.a[:, 4:] @ group.b[4:, 768:]).T, expected, atol=1e-6)
 
 
 def _copy(source: Path, staging: Path) -> Path:

@@ -5,17 +5,23 @@ scaled deltas). For each fused projection group the delta is computed for the wh
 S-LoRA / Punica style, without merging anything into the base weights and without
 splitting the base matmul:
 
-- *decode rows* (one-token works) are gathered per adapter into a `[K, L]` index (K adapters
-  active in the step's decodes, L the most rows any of them has, padded with row 0 at scale
-  0), and the delta is batched matmuls over the stacked adapters (BGMV): one shrink for the
-  whole group, `t = (x[idx] @ A[K]) * scale`, then one expand per member projection,
-  `t[member ranks] @ B_member[K]`, added into the member's output columns with
-  `index_add_`. The stacks of the active adapters are built once and reused for as long as
-  the active set stays the same (a steady batch rebuilds nothing);
+- *decode rows* (one-token works) of the K adapters active in the step's decodes are laid
+  out as `[K, L]` (L rows per adapter), and the delta is two batched matmuls over the
+  stacked adapters (BGMV): `y[rows] += ((x[rows] @ A[K]) * scale) @ B[K]`. The scheduler
+  orders a step's works by adapter set, so usually each adapter's rows are adjacent and
+  equally many: then `x[rows]` is a view and the expand is one in-place `baddbmm_` into
+  `y` (2 operations per group, 3 with scales other than 1). Otherwise rows are gathered
+  (`index_select`, padded with row 0 at scale 0) and added back with `index_add_`. The
+  stacks of the active adapters are built once and reused for as long as the active set
+  stays the same (a steady batch rebuilds nothing);
 - *prefill chunks* (a run of rows of one sequence, one adapter set) are segments: for each
-  adapter of the set, `y[rows] += scale * (x[rows] @ A) @ B` (SGMV), plain matmuls.
+  adapter of the set, `y[rows] += scale * (x[rows] @ A) @ B` (SGMV), two plain matmuls;
+  adjacent chunks of the same adapter and scale (the scheduler puts them together) are one
+  segment.
 
-A row in a composition appears once per adapter of its set, so the deltas sum.
+A row in a composition appears once per adapter of its set, so the deltas sum. Each op has
+a fixed cost on a CPU that dwarfs a small adapter's arithmetic, so the plan's job is to
+issue as few as it can.
 """
 
 from __future__ import annotations
@@ -30,18 +36,8 @@ from gateway_torch.lora.weights import GROUPS, GroupLora, LoraWeights
 AdapterSet = tuple[tuple[LoraWeights, float], ...]
 """A sequence's adapters with their scales; empty: the base model."""
 
-Widths = dict[str, list[int]]
-"""The output width of each member projection of each group (q, k, v; o; gate, up; down)."""
-
-
-@dataclass
-class Stack:
-    """A group's weights for K adapters: `a` is `[K, in, R]` (member blocks of the largest
-    rank each adapter has for that member), and per targeted member
-    `(rank offset, rank, column offset, [K, rank, out] B)`."""
-
-    a: torch.Tensor
-    b: list[tuple[int, int, int, torch.Tensor]]
+Stack = tuple[torch.Tensor, torch.Tensor] | None
+"""A group's `[K, in, R]` A stack and `[K, R, out]` B stack (None: no adapter touches it)."""
 
 
 @dataclass
@@ -55,26 +51,19 @@ class _Chunk:
 class StackCache:
     """The stacked weights of the last active decode set (per layer and group)."""
 
-    def __init__(self, widths: Widths) -> None:
-        self.widths = widths
+    def __init__(self) -> None:
         self._key: tuple[int, ...] = ()
-        self._stacks: list[dict[str, Stack | None]] = []
+        self._stacks: list[dict[str, Stack]] = []
 
-    def get(self, adapters: Sequence[LoraWeights], layers: int) -> list[dict[str, Stack | None]]:
+    def get(self, adapters: Sequence[LoraWeights], layers: int) -> list[dict[str, Stack]]:
         key = tuple(id(a) for a in adapters)
         if key != self._key or not self._stacks:
             self._stacks = [
-                {
-                    group: _stack([a.layers[i].get(group) for a in adapters], self.widths[group])
-                    for group in GROUPS
-                }
+                {group: _stack([a.layers[i].get(group) for a in adapters]) for group in GROUPS}
                 for i in range(layers)
             ]
             self._key = key
         return self._stacks
-
-    def clear(self) -> None:
-        self._key, self._stacks = (), []
 
 
 class LoraPlan:
@@ -97,71 +86,82 @@ class LoraPlan:
                     entry = decode.setdefault(id(weights), (weights, [], []))
                     entry[1].append(row)
                     entry[2].append(scale)
+                elif (
+                    self.chunks
+                    and self.chunks[-1].weights is weights
+                    and self.chunks[-1].scale == scale
+                    and self.chunks[-1].row + self.chunks[-1].count == row
+                ):
+                    self.chunks[-1].count += count  # adjacent chunks, one segment
                 else:
                     self.chunks.append(_Chunk(row, count, weights, scale))
-        self.widths = cache.widths
-        self.stacks: list[dict[str, Stack | None]] = []
-        self.index = self.flat = self.scale = torch.empty(0)
-        if decode:
-            ordered = sorted(decode.values(), key=lambda e: e[0].key)
-            width = max(len(e[1]) for e in ordered)
-            index = torch.zeros((len(ordered), width), dtype=torch.long)
-            weight = torch.zeros((len(ordered), width, 1), dtype=torch.float32)
-            for k, (_, where, scales) in enumerate(ordered):
-                index[k, : len(where)] = torch.tensor(where)
-                weight[k, : len(scales), 0] = torch.tensor(scales)
-            self.index = index.to(device)
-            self.flat = self.index.view(-1)
-            self.scale = weight.to(device, dtype)
-            self.stacks = cache.get([e[0] for e in ordered], layers)
+        self.stacks: list[dict[str, Stack]] = []
+        self.block: tuple[int, int, int] | None = None
+        self.index = self.scale = torch.empty(0)
+        self.unit = True
+        if not decode:
+            return
+        ordered = sorted(decode.values(), key=lambda e: e[1][0])  # by first row
+        self.stacks = cache.get([e[0] for e in ordered], layers)
+        width = max(len(e[1]) for e in ordered)
+        flat_rows = [r for e in ordered for r in e[1]]
+        scales = [s for e in ordered for s in e[2]]
+        self.unit = all(s == 1.0 for s in scales)
+        first = flat_rows[0]
+        if all(len(e[1]) == width for e in ordered) and flat_rows == list(
+            range(first, first + len(flat_rows))
+        ):
+            self.block = (first, len(ordered), width)  # adjacent and even: views, no gather
+            if not self.unit:
+                self.scale = torch.tensor(scales, device=device, dtype=dtype).view(
+                    len(ordered), width, 1
+                )
+            return
+        index = torch.zeros((len(ordered), width), dtype=torch.long)
+        weight = torch.zeros((len(ordered), width, 1), dtype=torch.float32)
+        for k, (_, where, factors) in enumerate(ordered):
+            index[k, : len(where)] = torch.tensor(where)
+            weight[k, : len(factors), 0] = torch.tensor(factors)
+        self.index = index.view(-1).to(device)
+        self.scale = weight.to(device, dtype)
 
     def add(self, layer: int, group: str, x: torch.Tensor, y: torch.Tensor) -> None:
         """Add the group's LoRA delta for input rows `x` to its output `y`, in place."""
         if self.stacks:
             stack = self.stacks[layer][group]
             if stack is not None:
-                shrunk = torch.bmm(x[self.index], stack.a) * self.scale
-                for start, rank, column, b in stack.b:
-                    out = torch.bmm(shrunk[:, :, start : start + rank], b)
-                    width = b.shape[2]
-                    y[:, column : column + width].index_add_(0, self.flat, out.view(-1, width))
+                a, b = stack
+                if self.block is not None:
+                    first, count, width = self.block
+                    end = first + count * width
+                    shrunk = torch.bmm(x[first:end].view(count, width, -1), a)
+                    if not self.unit:
+                        shrunk = shrunk * self.scale
+                    y[first:end].view(count, width, -1).baddbmm_(shrunk, b)
+                else:
+                    gathered = x.index_select(0, self.index).view(a.shape[0], -1, x.shape[1])
+                    shrunk = torch.bmm(gathered, a) * self.scale
+                    y.index_add_(0, self.index, torch.bmm(shrunk, b).view(-1, y.shape[1]))
         for chunk in self.chunks:
             weights = chunk.weights.layers[layer].get(group)
             if weights is None:
                 continue
             rows = slice(chunk.row, chunk.row + chunk.count)
-            shrunk = x[rows] @ weights.a
-            start = column = 0
-            for block, width in zip(weights.b, self.widths[group], strict=True):
-                if block is not None:
-                    rank = block.shape[0]
-                    part = shrunk[:, start : start + rank]
-                    y[rows, column : column + width].addmm_(part, block, alpha=chunk.scale)
-                    start += rank
-                column += width
+            y[rows].addmm_(x[rows] @ weights.a, weights.b, alpha=chunk.scale)
 
 
-def _stack(groups: list[GroupLora | None], widths: list[int]) -> Stack | None:
-    """Stack K adapters' weights of one group, each member zero-padded to its largest rank."""
+def _stack(groups: list[GroupLora | None]) -> Stack:
+    """Stack K adapters' weights of one group, zero-padded to the largest rank (an adapter's
+    A columns and B rows line up, so padding at the end is exact)."""
     present = [g for g in groups if g is not None]
     if not present:
         return None
-    ranks = [max(g.ranks[m] for g in present) for m in range(len(widths))]
-    first = present[0].a
-    a_stack = first.new_zeros((len(groups), first.shape[0], sum(ranks)))
-    b_stacks: list[tuple[int, int, int, torch.Tensor]] = []
-    start = column = 0
-    for member, (rank, width) in enumerate(zip(ranks, widths, strict=True)):
-        if rank:
-            b_stack = first.new_zeros((len(groups), rank, width))
-            for k, group in enumerate(groups):
-                block = None if group is None else group.b[member]
-                if group is None or block is None:
-                    continue
-                own = group.ranks[member]
-                offset = sum(group.ranks[:member])
-                a_stack[k, :, start : start + own] = group.a[:, offset : offset + own]
-                b_stack[k, :own] = block
-            b_stacks.append((start, rank, column, b_stack))
-        start, column = start + rank, column + width
-    return Stack(a=a_stack, b=b_stacks)
+    rank = max(g.a.shape[1] for g in present)
+    first = present[0]
+    a_stack = first.a.new_zeros((len(groups), first.a.shape[0], rank))
+    b_stack = first.b.new_zeros((len(groups), rank, first.b.shape[1]))
+    for k, group in enumerate(groups):
+        if group is not None:
+            a_stack[k, :, : group.a.shape[1]] = group.a
+            b_stack[k, : group.b.shape[0]] = group.b
+    return a_stack, b_stack

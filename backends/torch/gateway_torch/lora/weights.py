@@ -3,12 +3,14 @@
 The flat runner multiplies q/k/v as one matrix and gate/up as one (`runners.flat`); an
 adapter is laid out the same way, per layer and per *group* of projections (`GroupLora`):
 
-- `a` is `[in, r_g]`: the members' `lora_A` matrices side by side (q's rank, then k's, ...),
-  so the shrink of a whole group is one matmul;
-- `b[i]` is member `i`'s `[r_i, out_i]` `lora_B` (times its scaling, alpha/r or
-  alpha/sqrt(r) with rsLoRA), or None for a member the adapter does not target. Keeping
-  the blocks apart (rather than one block-diagonal matrix) means the expand reads only the
-  adapter's real weights.
+- `a` is `[in, r_g]`: the members' `lora_A` matrices side by side (q's rank, then k's, ...);
+- `b` is `[r_g, out_g]`: block-diagonal, member `i`'s `lora_B` (times its scaling, alpha/r
+  or alpha/sqrt(r) with rsLoRA) in the rows of its rank and the columns of its output.
+
+So a step computes a group's delta with two matmuls, `(x @ a) @ b`, whatever subset of the
+group's projections the adapter targets (a member it does not target has rank 0). The
+zero blocks of `b` cost multiplications, but on a CPU the number of operations per step
+matters more than their size (see `benchmarks/README.md`).
 
 `read_adapter` also checks that the adapter fits the model, and says what differs.
 """
@@ -53,12 +55,11 @@ class GroupLora:
 
     a: torch.Tensor
     """`[in, sum of ranks]`: the members' A matrices side by side."""
-    b: list[torch.Tensor | None]
-    """Per member, `[rank, out]` (scaling folded in), or None when it is not targeted."""
-
-    @property
-    def ranks(self) -> list[int]:
-        return [0 if b is None else int(b.shape[0]) for b in self.b]
+    b: torch.Tensor
+    """`[sum of ranks, sum of outputs]`: the members' B matrices (scaling folded in) on
+    the block diagonal."""
+    ranks: list[int]
+    """Each member's rank (0: not targeted)."""
 
 
 @dataclass
@@ -81,8 +82,7 @@ class LoraWeights:
             t.numel() * t.element_size()
             for layer in self.layers
             for group in layer.values()
-            for t in (group.a, *group.b)
-            if t is not None
+            for t in (group.a, group.b)
         )
 
 
@@ -193,10 +193,18 @@ def read_adapter(
             present = [p for p in parts if p[3]]
             if not present:
                 continue
+            total = sum(p[3] for p in parts)
             fused_a = torch.cat([a.T for a, _, _, _ in present], dim=1)
+            fused_b = torch.zeros((total, sum(p[2] for p in parts)))
+            row = column = 0
+            for _, b, out_features, rank in parts:
+                if rank:
+                    fused_b[row : row + rank, column : column + out_features] = b.T
+                row, column = row + rank, column + out_features
             per_layer[index][group] = GroupLora(
                 a=fused_a.to(device, dtype).contiguous(),
-                b=[b.T.to(device, dtype).contiguous() if rank else None for _, b, _, rank in parts],
+                b=fused_b.to(device, dtype).contiguous(),
+                ranks=[p[3] for p in parts],
             )
     modules = sorted({module for _, module in found})
     return LoraWeights(
@@ -206,11 +214,3 @@ def read_adapter(
         target_modules=modules,
         layers=per_layer,
     )
-
-
-def group_widths(layer: Any, group: str) -> list[int]:
-    """The output width of each member of `group` in decoder `layer`."""
-    return [
-        int(getattr(getattr(layer, _PARENT[module]), module).weight.shape[0])
-        for module in GROUPS[group]
-    ]

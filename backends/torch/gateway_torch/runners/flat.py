@@ -98,16 +98,7 @@ class FlatRunner:
         self.values = [
             torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self.layers
         ]
-        q_size, kv_size = self.heads * self.head_dim, self.kv_heads * self.head_dim
-        hidden, inner = int(config.hidden_size), int(config.intermediate_size)
-        self._stacks = StackCache(
-            {
-                "qkv": [q_size, kv_size, kv_size],
-                "out": [hidden],
-                "gate_up": [inner, inner],
-                "down": [hidden],
-            }
-        )
+        self._stacks = StackCache()
 
     @staticmethod
     def _fuse(layer: Any) -> _Layer:
