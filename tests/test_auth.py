@@ -13,7 +13,13 @@ KEYS = [
     ApiKey(key="inference-key-123", name="app", scopes=["inference"]),
     ApiKey(key="admin-key-123456", name="ops", scopes=["admin"]),
     ApiKey(key="train-key-1234567", name="trainer", scopes=["train"]),
+    ApiKey(key="adapters-key-12345", name="curator", scopes=["adapters"]),
 ]
+RIGHT_KEY = {
+    "inference": "inference-key-123",
+    "admin": "admin-key-123456",
+    "adapters": "adapters-key-12345",
+}
 PUBLIC = {"/health", "/v1/health", "/.well-known/serviceinfo"}
 LOOPBACK_ONLY = {"/api/extra/shutdown"}  # also refuses clients that are not on loopback
 PATH_VALUES = {"model_id": "echo", "id_slot": "0"}
@@ -79,9 +85,9 @@ def test_every_route_refuses_the_wrong_scope_and_admits_the_right_one(keyed):
         if path in PUBLIC:
             continue
         scope = opt.get("scope", "inference")
-        assert scope in {"inference", "admin"}, (path, scope)
+        assert scope in RIGHT_KEY, (path, scope)
         wrong = "train-key-1234567" if scope == "inference" else "inference-key-123"
-        right = "inference-key-123" if scope == "inference" else "admin-key-123456"
+        right = RIGHT_KEY[scope]
         response = call(keyed, method, path, wrong)
         assert response.status_code == 403, (method, path, response.text)
         assert error_type(response) == "permission_error"

@@ -83,7 +83,14 @@ class AdapterStore:
         )
 
     def entries(self) -> list[AdapterEntry]:
-        return [self.entry(name) for name in self.names()]
+        """Every stored adapter; one deleted while the list is read is left out."""
+        found = []
+        for name in self.names():
+            try:
+                found.append(self.entry(name))
+            except (NotFound, FileNotFoundError):
+                continue
+        return found
 
     def entry(self, name: str) -> AdapterEntry:
         path = self.path(name)
