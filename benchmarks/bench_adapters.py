@@ -35,6 +35,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bench_serving import PROMPTS  # the same questions as the serving benchmark
 from gateway_schemas.canonical import AdapterRef, ChatMessage, GenerationRequest, SamplingParams
 from gateway_torch.causal import TorchBackend
 from gateway_torch.lora.synthetic import write_random_adapter
@@ -42,16 +43,6 @@ from gateway_torch.lora.synthetic import write_random_adapter
 from gateway.engine import ModelSpec
 
 HERE = Path(__file__).resolve().parent
-PROMPTS = (
-    "What is the capital of France?",
-    "Explain photosynthesis in one paragraph.",
-    "Write a haiku about the sea.",
-    "How do I reverse a list in Python?",
-    "What causes the seasons on Earth?",
-    "Give me three tips for better sleep.",
-    "Describe a cat to someone who has never seen one.",
-    "Why is the sky blue?",
-)
 
 
 def _request(index: int, adapter: str | None, max_tokens: int) -> GenerationRequest:
