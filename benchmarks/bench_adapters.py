@@ -33,14 +33,16 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench_serving import PROMPTS  # the same questions as the serving benchmark
 from gateway_schemas.canonical import AdapterRef, ChatMessage, GenerationRequest, SamplingParams
-from gateway_torch.causal import TorchBackend
-from gateway_torch.lora.synthetic import write_random_adapter
+from gateway_torch.threads import tune_openmp
 
 from gateway.engine import ModelSpec
+
+if TYPE_CHECKING:
+    from gateway_torch.causal import TorchBackend
 
 HERE = Path(__file__).resolve().parent
 
@@ -78,6 +80,9 @@ def _assignments(case: str, rank: int, concurrency: int) -> list[str | None]:
 
 
 async def _bench(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
+    from gateway_torch.causal import TorchBackend
+    from gateway_torch.lora.synthetic import write_random_adapter
+
     spec = ModelSpec(
         name="bench",
         backend="torch",
@@ -141,6 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, default=None, help="default: a temporary one")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args(argv)
+    tune_openmp()  # as `gateway serve` does, before torch is imported
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = (args.data_dir or Path(tmp)).expanduser()
         report = asyncio.run(_bench(args, data_dir))

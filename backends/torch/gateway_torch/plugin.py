@@ -32,5 +32,8 @@ def torch_embedding_backend(spec: ModelSpec, data_dir: Path) -> Backend:
 
 @hookimpl
 def register_backends(register: Callable[[str, BackendFactory], None]) -> None:
+    from gateway_torch.threads import tune_openmp
+
+    tune_openmp()  # before torch is imported (see gateway_torch.threads)
     register("torch", torch_backend)
     register("torch-embeddings", torch_embedding_backend)
