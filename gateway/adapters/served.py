@@ -62,5 +62,8 @@ def record(refs: list[AdapterRef]) -> None:
         current.add(refs)
 
 
-def current() -> ServedAdapters | None:
-    return _CURRENT.get()
+def first() -> list[AdapterRef] | None:
+    """The adapters that served the current HTTP request's first generation (for a body
+    field); None when no generation ran (or outside a request)."""
+    record = _CURRENT.get()
+    return list(record.sets[0]) if record is not None and record.sets else None

@@ -127,12 +127,13 @@ class AdapterStore:
             )
         return path
 
-    def version(self, name: str) -> str:
-        """Changes whenever `name` is replaced by a new version (its weights file's identity)."""
-        path = self.path(name)
+    def version(self, name: str, param: str = "name") -> tuple[Path, str]:
+        """The directory of `name` and its version, which changes whenever `name` is
+        replaced (its weights file's identity)."""
+        path = self.path(name, param)
         weights = path / WEIGHTS_FILE
         stat = (weights if weights.exists() else path).stat()
-        return f"{stat.st_ino}-{stat.st_mtime_ns}-{stat.st_size}"
+        return path, f"{stat.st_ino}-{stat.st_mtime_ns}-{stat.st_size}"
 
     # The server default.
 

@@ -205,8 +205,7 @@ class TorchBackend(Backend):
             )
         chosen = []
         for ref in refs:
-            path = await asyncio.to_thread(self.adapters.path, ref.name, "adapters")
-            version = await asyncio.to_thread(self.adapters.version, ref.name)
+            path, version = await asyncio.to_thread(self.adapters.version, ref.name, "adapters")
             chosen.append((await self._pool.get(ref.name, version, path), ref.scale))
         return tuple(chosen)
 

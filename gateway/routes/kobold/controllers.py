@@ -106,9 +106,9 @@ def _result(generation: KoboldGeneration, body: GenerationInput) -> dict[str, An
         result["completion_tokens"] = final.usage.completion_tokens
     if body.logprobs:
         result["logprobs"] = _logprobs(generation)
-    record = served.current()
-    if record is not None and record.sets:  # the gateway's extension: what served it
-        result["adapters"] = [{"name": r.name, "scale": r.scale} for r in record.sets[0]]
+    adapters = served.first()
+    if adapters is not None:  # the gateway's extension: what served it
+        result["adapters"] = [{"name": r.name, "scale": r.scale} for r in adapters]
     return result
 
 

@@ -91,8 +91,7 @@ def ids(backend: Backend, adapters: list[AdapterRef]) -> list[dict[str, Any]]:
 def served_ids(backend: Backend) -> list[dict[str, Any]]:
     """`generation_settings.lora`: the adapters that served this HTTP request's (first)
     generation."""
-    record = served.current()
-    return ids(backend, list(record.sets[0])) if record is not None and record.sets else []
+    return ids(backend, served.first() or [])
 
 
 def default_ids(backend: Backend) -> list[dict[str, Any]]:

@@ -164,10 +164,10 @@ class OpenAIController(Controller):
 
 def served_adapters() -> list[AdapterIn] | Any:
     """The adapters that served this request's generations (the first set), for the body."""
-    record = served.current()
-    if record is None or not record.sets:
+    adapters = served.first()
+    if adapters is None:
         return UNSET
-    return [AdapterIn(name=r.name, scale=r.scale) for r in record.sets[0]]
+    return [AdapterIn(name=r.name, scale=r.scale) for r in adapters]
 
 
 async def _prompt_text(backend: Any, request: GenerationRequest) -> str:

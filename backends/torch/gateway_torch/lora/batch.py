@@ -52,17 +52,21 @@ class StackCache:
     """The stacked weights of the last active decode set (per layer and group)."""
 
     def __init__(self) -> None:
-        self._key: tuple[int, ...] = ()
+        self._adapters: tuple[LoraWeights, ...] = ()
+        """The adapters the stacks hold, kept alive: compared by identity, a freed one's
+        address could otherwise come back as another adapter's."""
         self._stacks: list[dict[str, Stack]] = []
 
     def get(self, adapters: Sequence[LoraWeights], layers: int) -> list[dict[str, Stack]]:
-        key = tuple(id(a) for a in adapters)
-        if key != self._key or not self._stacks:
+        same = len(adapters) == len(self._adapters) and all(
+            a is b for a, b in zip(adapters, self._adapters, strict=True)
+        )
+        if not same or not self._stacks:
             self._stacks = [
                 {group: _stack([a.layers[i].get(group) for a in adapters]) for group in GROUPS}
                 for i in range(layers)
             ]
-            self._key = key
+            self._adapters = tuple(adapters)
         return self._stacks
 
 
