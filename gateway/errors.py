@@ -76,6 +76,13 @@ class ModelNotReady(GatewayError):
     kind = "unavailable_error"
 
 
+class Unavailable(GatewayError):
+    """The server cannot take this now (a full queue); the client may retry later."""
+
+    status = 503
+    kind = "unavailable_error"
+
+
 class AuthenticationFailed(GatewayError):
     status = 401
     kind = "authentication_error"

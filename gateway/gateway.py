@@ -17,6 +17,7 @@ from gateway.metrics import Metrics
 from gateway.plugins import make_plugin_manager
 from gateway.services.generation import GenerationService
 from gateway.settings import Settings
+from gateway.training.service import TrainingService
 from gateway.utils import await_me_maybe
 
 if TYPE_CHECKING:
@@ -34,6 +35,7 @@ class Gateway:
         self.backends = self._collect_backends()
         self.models = ModelManager(self._collect_models(), self.backends, settings.data_path())
         self.generation = GenerationService(self)
+        self.training = TrainingService(self)
 
     def _collect_backends(self) -> dict[str, BackendFactory]:
         factories: dict[str, BackendFactory] = {}
@@ -76,8 +78,10 @@ class Gateway:
         if not self.settings.api_keys:
             log.warning("no API keys are configured: every route is open to anyone who can connect")
         self.models.start_loading()
+        await self.training.start()
 
     async def shutdown(self) -> None:
+        await self.training.close()
         await self.models.unload_all()
         for result in self.hook.shutdown(gateway=self):
             await await_me_maybe(result)

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from gateway.engine import BackendFactory, ModelSpec
     from gateway.gateway import Gateway
     from gateway.routes.family import RouteFamily
+    from gateway.training.trainer import Trainer
 
 hookspec = pluggy.HookspecMarker("gateway")
 hookimpl = pluggy.HookimplMarker("gateway")
@@ -37,6 +38,16 @@ def register_backends(register: Callable[[str, BackendFactory], None]) -> None:
     Called once at start-up. `factory(spec: ModelSpec, data_dir: Path) -> Backend` is
     called for each configured model whose `backend` is that name. A name registered
     twice stops start-up with both plugins named.
+    """
+
+
+@hookspec
+def register_trainers(register: Callable[[Trainer], None]) -> None:
+    """Register trainers (job kinds such as `sft`, `grpo`): `register(MyTrainer())`.
+
+    Called once at start-up in the server (which checks submissions with `check`) and in
+    each training worker process (which calls `run`). A name registered twice stops
+    start-up with both plugins named.
     """
 
 

@@ -38,6 +38,8 @@ _ALIASES = {
     "GATEWAY_HOST": ("server", "host"),
     "GATEWAY_PORT": ("server", "port"),
     "GATEWAY_LOG_LEVEL": ("server", "log_level"),
+    "GATEWAY_TRAINING_WEBHOOK_URL": ("training", "webhook_url"),
+    "GATEWAY_TRAINING_WEBHOOK_SECRET": ("training", "webhook_secret"),
 }
 
 
@@ -108,6 +110,28 @@ class GenerationSettings(Struct, kw_only=True, forbid_unknown_fields=True):
     as llama-server does."""
 
 
+class TrainingSettings(Struct, kw_only=True, forbid_unknown_fields=True):
+    """`[training]`: training jobs (the `training` route family and the worker processes).
+
+    Jobs run in worker processes, `jobs_per_model` at a time for each base model (0: none
+    here; jobs stay queued for another gateway sharing the database). `threads`: torch
+    threads of a worker (0: torch's default, every core). `preload` starts each model's
+    first worker, with the base model loaded, as soon as the model is served, so the first
+    job starts at once. `webhook_url` (or `GATEWAY_TRAINING_WEBHOOK_URL`) is told when a
+    job completes, fails or is cancelled, in Kiln's payload; with `webhook_secret` each
+    call is signed (`X-Gateway-Signature: sha256=<HMAC-SHA256 of the body>`).
+    """
+
+    jobs_per_model: Annotated[int, Meta(ge=0, le=64)] = 1
+    max_queued_jobs: Annotated[int, Meta(ge=1)] = 32
+    threads: Annotated[int, Meta(ge=0)] = 0
+    preload: bool = True
+    webhook_url: str | None = None
+    webhook_secret: str | None = None
+    webhook_attempts: Annotated[int, Meta(ge=1, le=20)] = 5
+    webhook_timeout: Annotated[float, Meta(gt=0)] = 5.0
+
+
 class Settings(Struct, kw_only=True, forbid_unknown_fields=True):
     data_dir: str | None = None
     model: str | None = None
@@ -123,6 +147,7 @@ class Settings(Struct, kw_only=True, forbid_unknown_fields=True):
     generation: GenerationSettings = field(default_factory=GenerationSettings)
     llamacpp: LlamaCppSettings = field(default_factory=LlamaCppSettings)
     kobold: KoboldSettings = field(default_factory=KoboldSettings)
+    training: TrainingSettings = field(default_factory=TrainingSettings)
 
     def data_path(self) -> Path:
         """The data directory, resolved when used (never at import time)."""

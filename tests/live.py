@@ -33,7 +33,14 @@ def start_server(
     handle = log.open("w")
     process = subprocess.Popen(
         [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port), *args],
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **env},
+        env={
+            **os.environ,
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            # Training tests ask for a preloaded worker themselves; the others need none.
+            "GATEWAY_TRAINING__PRELOAD": "false",
+            **env,
+        },
         stdout=handle,
         stderr=subprocess.STDOUT,
         text=True,

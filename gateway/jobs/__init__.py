@@ -1,0 +1,31 @@
+"""Jobs (training, fine-tune, distillation): what they are and where they are kept.
+
+`JobStore` is the interface; `SqliteJobStore` keeps jobs in the data directory's
+`gateway.db`. Both the server and the training worker processes use the same store.
+"""
+
+from gateway.jobs.sqlite import SqliteJobStore
+from gateway.jobs.store import (
+    ACTIVE_STATES,
+    TERMINAL_STATES,
+    Job,
+    JobState,
+    JobStore,
+    LogLine,
+    NewJob,
+    QueueFull,
+    StepMetrics,
+)
+
+__all__ = [
+    "ACTIVE_STATES",
+    "TERMINAL_STATES",
+    "Job",
+    "JobState",
+    "JobStore",
+    "LogLine",
+    "NewJob",
+    "QueueFull",
+    "SqliteJobStore",
+    "StepMetrics",
+]

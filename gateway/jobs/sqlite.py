@@ -1,0 +1,320 @@
+"""`SqliteJobStore`: jobs in SQLite (the data directory's `gateway.db` by default).
+
+Each call opens its own connection, so the store may be shared by threads and used by
+several processes at once (the server and its training workers); WAL mode lets readers go
+on while a worker writes. State changes are single `UPDATE ... WHERE state = ?` statements,
+so a claim, a cancel and a finish of the same job cannot both succeed.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from pathlib import Path
+from typing import Any
+
+from gateway.jobs.store import (
+    Job,
+    JobState,
+    JobStore,
+    LogLine,
+    NewJob,
+    QueueFull,
+    StepMetrics,
+)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    model TEXT NOT NULL,
+    state TEXT NOT NULL,
+    output_name TEXT NOT NULL,
+    config TEXT NOT NULL,
+    data TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    step INTEGER NOT NULL DEFAULT 0,
+    total_steps INTEGER NOT NULL DEFAULT 0,
+    epoch REAL NOT NULL DEFAULT 0,
+    loss REAL,
+    learning_rate REAL,
+    error TEXT,
+    adapter_path TEXT,
+    stop_requested INTEGER NOT NULL DEFAULT 0,
+    worker TEXT,
+    webhook TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, model, seq);
+CREATE TABLE IF NOT EXISTS job_metrics (
+    job_id TEXT NOT NULL,
+    step INTEGER NOT NULL,
+    epoch REAL NOT NULL,
+    loss REAL NOT NULL,
+    learning_rate REAL NOT NULL,
+    time REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS job_metrics_job ON job_metrics (job_id, step);
+CREATE TABLE IF NOT EXISTS job_logs (
+    job_id TEXT NOT NULL,
+    time REAL NOT NULL,
+    message TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS job_logs_job ON job_logs (job_id, time);
+"""
+
+_COLUMNS = (
+    "id, kind, model, state, output_name, config, created_at, started_at, finished_at, step,"
+    " total_steps, epoch, loss, learning_rate, error, adapter_path, stop_requested, worker,"
+    " webhook"
+)
+
+
+class SqliteJobStore(JobStore):
+    def __init__(self, path: Path):
+        self.path = path
+        self._ready = False
+
+    @classmethod
+    def in_data_dir(cls, data_dir: Path) -> SqliteJobStore:
+        return cls(data_dir / "gateway.db")
+
+    @contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        if not self._ready:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        with closing(sqlite3.connect(self.path, timeout=30)) as connection:
+            connection.row_factory = sqlite3.Row
+            if not self._ready:
+                connection.execute("PRAGMA journal_mode=WAL")
+                connection.executescript(SCHEMA)
+                self._ready = True
+            with connection:
+                yield connection
+
+    # Submitting and reading.
+
+    def submit(self, job: NewJob, *, max_queued: int | None = None) -> Job:
+        job_id = job.id or str(uuid.uuid4())
+        with self._db() as db:
+            if max_queued is not None:
+                (queued,) = db.execute(
+                    "SELECT COUNT(*) FROM jobs WHERE state = 'queued'"
+                ).fetchone()
+                if queued >= max_queued:
+                    raise QueueFull(queued)
+            (seq,) = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs").fetchone()
+            db.execute(
+                "INSERT INTO jobs (id, seq, kind, model, state, output_name, config, data,"
+                " created_at) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?)",
+                (
+                    job_id,
+                    seq,
+                    job.kind,
+                    job.model,
+                    job.output_name,
+                    json.dumps(job.config),
+                    json.dumps(job.data),
+                    time.time(),
+                ),
+            )
+            return self._one(db, job_id)
+
+    def get(self, job_id: str, *, with_data: bool = False) -> Job | None:
+        with self._db() as db:
+            return self._get(db, job_id, with_data=with_data)
+
+    def find(
+        self,
+        *,
+        states: frozenset[JobState] | None = None,
+        kinds: frozenset[str] | None = None,
+        model: str | None = None,
+    ) -> list[Job]:
+        where: list[str] = []
+        args: list[Any] = []
+        if states is not None:
+            where.append(f"state IN ({', '.join('?' * len(states))})")
+            args.extend(sorted(states))
+        if kinds is not None:
+            where.append(f"kind IN ({', '.join('?' * len(kinds))})")
+            args.extend(sorted(kinds))
+        if model is not None:
+            where.append("model = ?")
+            args.append(model)
+        sql = f"SELECT {_COLUMNS} FROM jobs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        with self._db() as db:
+            rows = db.execute(sql + " ORDER BY seq", args).fetchall()
+        return [_job(row) for row in rows]
+
+    def position(self, job_id: str) -> int | None:
+        with self._db() as db:
+            row = db.execute(
+                "SELECT model, seq FROM jobs WHERE id = ? AND state = 'queued'", (job_id,)
+            ).fetchone()
+            if row is None:
+                return None
+            (ahead,) = db.execute(
+                "SELECT COUNT(*) FROM jobs WHERE state = 'queued' AND model = ? AND seq < ?",
+                (row["model"], row["seq"]),
+            ).fetchone()
+            return int(ahead) + 1
+
+    # The worker's side.
+
+    def claim(self, model: str, worker: str, kinds: frozenset[str]) -> Job | None:
+        marks = ", ".join("?" * len(kinds))
+        with self._db() as db:
+            row = db.execute(
+                "UPDATE jobs SET state = 'running', worker = ?, started_at = ?"
+                " WHERE id = (SELECT id FROM jobs WHERE state = 'queued' AND model = ?"
+                f" AND kind IN ({marks}) ORDER BY seq LIMIT 1) AND state = 'queued'"
+                " RETURNING id",
+                (worker, time.time(), model, *sorted(kinds)),
+            ).fetchone()
+            return None if row is None else self._get(db, row["id"], with_data=True)
+
+    def record_step(self, job_id: str, metrics: StepMetrics, total_steps: int) -> bool:
+        with self._db() as db:
+            updated = db.execute(
+                "UPDATE jobs SET step = ?, total_steps = ?, epoch = ?, loss = ?,"
+                " learning_rate = ? WHERE id = ? AND state = 'running' AND stop_requested = 0",
+                (
+                    metrics.step,
+                    total_steps,
+                    metrics.epoch,
+                    metrics.loss,
+                    metrics.learning_rate,
+                    job_id,
+                ),
+            ).rowcount
+            db.execute(
+                "INSERT INTO job_metrics VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    job_id,
+                    metrics.step,
+                    metrics.epoch,
+                    metrics.loss,
+                    metrics.learning_rate,
+                    metrics.time,
+                ),
+            )
+            return bool(updated)
+
+    def log(self, job_id: str, message: str) -> None:
+        with self._db() as db:
+            db.execute("INSERT INTO job_logs VALUES (?, ?, ?)", (job_id, time.time(), message))
+
+    def metrics(self, job_id: str, limit: int | None = None) -> list[StepMetrics]:
+        with self._db() as db:
+            rows = db.execute(
+                "SELECT * FROM (SELECT step, epoch, loss, learning_rate, time FROM job_metrics"
+                " WHERE job_id = ? ORDER BY step DESC, rowid DESC LIMIT ?) ORDER BY step",
+                (job_id, -1 if limit is None else limit),
+            ).fetchall()
+        return [StepMetrics(**dict(row)) for row in rows]
+
+    def logs(self, job_id: str, limit: int | None = None) -> list[LogLine]:
+        with self._db() as db:
+            rows = db.execute(
+                "SELECT * FROM (SELECT rowid, time, message FROM job_logs WHERE job_id = ?"
+                " ORDER BY rowid DESC LIMIT ?) ORDER BY rowid",
+                (job_id, -1 if limit is None else limit),
+            ).fetchall()
+        return [LogLine(time=row["time"], message=row["message"]) for row in rows]
+
+    # Ending jobs.
+
+    def finish(
+        self,
+        job_id: str,
+        state: JobState,
+        *,
+        error: str | None = None,
+        adapter_path: str | None = None,
+        webhook: bool = False,
+    ) -> Job | None:
+        with self._db() as db:
+            updated = db.execute(
+                "UPDATE jobs SET state = ?, finished_at = ?, error = ?, adapter_path = ?,"
+                " webhook = ? WHERE id = ? AND state = 'running'",
+                (
+                    state.value,
+                    time.time(),
+                    error,
+                    adapter_path,
+                    "pending" if webhook else None,
+                    job_id,
+                ),
+            ).rowcount
+            return self._get(db, job_id) if updated else None
+
+    def cancel_queued(self, job_id: str, *, webhook: bool = False) -> Job | None:
+        with self._db() as db:
+            updated = db.execute(
+                "UPDATE jobs SET state = 'cancelled', finished_at = ?, webhook = ?,"
+                " error = 'Cancelled while queued.' WHERE id = ? AND state = 'queued'",
+                (time.time(), "pending" if webhook else None, job_id),
+            ).rowcount
+            return self._get(db, job_id) if updated else None
+
+    def request_stop(self, job_id: str) -> Job | None:
+        with self._db() as db:
+            updated = db.execute(
+                "UPDATE jobs SET stop_requested = 1 WHERE id = ? AND state = 'running'",
+                (job_id,),
+            ).rowcount
+            return self._get(db, job_id) if updated else None
+
+    def fail_running(
+        self, message: str, *, worker: str | None = None, webhook: bool = False
+    ) -> list[Job]:
+        with self._db() as db:
+            sql = "SELECT id, step, total_steps FROM jobs WHERE state = 'running'"
+            args: tuple[Any, ...] = ()
+            if worker is not None:
+                sql, args = sql + " AND worker = ?", (worker,)
+            failed = []
+            for row in db.execute(sql, args).fetchall():
+                text = message.format(step=row["step"], total=row["total_steps"] or "?")
+                if db.execute(
+                    "UPDATE jobs SET state = 'failed', finished_at = ?, error = ?, webhook = ?"
+                    " WHERE id = ? AND state = 'running'",
+                    (time.time(), text, "pending" if webhook else None, row["id"]),
+                ).rowcount:
+                    failed.append(self._one(db, row["id"]))
+            return failed
+
+    def set_webhook(self, job_id: str, status: str) -> None:
+        with self._db() as db:
+            db.execute("UPDATE jobs SET webhook = ? WHERE id = ?", (status, job_id))
+
+    # Rows.
+
+    def _get(self, db: sqlite3.Connection, job_id: str, *, with_data: bool = False) -> Job | None:
+        columns = _COLUMNS + (", data" if with_data else "")
+        row = db.execute(f"SELECT {columns} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return None if row is None else _job(row)
+
+    def _one(self, db: sqlite3.Connection, job_id: str) -> Job:
+        job = self._get(db, job_id)
+        assert job is not None
+        return job
+
+
+def _job(row: sqlite3.Row) -> Job:
+    fields = dict(row)
+    fields["config"] = json.loads(fields["config"])
+    if "data" in fields:
+        fields["data"] = json.loads(fields["data"])
+    fields["state"] = JobState(fields["state"])
+    fields["stop_requested"] = bool(fields["stop_requested"])
+    return Job(**fields)

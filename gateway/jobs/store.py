@@ -1,0 +1,170 @@
+"""The job store interface: jobs, their states, progress and logs.
+
+A job moves `queued -> running -> completed | failed | cancelled` (a queued job may also go
+straight to `cancelled`). Every method is synchronous and may block on the database: the
+server calls them through `asyncio.to_thread`, worker processes call them directly. The
+SQLite implementation is `gateway.jobs.sqlite`; a PostgreSQL one implements the same
+methods.
+"""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from typing import Any
+
+import msgspec
+
+
+class JobState(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_STATES = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED})
+ACTIVE_STATES = frozenset({JobState.QUEUED, JobState.RUNNING})
+
+
+class NewJob(msgspec.Struct, kw_only=True):
+    """What a submission stores: which trainer (`kind`) trains which base `model` on
+    `data` with `config`, writing the adapter `output_name`."""
+
+    kind: str
+    model: str
+    output_name: str
+    config: dict[str, Any] = msgspec.field(default_factory=dict)
+    data: Any = None
+    id: str | None = None
+    """Chosen by the store (a UUID4) when None."""
+
+
+class Job(msgspec.Struct, kw_only=True):
+    """One job as stored. `data` (the training examples) is loaded only on request."""
+
+    id: str
+    kind: str
+    model: str
+    state: JobState
+    output_name: str
+    config: dict[str, Any]
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    step: int = 0
+    total_steps: int = 0
+    epoch: float = 0.0
+    loss: float | None = None
+    learning_rate: float | None = None
+    error: str | None = None
+    adapter_path: str | None = None
+    stop_requested: bool = False
+    worker: str | None = None
+    webhook: str | None = None
+    """None (nothing to send), `pending`, `sent` or `failed`."""
+    data: Any = None
+
+    @property
+    def progress(self) -> float:
+        """Fraction of steps done, 0..1 (1 once completed)."""
+        if self.state == JobState.COMPLETED:
+            return 1.0
+        return min(self.step / self.total_steps, 1.0) if self.total_steps else 0.0
+
+
+class StepMetrics(msgspec.Struct, kw_only=True):
+    step: int
+    epoch: float
+    loss: float
+    learning_rate: float
+    time: float
+
+
+class LogLine(msgspec.Struct, kw_only=True):
+    time: float
+    message: str
+
+
+class JobStore(ABC):
+    """Where jobs live. Methods that change a job check its state in the same
+    transaction, so two processes never both claim, finish or cancel one job."""
+
+    @abstractmethod
+    def submit(self, job: NewJob, *, max_queued: int | None = None) -> Job:
+        """Store a new queued job. With `max_queued`, raise `QueueFull` when that many jobs
+        are already queued."""
+
+    @abstractmethod
+    def get(self, job_id: str, *, with_data: bool = False) -> Job | None: ...
+
+    @abstractmethod
+    def find(
+        self,
+        *,
+        states: frozenset[JobState] | None = None,
+        kinds: frozenset[str] | None = None,
+        model: str | None = None,
+    ) -> list[Job]:
+        """Jobs, oldest first."""
+
+    @abstractmethod
+    def claim(self, model: str, worker: str, kinds: frozenset[str]) -> Job | None:
+        """Move the oldest queued job of `model` (of one of `kinds`) to running for
+        `worker`, and return it with its data; None when there is none."""
+
+    @abstractmethod
+    def record_step(self, job_id: str, metrics: StepMetrics, total_steps: int) -> bool:
+        """Append one step's metrics and update the job's progress. False when the job is
+        no longer running (cancelled, or failed by a restart): the trainer should stop."""
+
+    @abstractmethod
+    def log(self, job_id: str, message: str) -> None: ...
+
+    @abstractmethod
+    def metrics(self, job_id: str, limit: int | None = None) -> list[StepMetrics]:
+        """The last `limit` (all when None) step metrics, in step order."""
+
+    @abstractmethod
+    def logs(self, job_id: str, limit: int | None = None) -> list[LogLine]: ...
+
+    @abstractmethod
+    def finish(
+        self,
+        job_id: str,
+        state: JobState,
+        *,
+        error: str | None = None,
+        adapter_path: str | None = None,
+        webhook: bool = False,
+    ) -> Job | None:
+        """End a running job in a terminal state; None when it was not running. With
+        `webhook`, the job's webhook delivery becomes `pending`."""
+
+    @abstractmethod
+    def cancel_queued(self, job_id: str, *, webhook: bool = False) -> Job | None:
+        """Cancel a job that is still queued; None (nothing changed) otherwise."""
+
+    @abstractmethod
+    def request_stop(self, job_id: str) -> Job | None:
+        """Ask a running job to stop at its next step; None when it is not running."""
+
+    @abstractmethod
+    def fail_running(
+        self, message: str, *, worker: str | None = None, webhook: bool = False
+    ) -> list[Job]:
+        """Fail every running job (of `worker`, or all): what a restart or a dead worker
+        leaves behind. `message` may contain `{step}` and `{total}`."""
+
+    @abstractmethod
+    def set_webhook(self, job_id: str, status: str) -> None:
+        """Record a webhook delivery's outcome: `sent` or `failed`."""
+
+    @abstractmethod
+    def position(self, job_id: str) -> int | None:
+        """1-based position of a queued job among the queued jobs of its model."""
+
+
+class QueueFull(Exception):
+    """The queue holds `max_queued` jobs already."""

@@ -1,0 +1,253 @@
+"""`TrainingService`: submitting, reading, cancelling and stopping training jobs.
+
+Route families (Kiln's `/v1/train/*`, NPU-STACK's `/api/finetune/*`) and the CLI go
+through it; it keeps the jobs in the job store and the workers running
+(`gateway.training.supervisor`). When a job completes with `auto_load` (the default), its
+adapter becomes the server default of its model; serving picks the new version up with the
+next request, without a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from gateway_schemas.canonical import AdapterRef
+
+from gateway.adapters.names import check_name
+from gateway.engine.backend import Capability
+from gateway.errors import Conflict, InvalidRequest, NotFound, Unavailable
+from gateway.jobs import (
+    TERMINAL_STATES,
+    Job,
+    JobState,
+    JobStore,
+    LogLine,
+    NewJob,
+    QueueFull,
+    SqliteJobStore,
+    StepMetrics,
+)
+from gateway.training.registry import collect_trainers
+from gateway.training.supervisor import Supervisor
+from gateway.training.trainer import Trainer
+from gateway.training.webhook import deliver
+
+if TYPE_CHECKING:
+    from gateway.gateway import Gateway
+
+log = logging.getLogger("gateway.training")
+
+INTERRUPTED = (
+    "The server stopped while this job was running (at step {step} of {total}); no adapter "
+    "was written. Submit it again."
+)
+
+
+class TrainingService:
+    def __init__(self, gateway: Gateway, jobs: JobStore | None = None):
+        self.gateway = gateway
+        self.settings = gateway.settings.training
+        data_dir = gateway.settings.data_path()
+        database = data_dir / "gateway.db"
+        self.jobs: JobStore = jobs or SqliteJobStore(database)
+        self.trainers: dict[str, Trainer] = collect_trainers(gateway.pm)
+        self.supervisor = Supervisor(
+            settings=self.settings,
+            jobs=self.jobs,
+            data_dir=data_dir,
+            database=database,
+            plugins=[
+                getattr(plugin, "__name__", name)
+                for name, plugin in gateway.pm.list_name_plugin()
+                if hasattr(plugin, "__name__") and hasattr(plugin, "__file__")
+            ],
+            log_level=gateway.settings.server.log_level,
+            on_finished=self._finished,
+        )
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # Life cycle.
+
+    async def start(self) -> None:
+        """Fail what a previous run left running, resend pending webhooks, and start
+        workers for queued jobs (and, with `preload`, for every trainable model once it
+        is loaded)."""
+        if not self.trainers:
+            return
+        interrupted = await asyncio.to_thread(self.jobs.fail_running, INTERRUPTED, webhook=True)
+        for job in interrupted:
+            log.warning("training job %s was interrupted by a restart: failed", job.id)
+        pending = await asyncio.to_thread(self.jobs.find, states=TERMINAL_STATES)
+        for job in pending:
+            if job.webhook == "pending":
+                self._spawn(self._webhook(job))
+        self._spawn(self._start_workers())
+
+    async def _start_workers(self) -> None:
+        preload = []
+        for handle in self.gateway.models:
+            if Capability.ADAPTERS not in handle.backend.capabilities:
+                continue
+            queued = await asyncio.to_thread(
+                self.jobs.find, states=frozenset({JobState.QUEUED}), model=handle.spec.name
+            )
+            if queued:
+                await self.supervisor.ensure(handle.spec)
+            elif self.settings.preload:
+                preload.append(handle.spec)
+        if preload:
+            # Load the serving models first: both at once would slow both on a small CPU.
+            await self.gateway.models.wait_ready()
+            for spec in preload:
+                await self.supervisor.ensure(spec, preload=True)
+
+    async def close(self) -> None:
+        await self.supervisor.stop()
+        for task in list(self._tasks):
+            task.cancel()
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # Submitting.
+
+    def trainable_model(self, requested: str | None, param: str = "model") -> str:
+        """The model a job trains: `requested` (a served name) or the default model that
+        serves adapters."""
+        name = self.gateway.model_for(requested, Capability.ADAPTERS)
+        handle = self.gateway.models.handle(name)
+        if Capability.ADAPTERS not in handle.backend.capabilities:
+            raise InvalidRequest(
+                f"Model `{name}` cannot be trained: its backend does not serve LoRA adapters.",
+                param=param,
+                code="model_not_trainable",
+            )
+        return name
+
+    async def submit(
+        self,
+        kind: str,
+        data: Any,
+        config: dict[str, Any],
+        *,
+        model: str | None = None,
+        output_name: str | None = None,
+    ) -> tuple[Job, int]:
+        """Queue a job; the job and its 1-based position among its model's queued jobs."""
+        trainer = self.trainers.get(kind)
+        if trainer is None:
+            raise InvalidRequest(
+                f"There is no `{kind}` trainer. Trainers: "
+                f"{', '.join(f'`{n}`' for n in sorted(self.trainers)) or 'none installed'}.",
+                code="unknown_trainer",
+            )
+        name = self.trainable_model(model)
+        trainer.check(data, config)
+        store = self.gateway.models.handle(name).backend.adapters
+        base = config.get("base_adapter")
+        if base:
+            await asyncio.to_thread(store.path, base, "base_adapter")
+        job_id = str(uuid.uuid4())
+        output = check_name(output_name or f"{kind}-{job_id[:8]}", "output_name")
+        new = NewJob(id=job_id, kind=kind, model=name, output_name=output, config=config, data=data)
+        try:
+            job = await asyncio.to_thread(
+                self.jobs.submit, new, max_queued=self.settings.max_queued_jobs
+            )
+        except QueueFull:
+            raise Unavailable(
+                f"The training queue is full ({self.settings.max_queued_jobs} jobs); "
+                "retry when a job has finished.",
+                code="training_queue_full",
+            ) from None
+        position = await asyncio.to_thread(self.jobs.position, job.id) or 1
+        await self.supervisor.ensure(self.gateway.models.handle(name).spec)
+        return job, position
+
+    # Reading.
+
+    async def get(self, job_id: str) -> Job:
+        job = await asyncio.to_thread(self.jobs.get, job_id)
+        if job is None:
+            raise NotFound(
+                f"There is no training job `{job_id}`.",
+                param="job_id",
+                code="training_job_not_found",
+            )
+        return job
+
+    async def find(
+        self,
+        *,
+        states: frozenset[JobState] | None = None,
+        kinds: frozenset[str] | None = None,
+    ) -> list[Job]:
+        return await asyncio.to_thread(self.jobs.find, states=states, kinds=kinds)
+
+    async def position(self, job_id: str) -> int | None:
+        return await asyncio.to_thread(self.jobs.position, job_id)
+
+    async def metrics(self, job_id: str, limit: int | None = None) -> list[StepMetrics]:
+        return await asyncio.to_thread(self.jobs.metrics, job_id, limit)
+
+    async def logs(self, job_id: str, limit: int | None = None) -> list[LogLine]:
+        return await asyncio.to_thread(self.jobs.logs, job_id, limit)
+
+    # Cancelling and stopping.
+
+    async def cancel(self, job_id: str) -> Job:
+        """Cancel a queued job; 409 `training_job_not_cancellable` for any other."""
+        cancelled = await asyncio.to_thread(self.jobs.cancel_queued, job_id, webhook=True)
+        if cancelled is None:
+            job = await self.get(job_id)
+            raise Conflict(
+                f"Training job `{job_id}` is {job.state.value}; only queued jobs can be cancelled.",
+                param="job_id",
+                code="training_job_not_cancellable",
+            )
+        await self._finished(cancelled)
+        return cancelled
+
+    async def stop_job(self, job_id: str) -> Job:
+        """Stop a job: a queued one is cancelled, a running one stops at its next step
+        (it ends `cancelled`); a finished one is returned unchanged."""
+        job = await self.get(job_id)
+        if job.state == JobState.QUEUED:
+            try:
+                return await self.cancel(job_id)
+            except Conflict:
+                job = await self.get(job_id)
+        if job.state == JobState.RUNNING:
+            stopping = await asyncio.to_thread(self.jobs.request_stop, job_id)
+            return stopping or await self.get(job_id)
+        return job
+
+    # A job ended.
+
+    async def _finished(self, job: Job) -> None:
+        if job.state == JobState.COMPLETED and job.config.get("auto_load", True):
+            await self._auto_load(job)
+        if job.webhook == "pending":
+            self._spawn(self._webhook(job))
+
+    async def _auto_load(self, job: Job) -> None:
+        handle = self.gateway.models.handle(job.model)
+        backend = handle.backend
+        backend.adapters_changed(job.output_name)
+        await asyncio.to_thread(
+            backend.adapters.set_default, [AdapterRef(name=job.output_name, scale=1.0)]
+        )
+        log.info("job %s: adapter %s is the default of %s", job.id, job.output_name, job.model)
+
+    async def _webhook(self, job: Job) -> None:
+        if not self.settings.webhook_url:
+            if job.webhook == "pending":
+                await asyncio.to_thread(self.jobs.set_webhook, job.id, "skipped")
+            return
+        sent = await deliver(self.settings, job)
+        await asyncio.to_thread(self.jobs.set_webhook, job.id, "sent" if sent else "failed")

@@ -1,0 +1,199 @@
+"""Starting, waking and watching the training worker processes.
+
+Each base model with queued jobs gets up to `[training] jobs_per_model` workers (see
+`gateway.training.worker`). The supervisor reads their events: when a job ends it hands
+the result to `on_finished` (hot-loading, webhooks); when a worker dies it fails the job it
+was running, saying so, and starts a fresh worker if jobs are still queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+
+from gateway.engine.backend import ModelSpec
+from gateway.jobs import Job, JobState, JobStore
+from gateway.settings import TrainingSettings
+from gateway.training.worker import WorkerConfig
+
+log = logging.getLogger("gateway.training")
+
+STOP_GRACE_SECONDS = 5.0
+
+
+@dataclass
+class WorkerProcess:
+    id: str
+    model: str
+    process: asyncio.subprocess.Process
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    watcher: asyncio.Task[None] | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def wake(self) -> None:
+        if self.process.stdin is not None and not self.process.stdin.is_closing():
+            self.process.stdin.write(b"wake\n")
+
+
+def describe_exit(returncode: int | None) -> str:
+    if returncode is not None and returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = str(-returncode)
+        return f"killed by signal {-returncode} ({name})"
+    return f"exit status {returncode}"
+
+
+class Supervisor:
+    def __init__(
+        self,
+        *,
+        settings: TrainingSettings,
+        jobs: JobStore,
+        data_dir: Path,
+        database: Path,
+        plugins: list[str],
+        log_level: str,
+        on_finished: Callable[[Job], Awaitable[None]],
+    ):
+        self.settings = settings
+        self.jobs = jobs
+        self.data_dir = data_dir
+        self.database = database
+        self.plugins = plugins
+        self.log_level = log_level
+        self.on_finished = on_finished
+        self.workers: dict[str, WorkerProcess] = {}
+        self.specs: dict[str, ModelSpec] = {}
+        self.stopping = False
+
+    def workers_of(self, model: str) -> list[WorkerProcess]:
+        return [w for w in self.workers.values() if w.model == model]
+
+    async def ensure(self, spec: ModelSpec, *, preload: bool = False) -> None:
+        """Wake the model's workers, starting them (up to `jobs_per_model`) when jobs are
+        queued, or one when `preload`."""
+        if self.stopping or self.settings.jobs_per_model == 0:
+            return
+        self.specs[spec.name] = spec
+        running = self.workers_of(spec.name)
+        if preload and not running:
+            running.append(await self._start(spec, preload=True))
+        if not preload:
+            queued = await asyncio.to_thread(
+                self.jobs.find, states=frozenset({JobState.QUEUED}), model=spec.name
+            )
+            while queued and len(running) < min(self.settings.jobs_per_model, len(queued)):
+                running.append(await self._start(spec, preload=False))
+        for worker in running:
+            worker.wake()
+
+    async def _start(self, spec: ModelSpec, *, preload: bool) -> WorkerProcess:
+        worker_id = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        config = WorkerConfig(
+            worker=worker_id,
+            model=spec,
+            data_dir=str(self.data_dir),
+            database=str(self.database),
+            plugins=self.plugins,
+            threads=self.settings.threads,
+            preload=preload,
+            log_level=self.log_level,
+        )
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "gateway.training.worker",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        assert process.stdin is not None
+        process.stdin.write(msgspec.json.encode(config) + b"\n")
+        worker = WorkerProcess(id=worker_id, model=spec.name, process=process)
+        self.workers[worker_id] = worker
+        worker.watcher = asyncio.create_task(self._watch(worker), name=f"worker:{worker_id}")
+        log.info("training worker %s started for %s (pid %d)", worker_id, spec.name, process.pid)
+        return worker
+
+    async def _watch(self, worker: WorkerProcess) -> None:
+        assert worker.process.stdout is not None
+        async for line in worker.process.stdout:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if event.get("event") == "ready":
+                worker.ready.set()
+            elif event.get("event") == "finished":
+                job = await asyncio.to_thread(self.jobs.get, event["job"])
+                if job is not None:
+                    await self._finished(job)
+        returncode = await worker.process.wait()
+        self.workers.pop(worker.id, None)
+        if self.stopping:
+            return
+        message = (
+            f"The training worker stopped unexpectedly ({describe_exit(returncode)}) while "
+            "running this job, at step {step} of {total}; no adapter was written."
+        )
+        failed = await asyncio.to_thread(
+            self.jobs.fail_running, message, worker=worker.id, webhook=True
+        )
+        log.error(
+            "training worker %s (pid %d) exited: %s; jobs failed: %s",
+            worker.id,
+            worker.pid,
+            describe_exit(returncode),
+            ", ".join(job.id for job in failed) or "none",
+        )
+        for job in failed:
+            await self._finished(job)
+        spec = self.specs.get(worker.model)
+        if spec is not None:
+            await self.ensure(spec)
+
+    async def _finished(self, job: Job) -> None:
+        try:
+            await self.on_finished(job)
+        except Exception:
+            log.exception("handling the end of job %s failed", job.id)
+
+    async def stop(self) -> None:
+        """Close the workers' stdin (they exit at once) and wait for them briefly."""
+        self.stopping = True
+        workers = list(self.workers.values())
+        for worker in workers:
+            if worker.process.stdin is not None:
+                worker.process.stdin.close()
+        for worker in workers:
+            try:
+                await asyncio.wait_for(worker.process.wait(), STOP_GRACE_SECONDS)
+            except TimeoutError:
+                worker.process.kill()
+                await worker.process.wait()
+            if worker.watcher is not None:
+                worker.watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await worker.watcher
+            await asyncio.to_thread(
+                self.jobs.fail_running,
+                "The server stopped while this job was running (at step {step} of {total}); "
+                "no adapter was written. Submit it again.",
+                worker=worker.id,
+                webhook=True,
+            )

@@ -1,0 +1,92 @@
+"""What a trainer plugin implements, and what it is given while it runs.
+
+A trainer is registered by name through the `register_trainers` hook:
+
+    @hookimpl
+    def register_trainers(register):
+        register(MyTrainer())
+
+The server imports it to know its name and check submissions (`check`); only the training
+worker process calls `run`, so a trainer module must not import torch at module level.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+from gateway.adapters.store import AdapterStore
+from gateway.engine.backend import ModelSpec
+from gateway.jobs.store import Job
+
+
+class JobStopped(Exception):
+    """Raised inside a trainer (by `TrainingContext.step`) when its job was cancelled or
+    stopped: the worker ends the job `cancelled` and writes no adapter."""
+
+
+class Trainer(ABC):
+    """One kind of training job (`sft`, `grpo`, `finetune`, ...)."""
+
+    name: ClassVar[str]
+
+    def check(self, data: Any, config: dict[str, Any]) -> None:
+        """Refuse a submission early: raise `gateway.errors.InvalidRequest` saying what is
+        wrong with `data` or `config`. Called in the server, at submission."""
+
+    def prepare(self, context: TrainingContext) -> None:
+        """Load what `run` will need (the base model) into `context.resident`, when a
+        worker starts with `[training] preload`. The default does nothing."""
+
+    @abstractmethod
+    def run(self, job: Job, context: TrainingContext) -> Path:
+        """Train on `job.data` with `job.config`, report each step with `context.step`,
+        write the adapter through `context.install` and return its path. Runs in a
+        worker process; an exception fails the job with its message."""
+
+
+class TrainingContext:
+    """What the worker gives a running trainer.
+
+    `resident` is a dict kept for the worker's whole life (one worker serves one base
+    model): a trainer keeps its loaded base model there so the next job starts at once.
+    """
+
+    def __init__(
+        self,
+        *,
+        spec: ModelSpec,
+        data_dir: Path,
+        adapters: AdapterStore,
+        resident: dict[str, Any],
+        threads: int,
+        on_step: Callable[[int, int, float, float, float], bool],
+        on_log: Callable[[str], None],
+    ):
+        self.spec = spec
+        self.data_dir = data_dir
+        self.adapters = adapters
+        self.resident = resident
+        self.threads = threads
+        self._on_step = on_step
+        self._on_log = on_log
+
+    def step(self, step: int, total: int, loss: float, learning_rate: float, epoch: float) -> None:
+        """Record step `step` of `total` (1-based); raises `JobStopped` when the job was
+        cancelled or stopped meanwhile."""
+        if not self._on_step(step, total, loss, learning_rate, epoch):
+            raise JobStopped()
+
+    def log(self, message: str) -> None:
+        """A line for the job's log (NPU-STACK's `log`)."""
+        self._on_log(message)
+
+    def install(self, staging: Path, name: str) -> Path:
+        """Put a filled staging directory (`self.adapters.staging()`) in place as adapter
+        `name`, replacing an older version atomically."""
+        return self.adapters.install(staging, name, replace=True)
+
+
+TrainerRegistry = dict[str, Trainer]

@@ -1,0 +1,164 @@
+"""The training worker: a process that runs the jobs of one base model, one at a time.
+
+The server starts it as `python -m gateway.training.worker` and writes one JSON line to
+its stdin (`WorkerConfig`); later lines are wake-ups (a job was queued). When stdin closes
+(the server stopped or died) the worker exits at once: a job it was running stays
+`running` in the database until the next server start fails it, so no job is reported as
+running after a crash. It claims jobs from the job store, runs the trainer named by each
+job's `kind`, records every step, and writes one JSON line per event on stdout:
+`{"event": "ready"}`, `{"event": "started", "job": id}`, `{"event": "finished", "job": id,
+"state": ...}`. Logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from gateway.adapters.store import AdapterStore
+from gateway.engine.backend import ModelSpec
+from gateway.jobs import Job, JobState, SqliteJobStore, StepMetrics
+from gateway.plugins import GatewayPluginManager
+from gateway.training.registry import collect_trainers
+from gateway.training.trainer import JobStopped, Trainer, TrainingContext
+
+log = logging.getLogger("gateway.training.worker")
+
+POLL_SECONDS = 1.0
+"""How often an idle worker looks for queued jobs without being woken (jobs queued by
+another gateway sharing the database)."""
+
+
+class WorkerConfig(msgspec.Struct, kw_only=True):
+    worker: str
+    model: ModelSpec
+    data_dir: str
+    database: str
+    plugins: list[str]
+    """Modules of the server's plugins, registered here in the same order."""
+    threads: int = 0
+    preload: bool = False
+    log_level: str = "info"
+
+
+class Worker:
+    def __init__(self, config: WorkerConfig):
+        self.config = config
+        self.data_dir = Path(config.data_dir)
+        self.jobs = SqliteJobStore(Path(config.database))
+        pm = GatewayPluginManager()
+        for name in config.plugins:
+            if pm.get_plugin(name) is None:
+                pm.register(importlib.import_module(name), name=name)
+        self.trainers: dict[str, Trainer] = collect_trainers(pm)
+        self.adapters = AdapterStore.for_model(self.data_dir, config.model.name)
+        self.resident: dict[str, Any] = {}
+        self.wake = threading.Event()
+
+    def emit(self, event: str, **fields: Any) -> None:
+        sys.stdout.write(json.dumps({"event": event, **fields}) + "\n")
+        sys.stdout.flush()
+
+    def context(self, job: Job) -> TrainingContext:
+        started = time.time()
+
+        def on_step(step: int, total: int, loss: float, lr: float, epoch: float) -> bool:
+            metrics = StepMetrics(
+                step=step, epoch=epoch, loss=loss, learning_rate=lr, time=time.time() - started
+            )
+            return self.jobs.record_step(job.id, metrics, total)
+
+        return TrainingContext(
+            spec=self.config.model,
+            data_dir=self.data_dir,
+            adapters=self.adapters,
+            resident=self.resident,
+            threads=self.config.threads,
+            on_step=on_step,
+            on_log=lambda message: self.jobs.log(job.id, message),
+        )
+
+    def preload(self) -> None:
+        for trainer in self.trainers.values():
+            try:
+                trainer.prepare(self.context_for_prepare())
+            except Exception:
+                log.exception("trainer %s could not prepare", trainer.name)
+
+    def context_for_prepare(self) -> TrainingContext:
+        return TrainingContext(
+            spec=self.config.model,
+            data_dir=self.data_dir,
+            adapters=self.adapters,
+            resident=self.resident,
+            threads=self.config.threads,
+            on_step=lambda *_: True,
+            on_log=lambda _: None,
+        )
+
+    def run_job(self, job: Job) -> None:
+        self.emit("started", job=job.id)
+        self.jobs.log(job.id, f"started {job.kind} job on {job.model} (worker {os.getpid()})")
+        state, error, path = JobState.COMPLETED, None, None
+        try:
+            path = str(self.trainers[job.kind].run(job, self.context(job)))
+        except JobStopped:
+            state = JobState.CANCELLED
+            current = self.jobs.get(job.id)
+            step = current.step if current else 0
+            error = f"Stopped on request after step {step}; no adapter was written."
+        except Exception as exc:
+            state, error = JobState.FAILED, f"{type(exc).__name__}: {exc}"
+            log.error("job %s failed:\n%s", job.id, traceback.format_exc())
+        if error:
+            self.jobs.log(job.id, error)
+        else:
+            self.jobs.log(job.id, f"completed: adapter `{job.output_name}` written")
+        finished = self.jobs.finish(job.id, state, error=error, adapter_path=path, webhook=True)
+        self.emit("finished", job=job.id, state=finished.state if finished else "gone")
+
+    def serve(self) -> None:
+        kinds = frozenset(self.trainers)
+        if self.config.preload:
+            self.preload()
+        self.emit("ready")
+        while True:
+            job = self.jobs.claim(self.config.model.name, self.config.worker, kinds)
+            if job is None:
+                self.wake.wait(POLL_SECONDS)
+                self.wake.clear()
+                continue
+            self.run_job(job)
+
+
+def _watch_stdin(wake: threading.Event) -> None:
+    """Wake-ups arrive as lines; end of file means the server is gone: exit now."""
+    for _line in sys.stdin:
+        wake.set()
+    os._exit(0)
+
+
+def main() -> None:
+    config = msgspec.json.decode(sys.stdin.readline().encode(), type=WorkerConfig)
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format=f"%(asctime)s %(levelname)s worker[{os.getpid()}] %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    worker = Worker(config)
+    threading.Thread(target=_watch_stdin, args=(worker.wake,), daemon=True).start()
+    worker.serve()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,14 @@
+"""Registers the built-in trainers through the `register_trainers` hook."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from gateway import hookimpl
+from gateway.training.trainer import Trainer
+
+
+@hookimpl
+def register_trainers(register: Callable[[Trainer], None]) -> None:
+    # Filled in as the trainers land (sft, grpo, finetune).
+    pass
