@@ -115,9 +115,9 @@ class TrainingSettings(Struct, kw_only=True, forbid_unknown_fields=True):
 
     Jobs run in worker processes, `jobs_per_model` at a time for each base model (0: none
     here; jobs stay queued for another gateway sharing the database). `threads`: torch
-    threads of a worker (0: torch's default, every core). `preload` starts each model's
-    first worker, with the base model loaded, as soon as the model is served, so the first
-    job starts at once. `webhook_url` (or `GATEWAY_TRAINING_WEBHOOK_URL`) is told when a
+    threads of a worker (0: torch's default, every core). A worker stays up between jobs
+    with the base model loaded, so only a model's first job waits for it to start;
+    `preload` starts it, model loaded, as soon as the model is served. `webhook_url` (or `GATEWAY_TRAINING_WEBHOOK_URL`) is told when a
     job completes, fails or is cancelled, in Kiln's payload; with `webhook_secret` each
     call is signed (`X-Gateway-Signature: sha256=<HMAC-SHA256 of the body>`).
     """
@@ -125,7 +125,7 @@ class TrainingSettings(Struct, kw_only=True, forbid_unknown_fields=True):
     jobs_per_model: Annotated[int, Meta(ge=0, le=64)] = 1
     max_queued_jobs: Annotated[int, Meta(ge=1)] = 32
     threads: Annotated[int, Meta(ge=0)] = 0
-    preload: bool = True
+    preload: bool = False
     webhook_url: str | None = None
     webhook_secret: str | None = None
     webhook_attempts: Annotated[int, Meta(ge=1, le=20)] = 5

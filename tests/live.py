@@ -37,8 +37,6 @@ def start_server(
             **os.environ,
             "HF_HUB_OFFLINE": "1",
             "TRANSFORMERS_OFFLINE": "1",
-            # Training tests ask for a preloaded worker themselves; the others need none.
-            "GATEWAY_TRAINING__PRELOAD": "false",
             **env,
         },
         stdout=handle,
