@@ -17,11 +17,14 @@ from gateway import InvalidRequest, hookimpl, hookspecs
 from gateway.app import create_app
 from gateway.auth import Actor
 from gateway.engine import ModelSpec
+from gateway.errors import ConfigError
 from gateway.gateway import Gateway
 from gateway.plugins import make_plugin_manager
 from gateway.routes.family import RouteFamily
 from gateway.settings import ApiKey, Settings
 from gateway.testing import EchoBackend
+from gateway.training.registry import collect_trainers
+from gateway.training.trainer import JobStopped, Trainer, TrainingContext
 
 DOCS = Path(__file__).parents[1] / "docs" / "plugin_hooks.md"
 HOOKS = sorted(name for name, value in vars(hookspecs).items() if hasattr(value, "gateway_spec"))
@@ -117,6 +120,64 @@ def test_hook_register_commands():
     pm.hook.register_commands(cli=group)
     result = CliRunner().invoke(group, ["hello"])
     assert result.output == "hello from a plugin\n"
+
+
+def test_hook_register_trainers(tmp_path):
+    class CountingTrainer(Trainer):
+        name = "counting"
+
+        def check(self, data, config):
+            if not data:
+                raise InvalidRequest("Give at least one example.", param="examples")
+
+        def run(self, job, context):
+            for step in range(1, 4):
+                context.step(step, 3, loss=1.0 / step, learning_rate=1e-4, epoch=1.0)
+            return tmp_path
+
+    class Plugin:
+        @hookimpl
+        def register_trainers(self, register):
+            register(CountingTrainer())
+
+    pm = make_plugin_manager(environ={"GATEWAY_LOAD_PLUGINS": ""})
+    pm.register(Plugin(), name="counting-plugin")
+    trainers = collect_trainers(pm)
+    trainer = trainers["counting"]
+    assert isinstance(trainer, CountingTrainer)
+    with pytest.raises(InvalidRequest, match="at least one example"):
+        trainer.check([], {})
+
+    steps: list[tuple[int, int, float]] = []
+
+    def on_step(step, total, loss, lr, epoch):
+        steps.append((step, total, loss))
+        return step < 2  # stopped after step 2
+
+    context = TrainingContext(
+        spec=ModelSpec(name="echo", backend="echo"),
+        data_dir=tmp_path,
+        adapters=None,  # type: ignore[arg-type]  # this trainer writes no adapter
+        resident={},
+        threads=1,
+        on_step=on_step,
+        on_log=lambda message: None,
+    )
+    with pytest.raises(JobStopped):
+        trainer.run(None, context)
+    assert steps == [(1, 3, 1.0), (2, 3, 0.5)]
+
+    class Clash:
+        @hookimpl
+        def register_trainers(self, register):
+            register(CountingTrainer())
+
+    pm.register(Clash(), name="clash-plugin")
+    with pytest.raises(ConfigError) as refused:
+        collect_trainers(pm)
+    message = str(refused.value)
+    assert "trainer `counting` is registered by both" in message
+    assert "counting-plugin" in message and "clash-plugin" in message
 
 
 def test_hook_startup():
