@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.jobs.store import (
+    TERMINAL_STATES,
     Job,
     JobState,
     JobStore,
@@ -103,6 +104,9 @@ class SqliteJobStore(JobStore):
     def submit(self, job: NewJob, *, max_queued: int | None = None) -> Job:
         job_id = job.id or str(uuid.uuid4())
         with self._db() as db:
+            # Count, number and insert under the write lock: two submitters must neither
+            # both take the last place in the queue nor get the same `seq`.
+            db.execute("BEGIN IMMEDIATE")
             if max_queued is not None:
                 (queued,) = db.execute(
                     "SELECT COUNT(*) FROM jobs WHERE state = 'queued'"
@@ -196,6 +200,8 @@ class SqliteJobStore(JobStore):
                     job_id,
                 ),
             ).rowcount
+            if not updated:
+                return False
             db.execute(
                 "INSERT INTO job_metrics VALUES (?, ?, ?, ?, ?, ?)",
                 (
@@ -207,7 +213,7 @@ class SqliteJobStore(JobStore):
                     metrics.time,
                 ),
             )
-            return bool(updated)
+            return True
 
     def log(self, job_id: str, message: str) -> None:
         with self._db() as db:
@@ -242,6 +248,8 @@ class SqliteJobStore(JobStore):
         adapter_path: str | None = None,
         webhook: bool = False,
     ) -> Job | None:
+        if state not in TERMINAL_STATES:
+            raise ValueError(f"a job cannot finish in state {state.value!r}")
         with self._db() as db:
             updated = db.execute(
                 "UPDATE jobs SET state = ?, finished_at = ?, error = ?, adapter_path = ?,"
@@ -292,6 +300,15 @@ class SqliteJobStore(JobStore):
                 ).rowcount:
                     failed.append(self._one(db, row["id"]))
             return failed
+
+    def fail_queued(self, model: str, message: str) -> list[Job]:
+        with self._db() as db:
+            rows = db.execute(
+                "UPDATE jobs SET state = 'failed', finished_at = ?, error = ?,"
+                " webhook = 'pending' WHERE state = 'queued' AND model = ? RETURNING id",
+                (time.time(), message, model),
+            ).fetchall()
+            return [self._one(db, row["id"]) for row in rows]
 
     def set_webhook(self, job_id: str, status: str) -> None:
         with self._db() as db:

@@ -116,8 +116,9 @@ class JobStore(ABC):
 
     @abstractmethod
     def record_step(self, job_id: str, metrics: StepMetrics, total_steps: int) -> bool:
-        """Append one step's metrics and update the job's progress. False when the job is
-        no longer running (cancelled, or failed by a restart): the trainer should stop."""
+        """Append one step's metrics and update the job's progress. False, recording
+        nothing, when the job is no longer running (cancelled, or failed by a restart) or
+        was asked to stop: the trainer should stop."""
 
     @abstractmethod
     def log(self, job_id: str, message: str) -> None: ...
@@ -139,8 +140,9 @@ class JobStore(ABC):
         adapter_path: str | None = None,
         webhook: bool = False,
     ) -> Job | None:
-        """End a running job in a terminal state; None when it was not running. With
-        `webhook`, the job's webhook delivery becomes `pending`."""
+        """End a running job in a terminal state (another state is a ValueError); None
+        when it was not running. With `webhook`, the job's webhook delivery becomes
+        `pending`."""
 
     @abstractmethod
     def cancel_queued(self, job_id: str, *, webhook: bool = False) -> Job | None:
@@ -156,6 +158,10 @@ class JobStore(ABC):
     ) -> list[Job]:
         """Fail every running job (of `worker`, or all): what a restart or a dead worker
         leaves behind. `message` may contain `{step}` and `{total}`."""
+
+    @abstractmethod
+    def fail_queued(self, model: str, message: str) -> list[Job]:
+        """Fail every queued job of `model` with `message` (no worker can run them)."""
 
     @abstractmethod
     def set_webhook(self, job_id: str, status: str) -> None:

@@ -6,7 +6,9 @@ token, so every dialect's wire format can be tested exactly. Its chat prompt is 
 them for templates without tool support. It is also the smallest complete example of a backend.
 
 Options (`[[models]] options = {...}`): `delay` seconds between tokens, `load_delay`
-seconds spent in `load()`, `dimensions` of its embeddings (default 8).
+seconds spent in `load()`, `dimensions` of its embeddings (default 8), `adapters = true`
+to declare `Capability.ADAPTERS` (it then accepts any stored adapter and ignores it: enough
+to test the adapter store, training jobs and their routes without a model).
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ class EchoBackend(Backend):
 
     def __init__(self, spec: Any, data_dir: Any):
         super().__init__(spec, data_dir)
+        if spec.options.get("adapters"):
+            self.capabilities = type(self).capabilities | {Capability.ADAPTERS}
         self._aborted: set[str] = set()
         self.active: set[str] = set()
         self.served = 0
@@ -98,7 +102,7 @@ class EchoBackend(Backend):
         return await self.tokenize(text), text
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationChunk]:
-        if request.adapters:
+        if request.adapters and Capability.ADAPTERS not in self.capabilities:
             raise Unsupported("The echo backend has no LoRA adapters.", param="adapters")
         bad = [t for t in request.sampling.logit_bias if not 0 <= t < VOCAB_SIZE]
         if bad:

@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,11 @@ from gateway.training.worker import WorkerConfig
 log = logging.getLogger("gateway.training")
 
 STOP_GRACE_SECONDS = 5.0
+STDERR_LINES = 20
+"""The last lines of a worker's stderr kept to explain a worker that could not start."""
+RESTART_DELAYS = (0.0, 1.0, 5.0)
+"""Waits before restarting a worker that died before it was ready; after that many tries,
+the model's queued jobs fail with the worker's last words."""
 
 
 @dataclass
@@ -39,6 +45,7 @@ class WorkerProcess:
     process: asyncio.subprocess.Process
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     watcher: asyncio.Task[None] | None = None
+    stderr: deque[str] = field(default_factory=lambda: deque(maxlen=STDERR_LINES))
 
     @property
     def pid(self) -> int:
@@ -80,6 +87,7 @@ class Supervisor:
         self.on_finished = on_finished
         self.workers: dict[str, WorkerProcess] = {}
         self.specs: dict[str, ModelSpec] = {}
+        self.failed_starts: dict[str, int] = {}
         self.stopping = False
 
     def workers_of(self, model: str) -> list[WorkerProcess]:
@@ -121,6 +129,7 @@ class Supervisor:
             "gateway.training.worker",
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
         )
         assert process.stdin is not None
         process.stdin.write(msgspec.json.encode(config) + b"\n")
@@ -130,8 +139,17 @@ class Supervisor:
         log.info("training worker %s started for %s (pid %d)", worker_id, spec.name, process.pid)
         return worker
 
+    async def _relay(self, worker: WorkerProcess) -> None:
+        """Forward the worker's stderr to the server's log, keeping the last lines."""
+        assert worker.process.stderr is not None
+        async for raw in worker.process.stderr:
+            line = raw.decode(errors="replace").rstrip()
+            worker.stderr.append(line)
+            sys.stderr.write(line + "\n")
+
     async def _watch(self, worker: WorkerProcess) -> None:
         assert worker.process.stdout is not None
+        relay = asyncio.create_task(self._relay(worker))
         async for line in worker.process.stdout:
             try:
                 event = json.loads(line)
@@ -144,9 +162,14 @@ class Supervisor:
                 if job is not None:
                     await self._finished(job)
         returncode = await worker.process.wait()
+        await relay
         self.workers.pop(worker.id, None)
         if self.stopping:
             return
+        if not worker.ready.is_set():
+            await self._failed_to_start(worker, returncode)
+            return
+        self.failed_starts.pop(worker.model, None)
         message = (
             f"The training worker stopped unexpectedly ({describe_exit(returncode)}) while "
             "running this job, at step {step} of {total}; no adapter was written."
@@ -166,6 +189,32 @@ class Supervisor:
         spec = self.specs.get(worker.model)
         if spec is not None:
             await self.ensure(spec)
+
+    async def _failed_to_start(self, worker: WorkerProcess, returncode: int | None) -> None:
+        tries = self.failed_starts.get(worker.model, 0) + 1
+        self.failed_starts[worker.model] = tries
+        words = "\n".join(worker.stderr) or "(no output)"
+        log.error(
+            "training worker for %s could not start (%s), try %d:\n%s",
+            worker.model,
+            describe_exit(returncode),
+            tries,
+            words,
+        )
+        spec = self.specs.get(worker.model)
+        if tries < len(RESTART_DELAYS) and spec is not None:
+            await asyncio.sleep(RESTART_DELAYS[tries])
+            await self.ensure(spec)
+            return
+        self.failed_starts.pop(worker.model, None)
+        last = worker.stderr[-1] if worker.stderr else describe_exit(returncode)
+        failed = await asyncio.to_thread(
+            self.jobs.fail_queued,
+            worker.model,
+            f"The training worker for `{worker.model}` could not start ({last}).",
+        )
+        for job in failed:
+            await self._finished(job)
 
     async def _finished(self, job: Job) -> None:
         try:
