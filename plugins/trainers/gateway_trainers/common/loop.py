@@ -1,0 +1,131 @@
+"""The optimizer loop every trainer shares: AdamW on the LoRA weights, a constant
+learning rate (after an optional linear warm-up), gradient clipping, per-step reports
+through `context.step` and periodic checkpoints.
+
+Measured on SmolLM2-135M with one correction example (see the package README): AdamW at
+a constant rate converges in the fewest steps; warm-up only delays it.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from typing import TYPE_CHECKING, Any
+
+from gateway.training.trainer import TrainingContext
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+MAX_GRAD_NORM = 1.0
+"""Gradients are clipped to this global norm (one odd example cannot wreck the LoRA)."""
+
+
+def seed_everything(config: dict[str, Any], context: TrainingContext | None = None) -> int:
+    """Seed Python's and torch's generators with `config["seed"]` (a random seed when it
+    is missing, logged so that a run can be repeated). Returns the seed used."""
+    import torch
+
+    seed = config.get("seed")
+    if seed is None:
+        seed = random.SystemRandom().randrange(2**31)
+    seed = int(seed)
+    random.seed(seed)
+    torch.manual_seed(seed)
+    if context is not None:
+        context.log(f"seed {seed}")
+    return seed
+
+
+class Loop:
+    """Optimizer steps over the trainable parameters of `model`, each reported through
+    `context.step` (which raises JobStopped when the job is stopped: it propagates).
+
+    Call `step(loss, epoch)` with a loss still to back-propagate, or do the backward
+    passes yourself (gradient accumulation) and call `update(loss_value, epoch)`.
+    `converged` turns true once a step's loss is at most `config["stop_loss"]`.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        context: TrainingContext,
+        config: dict[str, Any],
+        *,
+        output_name: str,
+        total_steps: int,
+        log_every: int = 1,
+    ):
+        import torch
+
+        self.model = model
+        self.context = context
+        self.output_name = output_name
+        self.total = max(int(total_steps), 1)
+        self.learning_rate = float(config["learning_rate"])
+        self.warmup = max(int(config.get("warmup_steps") or 0), 0)
+        interval = config.get("checkpoint_interval")
+        self.checkpoint_interval = int(interval) if interval else 0
+        stop = config.get("stop_loss")
+        self.stop_loss = float(stop) if stop is not None else None
+        self.max_grad_norm = float(config.get("max_grad_norm") or MAX_GRAD_NORM)
+        self.log_every = max(log_every, 1)
+        self.parameters = [p for p in model.parameters() if p.requires_grad]
+        if not self.parameters:
+            raise ValueError("The model has no trainable parameters.")
+        self.optimizer = torch.optim.AdamW(
+            self.parameters, lr=self.rate(1), betas=(0.9, 0.999), weight_decay=0.0
+        )
+        self.done = 0
+        self.converged = False
+        self.last_loss: float | None = None
+        self._clock = time.perf_counter()
+
+    def rate(self, step: int) -> float:
+        """The learning rate of 1-based step `step`."""
+        if self.warmup and step <= self.warmup:
+            return self.learning_rate * step / (self.warmup + 1)
+        return self.learning_rate
+
+    def step(self, loss: torch.Tensor, epoch: float) -> float:
+        """Back-propagate `loss`, then `update`. Returns the loss value."""
+        loss.backward()
+        return self.update(float(loss.detach()), epoch)
+
+    def update(self, loss: float, epoch: float) -> float:
+        """Apply the gradients gathered so far as one optimizer step and report it."""
+        import torch
+
+        step = self.done + 1
+        rate = self.rate(step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = rate
+        torch.nn.utils.clip_grad_norm_(self.parameters, self.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.done = step
+        self.last_loss = loss
+        if self.stop_loss is not None and loss <= self.stop_loss:
+            self.converged = True
+        now = time.perf_counter()
+        if step % self.log_every == 0 or step == self.total or self.converged:
+            self.context.log(
+                f"step {step}/{self.total} loss {loss:.4f} lr {rate:.3g} epoch {epoch:.2f} "
+                f"({now - self._clock:.2f}s)"
+            )
+        self._clock = now
+        self.context.step(step, self.total, loss, rate, epoch)
+        if self.checkpoint_interval and step % self.checkpoint_interval == 0:
+            self.checkpoint(step)
+        return loss
+
+    def checkpoint(self, step: int) -> None:
+        """Install the LoRA as it is now as `<output_name>-checkpoint-<step>`."""
+        from gateway_trainers.common.lora import save_adapter
+
+        name = f"{self.output_name}-checkpoint-{step}"
+        save_adapter(self.model, self.context, name)
+        self.context.log(f"checkpoint `{name}` written")
