@@ -119,6 +119,7 @@ class Supervisor:
             data_dir=str(self.data_dir),
             database=str(self.database),
             plugins=self.plugins,
+            path=list(sys.path),
             threads=self.settings.threads,
             preload=preload,
             log_level=self.log_level,

@@ -46,6 +46,8 @@ class WorkerConfig(msgspec.Struct, kw_only=True):
     database: str
     plugins: list[str]
     """Modules of the server's plugins, registered here in the same order."""
+    path: list[str] = msgspec.field(default_factory=list)
+    """The server's `sys.path`, so that every plugin module it imported imports here."""
     threads: int = 0
     preload: bool = False
     log_level: str = "info"
@@ -150,6 +152,7 @@ def _watch_stdin(wake: threading.Event) -> None:
 
 def main() -> None:
     config = msgspec.json.decode(sys.stdin.readline().encode(), type=WorkerConfig)
+    sys.path.extend(entry for entry in config.path if entry not in sys.path)
     logging.basicConfig(
         level=config.log_level.upper(),
         format=f"%(asctime)s %(levelname)s worker[{os.getpid()}] %(name)s: %(message)s",

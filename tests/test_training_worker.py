@@ -1,0 +1,181 @@
+"""Training jobs end to end without a model: the service, the supervisor and real worker
+processes running `StepTrainer` (gateway.testing.trainers) for an echo model that declares
+adapters. Kills, restarts, stops and failures; the real-model runs are in
+test_training_live.py."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import signal
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import gateway.testing.trainers
+from gateway.engine import ModelSpec
+from gateway.errors import Conflict
+from gateway.gateway import Gateway
+from gateway.jobs import Job, JobState, NewJob, SqliteJobStore
+from gateway.plugins import make_plugin_manager
+from gateway.settings import Settings, TrainingSettings
+
+MODEL = ModelSpec(name="echo", backend="echo", options={"adapters": True})
+
+
+def make_gateway(data_dir: Path, **training: Any) -> Gateway:
+    pm = make_plugin_manager()
+    pm.register(gateway.testing.trainers)
+    settings = Settings(
+        data_dir=str(data_dir), models=[MODEL], training=TrainingSettings(**training)
+    )
+    return Gateway(settings, pm=pm)
+
+
+@pytest.fixture
+async def gw(tmp_path: Path) -> AsyncIterator[Gateway]:
+    served = make_gateway(tmp_path)
+    await served.startup()
+    yield served
+    await served.shutdown()
+
+
+async def wait_for(gw: Gateway, job_id: str, *states: JobState, timeout: float = 60) -> Job:
+    deadline = time.monotonic() + timeout
+    while True:
+        job = await gw.training.get(job_id)
+        if job.state in states:
+            return job
+        assert time.monotonic() < deadline, f"job stayed {job.state}: {job}"
+        await asyncio.sleep(0.05)
+
+
+async def wait_until(check: Any, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+
+
+async def test_a_job_runs_in_a_worker_process_and_its_adapter_becomes_the_default(gw: Gateway):
+    job, position = await gw.training.submit("steps", [1, 2], {"steps": 4}, output_name="fix")
+    assert (job.state, position, job.model, job.output_name) == ("queued", 1, "echo", "fix")
+    done = await wait_for(gw, job.id, JobState.COMPLETED, JobState.FAILED)
+    assert done.state == JobState.COMPLETED, done.error
+    assert (done.step, done.total_steps, done.progress) == (4, 4, 1.0)
+    assert done.worker and str(os.getpid()) in done.worker  # the server's worker, not us
+    metrics = await gw.training.metrics(job.id)
+    assert [m.step for m in metrics] == [1, 2, 3, 4]
+    assert [m.loss for m in metrics] == [1.0, 0.5, 1 / 3, 0.25]
+    assert any("trained on 2 items" in line.message for line in await gw.training.logs(job.id))
+    store = gw.models.handle("echo").backend.adapters
+    assert store.exists("fix") and done.adapter_path == str(store.path("fix"))
+    await wait_until(lambda: _default_is(store, ["fix"]))
+    (worker,) = gw.training.supervisor.workers.values()
+    assert worker.pid != os.getpid()
+
+
+async def _default_is(store: Any, names: list[str]) -> bool:
+    return [ref.name for ref in await asyncio.to_thread(store.default)] == names
+
+
+async def test_auto_load_false_leaves_the_default_alone(gw: Gateway):
+    job, _ = await gw.training.submit("steps", [1], {"auto_load": False}, output_name="quiet")
+    await wait_for(gw, job.id, JobState.COMPLETED)
+    await asyncio.sleep(0.2)
+    assert await _default_is(gw.models.handle("echo").backend.adapters, [])
+
+
+async def test_a_failing_job_ends_failed_with_its_reason_and_the_worker_goes_on(gw: Gateway):
+    bad, _ = await gw.training.submit("steps", [1], {"fail_at": 2})
+    good, _ = await gw.training.submit("steps", [1], {})
+    failed = await wait_for(gw, bad.id, JobState.FAILED, JobState.COMPLETED)
+    assert failed.state == JobState.FAILED
+    assert failed.error == "RuntimeError: failing at step 2 as asked"
+    assert (await wait_for(gw, good.id, JobState.COMPLETED, JobState.FAILED)).state == "completed"
+    assert not gw.models.handle("echo").backend.adapters.exists(bad.output_name)
+
+
+async def test_jobs_run_one_at_a_time_in_order(gw: Gateway):
+    jobs = [(await gw.training.submit("steps", [1], {"steps": 2}))[0] for _ in range(3)]
+    positions = [await gw.training.position(j.id) for j in jobs]
+    assert positions[1:] == [2, 3] or positions[1:] == [1, 2]  # the first may have started
+    done = [await wait_for(gw, j.id, JobState.COMPLETED) for j in jobs]
+    for before, after in itertools.pairwise(done):
+        assert before.finished_at is not None and after.started_at is not None
+        assert before.finished_at <= after.started_at
+
+
+async def test_cancelling_a_queued_job_and_refusing_a_running_one(tmp_path: Path):
+    gw = make_gateway(tmp_path)
+    await gw.startup()
+    try:
+        slow, _ = await gw.training.submit("steps", [1], {"steps": 200, "step_seconds": 0.05})
+        queued, _ = await gw.training.submit("steps", [1], {})
+        await wait_for(gw, slow.id, JobState.RUNNING)
+        cancelled = await gw.training.cancel(queued.id)
+        assert cancelled.state == JobState.CANCELLED
+        with pytest.raises(Conflict) as refused:
+            await gw.training.cancel(slow.id)
+        assert refused.value.code == "training_job_not_cancellable"
+        stopping = await gw.training.stop_job(slow.id)
+        assert stopping.stop_requested
+        stopped = await wait_for(gw, slow.id, JobState.CANCELLED, JobState.COMPLETED)
+        assert stopped.state == JobState.CANCELLED and "Stopped on request" in (stopped.error or "")
+        assert not gw.models.handle("echo").backend.adapters.exists(slow.output_name)
+    finally:
+        await gw.shutdown()
+
+
+async def test_kill_9_of_the_worker_fails_its_job_and_the_queue_goes_on(gw: Gateway):
+    running, _ = await gw.training.submit("steps", [1], {"steps": 400, "step_seconds": 0.05})
+    queued, _ = await gw.training.submit("steps", [1], {"steps": 2}, output_name="after")
+    job = await wait_for(gw, running.id, JobState.RUNNING)
+    await wait_until(lambda: _has_steps(gw, job.id))
+    (worker,) = gw.training.supervisor.workers.values()
+    os.kill(worker.pid, signal.SIGKILL)
+    failed = await wait_for(gw, running.id, JobState.FAILED, JobState.COMPLETED)
+    assert failed.state == JobState.FAILED
+    assert "training worker stopped unexpectedly (killed by signal 9 (SIGKILL))" in failed.error
+    assert not gw.models.handle("echo").backend.adapters.exists(running.output_name)
+    done = await wait_for(gw, queued.id, JobState.COMPLETED, JobState.FAILED)
+    assert done.state == JobState.COMPLETED and done.worker != failed.worker
+
+
+async def _has_steps(gw: Gateway, job_id: str) -> bool:
+    return (await gw.training.get(job_id)).step > 0
+
+
+async def test_a_restart_fails_the_interrupted_job_and_runs_the_queued_ones(tmp_path: Path):
+    # What a kill -9 of the server leaves: a job marked running by a worker that is gone
+    # (its stdin closed with the server, so it exited), and a queued job.
+    jobs = SqliteJobStore.in_data_dir(tmp_path)
+    jobs.submit(NewJob(id="interrupted", kind="steps", model="echo", output_name="a", data=[1]))
+    assert jobs.claim("echo", "a-worker-of-the-dead-server", frozenset({"steps"}))
+    jobs.submit(NewJob(id="waiting", kind="steps", model="echo", output_name="b", data=[1]))
+    gw = make_gateway(tmp_path)
+    await gw.startup()
+    try:
+        failed = await gw.training.get("interrupted")
+        assert failed.state == JobState.FAILED
+        assert "The server stopped while this job was running" in (failed.error or "")
+        done = await wait_for(gw, "waiting", JobState.COMPLETED, JobState.FAILED)
+        assert done.state == JobState.COMPLETED
+    finally:
+        await gw.shutdown()
+
+
+async def test_no_local_worker_keeps_jobs_queued(tmp_path: Path):
+    gw = make_gateway(tmp_path, jobs_per_model=0)
+    await gw.startup()
+    try:
+        job, _ = await gw.training.submit("steps", [1], {})
+        await asyncio.sleep(1.5)
+        assert (await gw.training.get(job.id)).state == JobState.QUEUED
+        assert not gw.training.supervisor.workers
+    finally:
+        await gw.shutdown()
