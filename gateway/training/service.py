@@ -114,6 +114,25 @@ class TrainingService:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    async def describe(self) -> dict[str, Any]:
+        """What /health shows: running jobs with their progress, the queue's length and
+        the worker processes."""
+        active = await asyncio.to_thread(
+            self.jobs.find, states=frozenset({JobState.QUEUED, JobState.RUNNING})
+        )
+        return {
+            "active_jobs": [
+                {"job_id": job.id, "job_type": job.kind, "progress": round(job.progress, 4)}
+                for job in active
+                if job.state == JobState.RUNNING
+            ],
+            "queued": sum(job.state == JobState.QUEUED for job in active),
+            "workers": [
+                {"pid": w.pid, "model": w.model, "ready": w.ready.is_set()}
+                for w in self.supervisor.workers.values()
+            ],
+        }
+
     # Submitting.
 
     def trainable_model(self, requested: str | None, param: str = "model") -> str:
