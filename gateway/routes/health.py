@@ -28,10 +28,10 @@ async def health(gateway: NamedDependency[Gateway]) -> Response[dict[str, Any]]:
     if not gateway.models.all_ready:
         body = {"error": {"code": 503, "message": "Loading model", "type": "unavailable_error"}}
         return Response(body | {"models": models}, status_code=503)
-    body: dict[str, Any] = {"status": "ok", "version": __version__, "models": models}
+    ready: dict[str, Any] = {"status": "ok", "version": __version__, "models": models}
     if gateway.training.trainers:
-        body["training"] = await gateway.training.describe()
-    return Response(body)
+        ready["training"] = await gateway.training.describe()
+    return Response(ready)
 
 
 @hookimpl
