@@ -149,3 +149,25 @@ def test_the_example_config_loads():
     example = Path(__file__).resolve().parents[1] / "examples" / "gateway.toml"
     settings = load_settings(example, environ={})
     assert settings.served_models()[0].name == "smollm2-135m-instruct"
+
+
+def test_training_webhook_from_environment_and_file(tmp_path):
+    assert load_settings(environ={}).training.webhook_url is None
+    url = "http://127.0.0.1:9911/hooks/training"
+    short = load_settings(environ={"GATEWAY_TRAINING_WEBHOOK_URL": url}).training
+    nested = load_settings(environ={"GATEWAY_TRAINING__WEBHOOK_URL": url}).training
+    assert short.webhook_url == nested.webhook_url == url
+    env = {
+        "GATEWAY_TRAINING_WEBHOOK_SECRET": "hook-secret",
+        "GATEWAY_TRAINING__WEBHOOK_ATTEMPTS": "2",
+        "GATEWAY_TRAINING__WEBHOOK_TIMEOUT": "1.5",
+    }
+    training = load_settings(environ=env).training
+    assert training.webhook_secret == "hook-secret"
+    assert (training.webhook_attempts, training.webhook_timeout) == (2, 1.5)
+    config = write(tmp_path, '[training]\nwebhook_url = "http://file.example/hook"\n')
+    assert load_settings(config, environ={}).training.webhook_url == "http://file.example/hook"
+    over = load_settings(config, environ={"GATEWAY_TRAINING_WEBHOOK_URL": url})
+    assert over.training.webhook_url == url  # the environment wins over the file
+    with pytest.raises(ConfigError, match="webhook_attempts"):
+        load_settings(environ={"GATEWAY_TRAINING__WEBHOOK_ATTEMPTS": "0"})
