@@ -29,6 +29,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "gateway.routes.llamacpp",
     "gateway.routes.kobold",
     "gateway.routes.adapters",
+    "gateway.routes.training",
     "gateway.testing.plugin",
 )
 

@@ -19,6 +19,7 @@ RIGHT_KEY = {
     "inference": "inference-key-123",
     "admin": "admin-key-123456",
     "adapters": "adapters-key-12345",
+    "train": "train-key-1234567",
 }
 PUBLIC = {"/health", "/v1/health", "/.well-known/serviceinfo"}
 LOOPBACK_ONLY = {"/api/extra/shutdown"}  # also refuses clients that are not on loopback
@@ -39,9 +40,14 @@ def mounted_routes(client) -> list[tuple[str, str, dict]]:
 
 
 def error_type(response) -> str:
-    """The error type in the family's own shape: OpenAI/llama.cpp `error`, Kobold `detail`."""
+    """The error type in the family's own shape: OpenAI/llama.cpp `error`, Kobold `detail`;
+    FastAPI's `{"detail": "..."}` (NPU-STACK's fine-tune routes) says it by its status."""
     body = response.json()
-    return body["error"]["type"] if "error" in body else body["detail"]["type"]
+    if "error" in body:
+        return body["error"]["type"]
+    if isinstance(body["detail"], str):
+        return {401: "authentication_error", 403: "permission_error"}[response.status_code]
+    return body["detail"]["type"]
 
 
 def call(client, method: str, path: str, key: str | None):
