@@ -480,7 +480,7 @@ def test_a_running_job_cannot_be_cancelled(served: Served, api: TestClient) -> N
     served.gateway.training.jobs.finish(job_id, JobState.COMPLETED)
 
 
-def test_a_full_queue_is_a_503_with_retry_after(data_dir: Path, tmp_path: Path) -> None:
+def test_a_full_queue_is_a_503_with_retry_after(tmp_path: Path) -> None:
     settings = Settings(
         data_dir=str(tmp_path),
         models=[ModelSpec(name="lora-echo", backend="echo", options={"adapters": True})],
