@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from gateway import __version__
+from gateway.cli_training import adapters, train
 from gateway.errors import ConfigError
 from gateway.plugins import describe_plugins, make_plugin_manager
 from gateway.settings import Settings, load_settings
@@ -114,6 +115,10 @@ def models(config: Path | None, as_json: bool) -> None:
         return
     for row in rows:
         click.echo(f"{row['name']:<28} {row['backend']:<18} {row['state']:<12} {row['source']}")
+
+
+cli.add_command(train)
+cli.add_command(adapters)
 
 
 def _live_states(settings: Settings) -> dict[str, str]:
