@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import socket
 import threading
+import time
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -15,11 +17,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import uvicorn
 from click.testing import CliRunner, Result
+from gateway_schemas.canonical import AdapterRef
 
+from gateway import hookimpl
+from gateway.adapters.store import AdapterStore
+from gateway.app import create_app
 from gateway.cli import cli
 from gateway.cli_http import error_of
 from gateway.cli_training import Display, bar, progress
+from gateway.engine import ModelSpec
+from gateway.gateway import Gateway
+from gateway.plugins import make_plugin_manager
+from gateway.settings import ApiKey, Settings, TrainingSettings
+from gateway.training.trainer import Trainer
 
 JOB = "0b6a7c1e-95d2-4c55-8a8e-3f0e4b9d6a21"
 EXAMPLES = [
@@ -529,3 +541,110 @@ def test_display_redraws_in_place_on_a_terminal():
     assert out.getvalue() == (
         "a 1/4\nb queued\n\x1b[2F\x1b[Ja 2/4\nb queued\n\x1b[2F\x1b[Ja done\nb 1/4\n"
     )
+
+
+# ---- against the real routes --------------------------------------------------------------
+
+
+class _Queued(Trainer):
+    """Jobs only wait here: no worker runs (`jobs_per_model = 0`)."""
+
+    def __init__(self, name: str):
+        self.name = name  # type: ignore[misc]
+
+    def run(self, job: Any, context: Any) -> Path:
+        raise AssertionError("no job runs here")
+
+
+class _Trainers:
+    @hookimpl
+    def register_trainers(self, register):
+        register(_Queued("sft"))
+        register(_Queued("grpo"))
+
+
+@pytest.fixture
+def live(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """The real app (an echo model that takes adapters, the training routes, an API key)
+    served over HTTP in a thread; its URL and data directory."""
+    pm = make_plugin_manager(environ={"GATEWAY_LOAD_PLUGINS": ""})
+    pm.register(_Trainers(), name="queued-trainers")
+    settings = Settings(
+        data_dir=str(tmp_path / "data"),
+        models=[ModelSpec(name="echo", backend="echo", options={"adapters": True})],
+        api_keys=[ApiKey(key="sk-live-train-1", scopes=["inference", "train", "adapters"])],
+        training=TrainingSettings(jobs_per_model=0),
+    )
+    app = create_app(gateway=Gateway(settings, pm))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.started, "the server did not start"
+    try:
+        yield f"http://127.0.0.1:{port}", tmp_path / "data"
+    finally:
+        server.should_exit = True
+        thread.join()
+
+
+def test_the_commands_against_the_real_routes(live, tmp_path):
+    url, data_dir = live
+
+    def gateway(*args: str, **kw: Any) -> Result:
+        environ = {"GATEWAY_API_KEY": "sk-live-train-1", "GATEWAY_CONFIG": None}
+        return CliRunner().invoke(cli, [*args, "--url", url], env=environ, **kw)
+
+    file = write(tmp_path, "request.json", {"examples": EXAMPLES, "config": {"epochs": 2}})
+    result = gateway("train", "sft", file, "--output-name", "capitals", "--lora-rank", "4")
+    assert result.exit_code == 0, result.output
+    assert "Queued SFT training with 2 examples (position 1 in queue)" in result.output
+    found = re.search(r"job (\S+), adapter capitals, model echo", result.output)
+    assert found is not None
+    job_id = found[1]
+    result = gateway("train", "grpo", write(tmp_path, "g.jsonl", json.dumps(GROUPS[0])))
+    assert result.exit_code == 0, result.output
+    assert "Queued GRPO training with 1 groups (2 completions, position 2 in queue)" in (
+        result.output
+    )
+
+    shown = json.loads(gateway("train", "status", job_id, "--json").output)
+    assert (shown["state"], shown["adapter_name"], shown["job_type"]) == (
+        "queued",
+        "capitals",
+        "sft",
+    )
+    listed = gateway("train", "status").output.splitlines()
+    assert len(listed) == 2 and listed[0].startswith(f"{job_id}  sft       queued     capitals")
+
+    assert gateway("train", "cancel", job_id).output == f"Cancelled job {job_id}.\n"
+    again = gateway("train", "cancel", job_id)
+    assert again.exit_code == 1 and "(HTTP 409, training_job_not_cancellable)" in again.output
+    refused = CliRunner().invoke(
+        cli, ["train", "status", "--url", url], env={"GATEWAY_API_KEY": None}
+    )
+    assert refused.exit_code == 1 and "HTTP 401" in refused.output
+
+    store = AdapterStore.for_model(data_dir, "echo")
+    staging = store.staging()
+    (staging / "adapter_config.json").write_text("{}")
+    (staging / "adapter_model.safetensors").write_bytes(b"echo ignores the weights")
+    store.install(staging, "tone")
+    # (The echo backend checks no adapter, so `load` is exercised on the fake above; the
+    # default is set in the store here, as `load` sets it.)
+    store.set_default([AdapterRef(name="tone", scale=1.0)])
+    listing = gateway("adapters", "list").output.splitlines()
+    assert listing[0] == "Adapters of echo (default: tone)"
+    assert listing[1].startswith("* tone ")
+    busy = gateway("adapters", "delete", "tone")
+    assert busy.exit_code == 1 and "(HTTP 409, adapter_active)" in busy.output
+    assert gateway("adapters", "unload").output == "Unloaded: serving the base model for echo.\n"
+    assert gateway("adapters", "delete", "tone").output == "Deleted tone.\n"
+    assert gateway("adapters", "list").output == "Adapters of echo (default: the base model)\n"
+    missing = gateway("adapters", "delete", "tone")
+    assert missing.exit_code == 1 and "(HTTP 404, adapter_not_found)" in missing.output
