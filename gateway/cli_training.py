@@ -10,6 +10,7 @@ and the command exits 1.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -164,8 +165,9 @@ def job_line(job: dict[str, Any]) -> str:
 class Display:
     """Lines that change in place on a terminal; elsewhere, each changed line once."""
 
-    def __init__(self, out: TextIO, tty: bool):
+    def __init__(self, out: TextIO, tty: bool, width: int | None = None):
         self.out, self.tty = out, tty
+        self.width = width or shutil.get_terminal_size().columns
         self.drawn = 0
         self.last: dict[str, str] = {}
 
@@ -174,7 +176,8 @@ class Display:
         if self.tty:
             if self.drawn:
                 self.out.write(f"\x1b[{self.drawn}F\x1b[J")
-            lines = [*ended, *active.values()]
+            # A redrawn line must not wrap: moving up counts lines, not rows.
+            lines = [*ended, *(line[: self.width - 1] for line in active.values())]
             self.drawn = len(active)
         else:
             lines = list(ended)

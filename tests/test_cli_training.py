@@ -534,13 +534,20 @@ def test_progress_line():
 
 def test_display_redraws_in_place_on_a_terminal():
     out = io.StringIO()
-    display = Display(out, tty=True)
+    display = Display(out, tty=True, width=8)
     display.update([], {"a": "a 1/4", "b": "b queued"})
     display.update([], {"a": "a 2/4", "b": "b queued"})
-    display.update(["a done"], {"b": "b 1/4"})
-    assert out.getvalue() == (
-        "a 1/4\nb queued\n\x1b[2F\x1b[Ja 2/4\nb queued\n\x1b[2F\x1b[Ja done\nb 1/4\n"
-    )
+    display.update(["a done, a long last line"], {"b": "b 1/4"})
+    redraw = "\x1b[2F\x1b[J"  # up two lines, clear to the end
+    assert out.getvalue().split("\n") == [
+        "a 1/4",
+        "b queue",  # cut to the width: a wrapped line would break the redraw
+        f"{redraw}a 2/4",
+        "b queue",
+        f"{redraw}a done, a long last line",
+        "b 1/4",
+        "",
+    ]
 
 
 # ---- against the real routes --------------------------------------------------------------
