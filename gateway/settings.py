@@ -33,7 +33,19 @@ DEFAULT_EMBEDDING_MODEL = ModelSpec(
 DEFAULT_MODELS = (DEFAULT_CHAT_MODEL, DEFAULT_EMBEDDING_MODEL)
 
 # Environment variables that are read elsewhere, not settings keys.
-_NOT_SETTINGS = {"GATEWAY_LOAD_PLUGINS", "GATEWAY_TRACE_PLUGINS", "GATEWAY_CONFIG"}
+_NOT_SETTINGS = {
+    "GATEWAY_LOAD_PLUGINS",
+    "GATEWAY_TRACE_PLUGINS",
+    "GATEWAY_CONFIG",
+    "GATEWAY_API_KEY",  # the CLI's key for talking to a running server
+}
+_TEXT = {
+    "GATEWAY_TRAINING_WEBHOOK_URL",
+    "GATEWAY_TRAINING_WEBHOOK_SECRET",
+    "GATEWAY_TRAINING__WEBHOOK_URL",
+    "GATEWAY_TRAINING__WEBHOOK_SECRET",
+}
+"""Variables taken as text as they are (a secret of digits stays text)."""
 _ALIASES = {
     "GATEWAY_HOST": ("server", "host"),
     "GATEWAY_PORT": ("server", "port"),
@@ -233,10 +245,10 @@ def _from_environ(env: Mapping[str, str]) -> list[tuple[tuple[str, ...], Any]]:
         if name == "GATEWAY_API_KEYS":
             out.append((("api_keys",), _parse_keys(raw)))
         elif name in _ALIASES:
-            out.append((_ALIASES[name], _parse_value(raw)))
+            out.append((_ALIASES[name], raw if name in _TEXT else _parse_value(raw)))
         else:
             path = tuple(part.lower() for part in name.removeprefix("GATEWAY_").split("__"))
-            out.append((path, _parse_value(raw)))
+            out.append((path, raw if name in _TEXT else _parse_value(raw)))
     return out
 
 

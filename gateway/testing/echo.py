@@ -59,6 +59,13 @@ class EchoBackend(Backend):
         self._slot_ids: dict[int, list[int]] = {}
         self._busy_slots: set[int] = set()
 
+    async def check_adapter(self, path: Path) -> dict[str, Any]:
+        """With `adapters = true`: any PEFT directory fits (nothing is computed with it)."""
+        if Capability.ADAPTERS not in self.capabilities:
+            return await super().check_adapter(path)
+        config = json.loads((path / "adapter_config.json").read_text())
+        return {"rank": config.get("r"), "target_modules": config.get("target_modules")}
+
     async def load(self) -> None:
         await asyncio.sleep(float(self.spec.options.get("load_delay", 0)))
 
