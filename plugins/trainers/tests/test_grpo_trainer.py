@@ -17,9 +17,10 @@ import pytest
 import torch
 from gateway_trainers.common.base import BaseModel, load_base
 from gateway_trainers.common.chat import encode_completion
-from gateway_trainers.grpo.batch import completion_logps, encode_group
-from gateway_trainers.grpo.check import parse_groups
-from gateway_trainers.grpo.trainer import GrpoTrainer
+from gateway_trainers.common.lora import attach_lora, detach
+from gateway_trainers.grpo.batch import GroupBatch, completion_logps, encode_group
+from gateway_trainers.grpo.check import GrpoConfig, parse_groups
+from gateway_trainers.grpo.trainer import GrpoTrainer, _accumulate, _fixed_logps
 from peft import PeftModel
 from safetensors.torch import load_file
 
@@ -110,13 +111,18 @@ def _job(data: Any, output_name: str, **config: Any) -> Job:
     )
 
 
-def _sequence_logp(model: Any, base: BaseModel, messages: Any, text: str) -> float:
+def _row_logp(model: Any, base: BaseModel, messages: Any, text: str) -> torch.Tensor:
+    """log p(completion | prompt), the row read alone and unpadded."""
     ids, start = encode_completion(base.tokenizer, messages, text)
     tokens = torch.tensor([ids])
-    with torch.no_grad():
-        logps = torch.log_softmax(model(input_ids=tokens).logits[0, :-1].float(), dim=-1)
+    logps = torch.log_softmax(model(input_ids=tokens).logits[0, :-1].float(), dim=-1)
     targets = tokens[0, start:]
-    return float(logps[start - 1 :].gather(-1, targets.unsqueeze(-1)).sum())
+    return logps[start - 1 :].gather(-1, targets.unsqueeze(-1)).sum()
+
+
+def _sequence_logp(model: Any, base: BaseModel, messages: Any, text: str) -> float:
+    with torch.no_grad():
+        return float(_row_logp(model, base, messages, text))
 
 
 def margin(model: Any, base: BaseModel, groups: Sequence[dict[str, Any]]) -> float:
@@ -150,16 +156,101 @@ def through_adapter(base: BaseModel) -> Iterator[Any]:
             del base.model.peft_config
 
 
-def test_padded_group_batch_equals_rows_alone(base: BaseModel) -> None:
+def test_group_batch_reads_the_prompt_once_and_equals_rows_alone(
+    base: BaseModel, context: TrainingContext
+) -> None:
+    """Log-probabilities and their gradients (through the prompt's cache too) equal
+    those of each prompt + completion row read on its own."""
     group = parse_groups(
         [_group("Name a warm color, please, in one word.", "Orange is a warm color.", "Red")]
     )[0]
     batch = encode_group(base.tokenizer, group, base.device)
-    with torch.no_grad():
-        batched = (completion_logps(base.model, batch) * batch.completion_mask).sum(dim=1)
-    alone = [_sequence_logp(base.model, base, group.messages, c.text) for c in group.completions]
+    assert batch.prompt_ids.shape[0] == 1
     assert batch.completion_mask.sum(dim=1).tolist()[0] > batch.completion_mask.sum(dim=1)[1]
-    assert batched.tolist() == pytest.approx(alone, abs=1e-3)
+    torch.manual_seed(0)
+    model = attach_lora(base, {"lora_rank": 4, "lora_alpha": 8.0}, context)
+    try:
+        with torch.no_grad():
+            for name, parameter in model.named_parameters():
+                if "lora_B" in name:
+                    parameter.normal_(0.0, 0.02)  # a LoRA that changes the outputs
+        weights = [
+            p for n, p in model.named_parameters() if "layers.0.self_attn.k_proj.lora_A" in n
+        ]
+        batched = (completion_logps(model, batch) * batch.completion_mask).sum(dim=1)
+        (batched_grad,) = torch.autograd.grad(batched.sum(), weights)
+        alone = [_row_logp(model, base, group.messages, c.text) for c in group.completions]
+        (alone_grad,) = torch.autograd.grad(sum(alone), weights)
+    finally:
+        detach(model)
+    assert batched.detach().tolist() == pytest.approx([float(x.detach()) for x in alone], abs=1e-3)
+    # layer 0's keys act only through the cache of the prompt and earlier completion tokens
+    assert alone_grad.abs().max() > 0
+    assert torch.allclose(batched_grad, alone_grad, rtol=1e-3, atol=1e-5)
+
+
+def test_a_big_group_in_chunks_makes_the_same_step(
+    base: BaseModel, context: TrainingContext
+) -> None:
+    group = parse_groups(
+        [
+            {
+                "messages": [{"role": "user", "content": "Name a warm color."}],
+                "completions": [
+                    {"text": "Orange", "reward": 1.0},
+                    {"text": "Blue, the colour of the sea.", "reward": 0.0},
+                    {"text": "Red", "reward": 0.8},
+                    {"text": "A deep and calm green.", "reward": 0.1},
+                ],
+            }
+        ]
+    )[0]
+    batch = encode_group(base.tokenizer, group, base.device)
+    config = GrpoConfig.parse({})
+    torch.manual_seed(0)
+    model = attach_lora(base, {"lora_rank": 4, "lora_alpha": 8.0}, context)
+    try:
+        with torch.no_grad():
+            for name, parameter in model.named_parameters():
+                if "lora_B" in name:
+                    parameter.normal_(0.0, 0.02)
+        weights = [p for p in model.parameters() if p.requires_grad]
+        results = []
+        for max_tokens in (10_000, 12):
+            (plan,) = _fixed_logps(model, [batch], continued=True, max_tokens=max_tokens)
+            loss, kl, _ = _accumulate(model, plan, config)
+            results.append((len(plan), loss, kl, [w.grad.clone() for w in weights]))
+            model.zero_grad(set_to_none=True)
+    finally:
+        detach(model)
+    (whole, loss, kl, grads), (parts, chunked_loss, chunked_kl, chunked_grads) = results
+    assert whole == 1 and parts > 1
+    assert chunked_loss == pytest.approx(loss, abs=1e-6)
+    assert chunked_kl == pytest.approx(kl, abs=1e-6)
+    # (float32 sums in another order: differences of a few 1e-6 on gradients up to 0.4)
+    assert all(
+        torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+        for a, b in zip(grads, chunked_grads, strict=True)
+    )
+
+
+def test_chunks_keep_rows_in_order_within_the_budget() -> None:
+    lengths = [3, 5, 2, 8]
+    mask = torch.zeros((4, 8))
+    for row, length in enumerate(lengths):
+        mask[row, :length] = 1
+    batch = GroupBatch(
+        prompt_ids=torch.tensor([[1, 2]]),
+        completion_ids=torch.arange(32).reshape(4, 8),
+        completion_mask=mask,
+        advantages=torch.tensor([1.0, -1.0, 0.5, -0.5]),
+    )
+    chunks = batch.chunks(10)
+    # rows 0-1 pad to 5 (10 tokens); row 2 with row 3 would be 2 x 8; row 3 alone
+    assert [c.completion_ids.shape for c in chunks] == [(2, 5), (1, 2), (1, 8)]
+    assert torch.equal(torch.cat([c.advantages for c in chunks]), batch.advantages)
+    assert [c.tokens for c in chunks] == [8, 2, 8]
+    assert torch.equal(chunks[2].completion_ids[0], batch.completion_ids[3])
 
 
 def test_grpo_raises_the_rewarded_margin_on_training_and_held_out_prompts(
@@ -195,7 +286,9 @@ def test_unrewarding_the_same_completions_lowers_the_margin(
     ]
     before = margin(base.model, base, TRAIN)
     path = GrpoTrainer().run(_job(flipped, "cold", **SETTINGS), context)
-    assert margin(through_adapter(path), base, TRAIN) < before - 0.5
+    after = margin(through_adapter(path), base, TRAIN)
+    print(f"margin with the rewards flipped {before:.3f} -> {after:.3f}")
+    assert after < before - 0.5
 
 
 def test_base_adapter_is_continued_not_restarted(
