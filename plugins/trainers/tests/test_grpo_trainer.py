@@ -321,3 +321,17 @@ def test_checkpoints_are_installed_at_the_interval(
     names = set(context.adapters.names())
     assert {"ticks", "ticks-checkpoint-2"} <= names
     assert "ticks-checkpoint-1" not in names and "ticks-checkpoint-3" not in names
+
+
+def test_kiln_seed_request_with_its_defaults_moves_the_margin_the_right_way(
+    base: BaseModel, context: TrainingContext, through_adapter: Any
+) -> None:
+    # Kiln's copy-paste request: one group, lr 1e-5, kl_coeff 0.1, one pass (one step).
+    seed = [_group("Name a warm color.", "Orange", "Blue")]
+    before = margin(base.model, base, seed)
+    path = GrpoTrainer().run(
+        _job(seed, "grpo-demo", learning_rate=1e-5, kl_coeff=0.1, seed=0), context
+    )
+    after = margin(through_adapter(path), base, seed)
+    print(f"Kiln's seed request: margin {before:.3f} -> {after:.3f}")
+    assert after > before
