@@ -8,19 +8,23 @@ works). Examples that name a model the server does not have (`my-model`, `model-
 get the documented 404 listing the served models, and work with `unknown_models = "default"`,
 as llama-server ignores the name.
 
-Kiln's adapter examples name adapters its training examples would make (`default`,
-`grpo-demo`) or a user would have (`format-fixes`); training is not served yet, so random
-adapters of those names are put into the live server's store first (`kiln_adapters`). The
-examples run in the file's order in one working directory, as a shell would run them: the
-download writes the archive that the upload then sends.
+Kiln's adapter examples name adapters its training examples make (`default`, `grpo-demo`)
+or a user would have (`format-fixes`); random adapters of those names are put into the live
+server's store first (`kiln_adapters`), which the training examples then replace with the
+adapters they train (each training example waits for its job to complete). The examples run
+in the file's order in one working directory, as a shell would run them: the download writes
+the archive that the upload then sends. `$JOB_ID` of the queue example is what its text says
+to set it to: the id of a queued job (one queued behind a running job by the test).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import re
 import tarfile
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -37,13 +41,8 @@ EXAMPLES = examples("000", "001", "003")
 SERVED = ["smollm2-135m-instruct", "all-minilm-l6-v2"]
 
 NOT_MOUNTED_YET = {
-    # Kiln's training and config routes: the following issues.
+    # Kiln's config route: a following issue.
     "GET /v1/config",
-    "POST /v1/train/sft",
-    "POST /v1/train/grpo",
-    "GET /v1/train/status",
-    "GET /v1/train/queue",
-    "DELETE /v1/train/queue/$JOB_ID",
     # NPU-STACK's model manager.
     "POST /v1/models/load",
     "POST /v1/models/unload",
@@ -64,8 +63,9 @@ def lenient_server(
 
 KILN_ADAPTERS = {"default": 1, "grpo-demo": 2, "format-fixes": 3}
 """The adapters Kiln's examples use (name -> random seed)."""
-KILN_OUTPUTS = ("default-copy", "merged-ties", "merged-concat")
+KILN_OUTPUTS = ("default-copy", "merged-ties", "merged-concat", "seed-queue-running")
 """The adapters Kiln's examples make, which must not exist before they run."""
+FINISHED = ("completed", "failed", "cancelled")
 
 
 def _forget_adapters(url: str, names: Iterable[str]) -> None:
@@ -147,12 +147,46 @@ def send(example: Example, base_url: str, workdir: Path) -> httpx.Response:
     return response
 
 
+def wait_for_job(url: str, job_id: str, timeout: float = 600) -> dict[str, Any]:
+    """The job's status once it has finished."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = httpx.get(f"{url}/v1/train/status/{job_id}", timeout=30).json()
+        if status["state"] in FINISHED:
+            return status
+        assert time.monotonic() < deadline, status
+        time.sleep(0.2)
+
+
+def queue_behind_a_running_job(url: str) -> tuple[str, str]:
+    """(running job id, queued job id): what `$JOB_ID` of the queue example stands for."""
+    example = {
+        "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]
+    }
+    running = httpx.post(
+        f"{url}/v1/train/sft",
+        json={
+            "examples": [example],
+            "config": {"output_name": "seed-queue-running", "epochs": 40, "auto_load": False},
+        },
+        timeout=30,
+    ).json()["job_id"]
+    queued = httpx.post(f"{url}/v1/train/sft", json={"examples": [example]}, timeout=30).json()[
+        "job_id"
+    ]
+    deadline = time.monotonic() + 600
+    while httpx.get(f"{url}/v1/train/status/{running}", timeout=30).json()["state"] == "queued":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    return running, queued
+
+
 def _named_model(example: Example) -> str | None:
     body = json.loads(example.data) if example.data else {}
     return body.get("model") if isinstance(body, dict) else None
 
 
-def _check_success(example: Example, response: httpx.Response) -> None:
+def _check_success(example: Example, response: httpx.Response, url: str) -> None:
     assert 200 <= response.status_code < 300, f"{example.id}: {response.text}"
     body = json.loads(example.data) if example.data else {}
     if example.output is not None:  # an adapter archive, written to a file
@@ -187,6 +221,21 @@ def _check_success(example: Example, response: httpx.Response) -> None:
     if example.path == "/v1/adapters/merge":
         assert payload["status"] == "merged" and payload["output_name"] == body["output_name"]
         assert payload["num_tensors"] > 0
+    if example.path in ("/v1/train/sft", "/v1/train/grpo"):
+        assert payload["state"] == "queued" and payload["message"].startswith("Queued ")
+        done = wait_for_job(url, payload["job_id"])
+        assert done["state"] == "completed", done
+        assert done["adapter_name"] == body["config"]["output_name"]
+        adapters = httpx.get(f"{url}/v1/adapters", timeout=30).json()
+        assert adapters["active"] == body["config"]["output_name"]  # auto_load
+    if example.path == "/v1/train/status":
+        assert {job["adapter_name"] for job in payload} >= {"default", "grpo-demo"}
+        assert all(job["state"] == "completed" for job in payload), payload
+    if example.path == "/v1/train/queue":
+        assert set(payload) >= {"running", "queued", "completed"}
+        assert {job["adapter_name"] for job in payload["completed"]} >= {"default", "grpo-demo"}
+    if example.method == "DELETE" and example.path.startswith("/v1/train/queue/"):
+        assert payload["status"] == "cancelled"
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=[e.id for e in EXAMPLES])
@@ -198,7 +247,13 @@ def test_seed_example(example, live_server, workdir, operations, request):
     assert key not in NOT_MOUNTED_YET, f"{key} is served now: run its example"
     if example.source == "000":
         request.getfixturevalue("kiln_adapters")
+    running = None
+    if "$JOB_ID" in example.url:
+        running, queued = queue_behind_a_running_job(live_server.url)
+        example = dataclasses.replace(example, url=example.url.replace("$JOB_ID", queued))
     response = send(example, live_server.url, workdir)
+    if running is not None:
+        assert wait_for_job(live_server.url, running)["state"] == "completed"
     if example.path == "/infill":
         # llama-server's answer for a model without fill-in-the-middle tokens (SmolLM2).
         assert response.status_code == 501, response.text
@@ -212,7 +267,7 @@ def test_seed_example(example, live_server, workdir, operations, request):
         message = response.json()["error"]["message"]
         assert f"`{model}`" in message and all(f"`{name}`" in message for name in SERVED)
         response = send(example, request.getfixturevalue("lenient_server").url, workdir)
-    _check_success(example, response)
+    _check_success(example, response, live_server.url)
 
 
 def test_every_seed_file_yields_its_examples():
