@@ -56,6 +56,16 @@ class WorkerProcess:
             self.process.stdin.write(b"wake\n")
 
 
+def worker_environment() -> dict[str, str]:
+    """The server's environment, except that OpenMP threads wait passively: a worker
+    shares the cores with serving, and threads that spin while they wait (what the torch
+    backend sets up for serving) would take turns away from the other process's threads
+    and slow both by orders of magnitude once there are more threads than cores."""
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    env.pop("GOMP_SPINCOUNT", None)
+    return env
+
+
 def describe_exit(returncode: int | None) -> str:
     if returncode is not None and returncode < 0:
         try:
@@ -131,6 +141,7 @@ class Supervisor:
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
+            env=worker_environment(),
         )
         assert process.stdin is not None
         process.stdin.write(msgspec.json.encode(config) + b"\n")
