@@ -6,10 +6,13 @@ from collections.abc import Callable
 
 from gateway import hookimpl
 from gateway.training.trainer import Trainer
+from gateway_trainers.finetune import FinetuneTrainer
 from gateway_trainers.grpo.trainer import GrpoTrainer
+from gateway_trainers.sft import SftTrainer
 
 
 @hookimpl
 def register_trainers(register: Callable[[Trainer], None]) -> None:
-    # Filled in as the trainers land (sft, grpo, finetune).
+    register(SftTrainer())
     register(GrpoTrainer())
+    register(FinetuneTrainer())

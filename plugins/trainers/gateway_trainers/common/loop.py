@@ -46,7 +46,11 @@ class Loop:
 
     Call `step(loss, epoch)` with a loss still to back-propagate, or do the backward
     passes yourself (gradient accumulation) and call `update(loss_value, epoch)`.
-    `converged` turns true once a step's loss is at most `config["stop_loss"]`.
+
+    With `config["stop_loss"]`, a trainer asks `fits(loss)` before each step and skips
+    the step when the loss is already at most that, ending the job once a whole epoch was
+    skipped: on a one-example correction, the step after the fact is learned is what
+    starts leaking it into neighbouring questions (see the package README).
     """
 
     def __init__(
@@ -80,7 +84,6 @@ class Loop:
             self.parameters, lr=self.rate(1), betas=(0.9, 0.999), weight_decay=0.0
         )
         self.done = 0
-        self.converged = False
         self.last_loss: float | None = None
         self._clock = time.perf_counter()
 
@@ -89,6 +92,10 @@ class Loop:
         if self.warmup and step <= self.warmup:
             return self.learning_rate * step / (self.warmup + 1)
         return self.learning_rate
+
+    def fits(self, loss: torch.Tensor) -> bool:
+        """Whether `loss` is at most `stop_loss` (never without one): skip this step."""
+        return self.stop_loss is not None and float(loss.detach()) <= self.stop_loss
 
     def step(self, loss: torch.Tensor, epoch: float) -> float:
         """Back-propagate `loss`, then `update`. Returns the loss value."""
@@ -108,10 +115,8 @@ class Loop:
         self.optimizer.zero_grad(set_to_none=True)
         self.done = step
         self.last_loss = loss
-        if self.stop_loss is not None and loss <= self.stop_loss:
-            self.converged = True
         now = time.perf_counter()
-        if step % self.log_every == 0 or step == self.total or self.converged:
+        if step % self.log_every == 0 or step == self.total:
             self.context.log(
                 f"step {step}/{self.total} loss {loss:.4f} lr {rate:.3g} epoch {epoch:.2f} "
                 f"({now - self._clock:.2f}s)"
@@ -121,6 +126,13 @@ class Loop:
         if self.checkpoint_interval and step % self.checkpoint_interval == 0:
             self.checkpoint(step)
         return loss
+
+    def stopped_early(self, loss: float) -> None:
+        """Log that every example fits `stop_loss` (the trainer then ends the job)."""
+        self.context.log(
+            f"loss {loss:.4f} <= stop_loss {self.stop_loss:g} on every example: stopped "
+            f"after step {self.done} of {self.total}"
+        )
 
     def checkpoint(self, step: int) -> None:
         """Install the LoRA as it is now as `<output_name>-checkpoint-<step>`."""
