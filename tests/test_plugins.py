@@ -72,7 +72,11 @@ def test_plugins_command_lists_distribution_and_hooks():
     assert result.exit_code == 0, result.output
     plugins = {p["name"]: p for p in json.loads(result.output)}
     assert plugins["example"]["distribution"] == "gateway-example-backend 0.1.0"
-    assert plugins["example"]["hooks"] == ["register_backends", "register_models"]
+    assert plugins["example"]["hooks"] == [
+        "register_backends",
+        "register_models",
+        "register_trainers",
+    ]
     assert plugins["torch"]["distribution"].startswith("gateway-torch ")
     assert "register_routes" in plugins["gateway.routes.openai"]["hooks"]
 

@@ -6,9 +6,12 @@ test_training_live.py."""
 from __future__ import annotations
 
 import asyncio
+import http.server
 import itertools
+import json
 import os
 import signal
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -179,3 +182,79 @@ async def test_no_local_worker_keeps_jobs_queued(tmp_path: Path):
         assert not gw.training.supervisor.workers
     finally:
         await gw.shutdown()
+
+
+async def test_a_pip_installed_trainer_runs_in_the_worker(gw: Gateway):
+    """`shout` comes from the test distribution gateway-example-backend (an entry point
+    found only by the test process): the worker gets it through the server's plugins."""
+    assert "shout" in gw.training.trainers
+    job, _ = await gw.training.submit("shout", ["quiet", "words"], {}, output_name="loud")
+    done = await wait_for(gw, job.id, JobState.COMPLETED, JobState.FAILED)
+    assert done.state == JobState.COMPLETED, done.error
+    weights = Path(done.adapter_path or "") / "adapter_model.safetensors"
+    assert weights.read_text() == "QUIET WORDS"
+
+
+async def test_jobs_per_model_runs_that_many_jobs_at_once(tmp_path: Path):
+    gw = make_gateway(tmp_path, jobs_per_model=2)
+    await gw.startup()
+    try:
+        config = {"steps": 400, "step_seconds": 0.05}
+        first, _ = await gw.training.submit("steps", [1], config)
+        second, _ = await gw.training.submit("steps", [1], config)
+        third, _ = await gw.training.submit("steps", [1], {})
+        await wait_for(gw, first.id, JobState.RUNNING)
+        await wait_for(gw, second.id, JobState.RUNNING)
+        assert (await gw.training.get(third.id)).state == JobState.QUEUED
+        assert len(gw.training.supervisor.workers) == 2
+        for job in (first, second):
+            await gw.training.stop_job(job.id)
+        assert (await wait_for(gw, third.id, JobState.COMPLETED)).state == "completed"
+    finally:
+        await gw.shutdown()
+
+
+async def test_the_webhook_hears_of_a_cancelled_job(tmp_path: Path):
+    calls: list[dict[str, Any]] = []
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            calls.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    receiver = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{receiver.server_address[1]}/"
+    gw = make_gateway(tmp_path, jobs_per_model=0, webhook_url=url)
+    await gw.startup()
+    try:
+        job, _ = await gw.training.submit("steps", [1], {}, output_name="never")
+        await gw.training.cancel(job.id)
+        await wait_until(lambda: _called(calls))
+        assert calls == [
+            {
+                "job_id": job.id,
+                "job_type": "steps",
+                "status": "cancelled",
+                "adapter_name": "never",
+                "adapter_path": None,
+                "error": "Cancelled while queued.",
+                "timestamp": calls[0]["timestamp"],
+            }
+        ]
+        await wait_until(lambda: _webhook_is(gw, job.id, "sent"))
+    finally:
+        await gw.shutdown()
+        receiver.shutdown()
+
+
+async def _called(calls: list[Any]) -> bool:
+    return bool(calls)
+
+
+async def _webhook_is(gw: Gateway, job_id: str, state: str) -> bool:
+    return (await gw.training.get(job_id)).webhook == state

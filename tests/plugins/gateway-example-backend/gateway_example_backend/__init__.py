@@ -1,6 +1,8 @@
-"""A third-party backend, installed like any plugin: it shouts the prompt back.
+"""A third-party backend and trainer, installed like any plugin: it shouts the prompt back.
 
-It registers the backend `shout` and declares the model `example-shout` on it.
+It registers the backend `shout`, declares the model `example-shout` on it, and registers
+the trainer `shout`, which "trains" by writing its examples, upper-cased, into an adapter
+directory (no model: enough to show that a pip-installed trainer runs in the worker).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from gateway_schemas.canonical import GenerationChunk, GenerationRequest
 from gateway import hookimpl
 from gateway.engine import ModelSpec
 from gateway.testing import EchoBackend
+from gateway.training.trainer import Trainer, TrainingContext
 
 
 class ShoutBackend(EchoBackend):
@@ -39,3 +42,19 @@ def register_backends(register):
 @hookimpl
 def register_models(register, gateway):
     register(ModelSpec(name="example-shout", backend="shout"))
+
+
+class ShoutTrainer(Trainer):
+    name = "shout"
+
+    def run(self, job, context: TrainingContext) -> Path:
+        staging = context.adapters.staging()
+        (staging / "adapter_config.json").write_text('{"r": 1}')
+        (staging / "adapter_model.safetensors").write_text(" ".join(job.data).upper())
+        context.step(1, 1, 0.0, 0.0, 1.0)
+        return context.install(staging, job.output_name)
+
+
+@hookimpl
+def register_trainers(register):
+    register(ShoutTrainer())
