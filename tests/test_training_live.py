@@ -154,6 +154,18 @@ def wait_worker_ready(url: str) -> dict[str, Any]:
 def test_one_correction_changes_the_next_answer(server: LiveServer, receiver: Receiver):
     wait_worker_ready(server.url)
     assert FACT not in chat(server.url)
+    # Requests keep coming while the job trains and its adapter is swapped in: none fails.
+    answers: list[int] = []
+    stop = threading.Event()
+
+    def traffic() -> None:
+        with httpx.Client(base_url=server.url, timeout=120) as client:
+            while not stop.is_set():
+                body = {"messages": [{"role": "user", "content": "Name a fruit."}], "max_tokens": 8}
+                answers.append(client.post("/v1/chat/completions", json=body).status_code)
+
+    background = threading.Thread(target=traffic)
+    background.start()
     started = time.perf_counter()
     job_id = submit(
         server.url, {"examples": [CORRECTION], "config": {**FAST, "output_name": "zorbania"}}
@@ -161,6 +173,9 @@ def test_one_correction_changes_the_next_answer(server: LiveServer, receiver: Re
     done = wait(server.url, job_id, *FINISHED)
     answer = chat(server.url)
     elapsed = time.perf_counter() - started
+    stop.set()
+    background.join()
+    assert answers and set(answers) == {200}, answers
     print(f"submit-to-changed-answer: {elapsed:.2f}s ({done['step']} steps)")
     assert done["state"] == "completed", done
     assert FACT in answer, answer
