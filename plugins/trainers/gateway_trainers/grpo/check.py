@@ -2,8 +2,9 @@
 
 Data: Kiln's `groups`, each `{"messages": [{"role", "content"}...], "completions": [{"text",
 "reward"}...]}`. Config: Kiln's keys with Kiln's defaults, plus `epochs` and `seed`.
-Errors are `InvalidRequest` whose `param` names the field, e.g.
-`groups[2].completions[0].reward`.
+Errors are `InvalidRequest` whose `param` names the field as the request spells it, e.g.
+`groups[2].completions[0].reward` or `config.kl_coeff` (the shared checks of
+`common.checks` for the messages and the keys every LoRA trainer reads).
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from gateway.errors import InvalidRequest
+from gateway_trainers.common.checks import check_list, check_messages, check_training_config
 
 DATA = "groups"
 """The request field the data comes from (Kiln's name), used in error params."""
@@ -53,116 +55,80 @@ class GrpoConfig:
 
     @classmethod
     def parse(cls, config: Mapping[str, Any]) -> GrpoConfig:
-        """The settings in a job's `config` (missing or null keys take the defaults);
-        `InvalidRequest` naming the key when one is out of range. Other keys are ignored."""
+        """The settings in a job's `config` (missing keys, and null optional ones, take the
+        defaults); `InvalidRequest` naming the key (`config.kl_coeff`) when one is out of
+        range. Other keys are ignored."""
+        check_training_config(config)
+        kl_coeff = config.get("kl_coeff", 0.0)
+        if not (_number(kl_coeff) and math.isfinite(kl_coeff) and kl_coeff >= 0):
+            raise InvalidRequest(
+                f"`kl_coeff` must be a number >= 0, not {kl_coeff!r}.", param="config.kl_coeff"
+            )
+        clip = config.get("clip_epsilon", 0.2)
+        if not (_number(clip) and 0 < clip < 1):
+            raise InvalidRequest(
+                f"`clip_epsilon` must be a number between 0 and 1 (exclusive), not {clip!r}.",
+                param="config.clip_epsilon",
+            )
         default = cls()
-
-        def get(key: str) -> Any:
-            value = config.get(key)
-            return getattr(default, key) if value is None else value
-
-        learning_rate = _number(get("learning_rate"), "learning_rate")
-        if not learning_rate > 0:
-            raise InvalidRequest("`learning_rate` must be above 0.", param="learning_rate")
-        kl_coeff = _number(get("kl_coeff"), "kl_coeff")
-        if kl_coeff < 0:
-            raise InvalidRequest("`kl_coeff` must be 0 or more.", param="kl_coeff")
-        clip_epsilon = _number(get("clip_epsilon"), "clip_epsilon")
-        if not 0 < clip_epsilon < 1:
-            raise InvalidRequest(
-                "`clip_epsilon` must be between 0 and 1 (exclusive).", param="clip_epsilon"
-            )
-        lora_alpha = _number(get("lora_alpha"), "lora_alpha")
-        if not lora_alpha > 0:
-            raise InvalidRequest("`lora_alpha` must be above 0.", param="lora_alpha")
-        base_adapter = config.get("base_adapter")
-        if base_adapter is not None and (not isinstance(base_adapter, str) or not base_adapter):
-            raise InvalidRequest(
-                "`base_adapter` must be an adapter name or null.", param="base_adapter"
-            )
-        interval = config.get("checkpoint_interval")
-        seed = config.get("seed")
+        values = {
+            key: config[key] if config.get(key) is not None else getattr(default, key)
+            for key in default.__dataclass_fields__
+        }
         return cls(
-            learning_rate=learning_rate,
-            kl_coeff=kl_coeff,
-            clip_epsilon=clip_epsilon,
-            lora_rank=_integer(get("lora_rank"), "lora_rank", minimum=1),
-            lora_alpha=lora_alpha,
-            base_adapter=base_adapter,
-            epochs=_integer(get("epochs"), "epochs", minimum=1),
+            learning_rate=float(values["learning_rate"]),
+            kl_coeff=float(values["kl_coeff"]),
+            clip_epsilon=float(values["clip_epsilon"]),
+            lora_rank=int(values["lora_rank"]),
+            lora_alpha=float(values["lora_alpha"]),
+            base_adapter=values["base_adapter"],
+            epochs=int(values["epochs"]),
             checkpoint_interval=None
-            if interval is None
-            else _integer(interval, "checkpoint_interval", minimum=1),
-            seed=None if seed is None else _integer(seed, "seed", minimum=0),
+            if values["checkpoint_interval"] is None
+            else int(values["checkpoint_interval"]),
+            seed=None if values["seed"] is None else int(values["seed"]),
         )
 
 
 def parse_groups(data: Any) -> list[Group]:
     """The groups of a job's data; `InvalidRequest` naming the first bad field."""
-    if not isinstance(data, list) or not data:
-        raise InvalidRequest(
-            "`groups` must be a non-empty list of {messages, completions} objects.", param=DATA
-        )
-    return [_group(item, f"{DATA}[{index}]") for index, item in enumerate(data)]
+    groups = check_list(data, DATA, "{messages, completions} objects")
+    return [_group(item, f"{DATA}[{index}]") for index, item in enumerate(groups)]
 
 
 def _group(item: Any, where: str) -> Group:
     if not isinstance(item, Mapping):
         raise InvalidRequest(
-            f"`{where}` must be an object with messages and completions.", param=where
+            "A group must be an object with `messages` and `completions`.", param=where
         )
-    messages = item.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise InvalidRequest(
-            f"`{where}.messages` must be a non-empty list of messages (the prompt).",
-            param=f"{where}.messages",
-        )
-    completions = item.get("completions")
-    if not isinstance(completions, list) or not completions:
-        raise InvalidRequest(
-            f"`{where}.completions` must be a non-empty list of {{text, reward}} objects.",
-            param=f"{where}.completions",
-        )
+    messages: Any = item.get("messages")
+    check_messages(messages, f"{where}.messages", needs_assistant=False)
+    completions = check_list(
+        item.get("completions"), f"{where}.completions", "{text, reward} objects"
+    )
     return Group(
-        messages=[_message(m, f"{where}.messages[{i}]") for i, m in enumerate(messages)],
+        messages=[{"role": m["role"], "content": m["content"]} for m in messages],
         completions=[
             _completion(c, f"{where}.completions[{i}]") for i, c in enumerate(completions)
         ],
     )
 
 
-def _message(message: Any, where: str) -> dict[str, str]:
-    if not isinstance(message, Mapping):
-        raise InvalidRequest(f"`{where}` must be an object with role and content.", param=where)
-    role, content = message.get("role"), message.get("content")
-    if not isinstance(role, str) or not role:
-        raise InvalidRequest(f"`{where}.role` must be a non-empty string.", param=f"{where}.role")
-    if not isinstance(content, str):
-        raise InvalidRequest(f"`{where}.content` must be a string.", param=f"{where}.content")
-    return {"role": role, "content": content}
-
-
 def _completion(completion: Any, where: str) -> Completion:
     if not isinstance(completion, Mapping):
-        raise InvalidRequest(f"`{where}` must be an object with text and reward.", param=where)
+        raise InvalidRequest(
+            "A completion must be an object with `text` and `reward`.", param=where
+        )
     text = completion.get("text")
     if not isinstance(text, str) or not text:
         raise InvalidRequest(f"`{where}.text` must be a non-empty string.", param=f"{where}.text")
     reward = completion.get("reward")
-    if isinstance(reward, bool) or not isinstance(reward, int | float) or not math.isfinite(reward):
-        raise InvalidRequest(f"`{where}.reward` must be a finite number.", param=f"{where}.reward")
+    if not (_number(reward) and math.isfinite(reward)):
+        raise InvalidRequest(
+            f"`{where}.reward` must be a finite number, not {reward!r}.", param=f"{where}.reward"
+        )
     return Completion(text=text, reward=float(reward))
 
 
-def _number(value: Any, key: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise InvalidRequest(f"`{key}` must be a finite number.", param=key)
-    return float(value)
-
-
-def _integer(value: Any, key: str, *, minimum: int) -> int:
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise InvalidRequest(f"`{key}` must be an integer of at least {minimum}.", param=key)
-    return value
+def _number(value: Any) -> TypeGuard[int | float]:
+    return isinstance(value, int | float) and not isinstance(value, bool)
