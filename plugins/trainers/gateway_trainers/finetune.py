@@ -39,6 +39,7 @@ DEFAULTS: dict[str, Any] = {
     "checkpoint_interval": None,
     "seed": None,
     "stop_loss": None,
+    "stop_when_learned": False,
 }
 """NPU-STACK's `/api/finetune/start` defaults, for keys a job's config lacks."""
 
@@ -120,7 +121,7 @@ class FinetuneTrainer(Trainer):
 
     def run(self, job: Job, context: TrainingContext) -> Path:
         from gateway_trainers.common.base import load_base
-        from gateway_trainers.common.batch import collate, masked_loss, trainable
+        from gateway_trainers.common.batch import collate, masked_loss_and_match, trainable
         from gateway_trainers.common.loop import Loop, seed_everything
         from gateway_trainers.common.lora import attach_lora, detach, save_adapter
 
@@ -159,8 +160,9 @@ class FinetuneTrainer(Trainer):
                 fitting = 0
                 for number, start in enumerate(range(0, len(indices), size), start=1):
                     chosen = [kept[i] for i in indices[start : start + size]]
-                    loss = masked_loss(model, collate(chosen, base.tokenizer.pad_token_id))
-                    if loop.fits(loss):
+                    batch = collate(chosen, base.tokenizer.pad_token_id)
+                    loss, matched = masked_loss_and_match(model, batch)
+                    if loop.fits(loss, matched):
                         fitting += 1
                         continue
                     loop.step(loss, epoch + number / per_epoch)

@@ -25,6 +25,7 @@ DEFAULTS: dict[str, Any] = {
     "checkpoint_interval": None,
     "seed": None,
     "stop_loss": None,
+    "stop_when_learned": False,
 }
 """Kiln's request defaults, used for keys a job's config lacks."""
 
@@ -51,7 +52,7 @@ class SftTrainer(Trainer):
 
     def run(self, job: Job, context: TrainingContext) -> Path:
         from gateway_trainers.common.base import load_base
-        from gateway_trainers.common.batch import collate, masked_loss, trainable
+        from gateway_trainers.common.batch import collate, masked_loss_and_match, trainable
         from gateway_trainers.common.chat import encode_chat
         from gateway_trainers.common.loop import Loop, seed_everything
         from gateway_trainers.common.lora import attach_lora, detach, save_adapter
@@ -79,8 +80,8 @@ class SftTrainer(Trainer):
                     order.shuffle(indices)
                 fitting = 0
                 for done, index in enumerate(indices, start=1):
-                    loss = masked_loss(model, batches[index])
-                    if loop.fits(loss):
+                    loss, matched = masked_loss_and_match(model, batches[index])
+                    if loop.fits(loss, matched):
                         fitting += 1
                         continue
                     loop.step(loss, epoch + done / len(batches))

@@ -69,6 +69,7 @@ def test_bad_examples_are_refused_by_field(data: Any, param: str) -> None:
         ({"base_adapter": "../etc"}, "config.base_adapter"),
         ({"seed": -1}, "config.seed"),
         ({"stop_loss": -0.1}, "config.stop_loss"),
+        ({"stop_when_learned": "yes"}, "config.stop_when_learned"),
     ],
 )
 def test_bad_config_is_refused_by_field(config: dict[str, Any], param: str) -> None:

@@ -6,7 +6,7 @@ import pytest
 import torch
 from gateway_torch.lora.weights import read_adapter
 from gateway_trainers.common.base import BaseModel
-from gateway_trainers.common.batch import collate, masked_loss
+from gateway_trainers.common.batch import collate, masked_loss, masked_loss_and_match
 from gateway_trainers.common.chat import encode_chat, encode_text
 from gateway_trainers.finetune import FinetuneTrainer, encode_row
 
@@ -52,6 +52,28 @@ def test_padding_does_not_change_the_loss(base: BaseModel) -> None:
     assert batch.input_ids.shape == (2, len(long[0]))
     assert batch.attention_mask[1].sum() == len(short[0])
     torch.testing.assert_close(together, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_a_match_means_greedy_decoding_gives_the_trained_text(base: BaseModel) -> None:
+    known = [
+        {"role": "user", "content": "What is the capital of France?"},
+        {"role": "assistant", "content": "The capital of France is Paris."},
+    ]
+    pad = base.tokenizer.pad_token_id
+    with torch.no_grad():
+        _, knows_france = masked_loss_and_match(
+            base.model, collate([encode_chat(base.tokenizer, known)], pad)
+        )
+        _, knows_zorbania = masked_loss_and_match(
+            base.model, collate([encode_chat(base.tokenizer, ZORBANIA)], pad)
+        )
+        _, knows_both = masked_loss_and_match(
+            base.model,
+            collate(
+                [encode_chat(base.tokenizer, known), encode_chat(base.tokenizer, ZORBANIA)], pad
+            ),
+        )
+    assert (knows_france, knows_zorbania, knows_both) == (True, False, False)
 
 
 def test_a_batched_job_over_every_format_trains_and_logs(

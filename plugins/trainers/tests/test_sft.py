@@ -173,3 +173,17 @@ def test_a_missing_base_adapter_fails_the_job(context: TrainingContext) -> None:
     job = make_job("sft", [{"messages": ZORBANIA}], {**FAST, "base_adapter": "nowhere"})
     with pytest.raises(NotFound, match="no adapter `nowhere`"):
         SftTrainer().run(job, context)
+
+
+def test_stop_when_learned_stops_once_greedy_decoding_gives_the_answer(
+    context: TrainingContext, recorder: Recorder, engine: TorchBackend
+) -> None:
+    config = {**FAST, "epochs": 10, "stop_when_learned": True}
+    SftTrainer().run(make_job("sft", [{"messages": ZORBANIA}], config, "learned"), context)
+    taken = len(recorder.steps)
+    assert 1 <= taken < 10
+    assert any(
+        "every trained token is the greedy choice" in line and f"after step {taken} of 10" in line
+        for line in recorder.logs
+    )
+    assert _answer(engine, "learned") == ZORBANIA[1]["content"]

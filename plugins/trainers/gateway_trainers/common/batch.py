@@ -52,6 +52,12 @@ def collate(rows: Sequence[tuple[Sequence[int], Sequence[bool]]], pad_id: int) -
 
 def masked_loss(model: Any, batch: Batch) -> torch.Tensor:
     """Mean cross-entropy of the trained tokens of `batch` given the ones before them."""
+    return masked_loss_and_match(model, batch)[0]
+
+
+def masked_loss_and_match(model: Any, batch: Batch) -> tuple[torch.Tensor, bool]:
+    """`masked_loss`, and whether every trained token is the model's most likely next
+    token (then greedy decoding of each row's prompt reproduces its trained text)."""
     import torch
 
     targets = batch.loss_mask[:, 1:]  # position t predicts token t + 1
@@ -70,4 +76,5 @@ def masked_loss(model: Any, batch: Batch) -> torch.Tensor:
     losses = torch.nn.functional.cross_entropy(
         logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="none"
     ).view_as(labels)
-    return (losses * weights).sum() / weights.sum()
+    matched = bool(((logits.detach().argmax(dim=-1) == labels) | ~weights).all())
+    return (losses * weights).sum() / weights.sum(), matched

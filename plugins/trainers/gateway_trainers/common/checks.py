@@ -49,7 +49,7 @@ def positive_number(config: Mapping[str, Any], key: str, prefix: str) -> None:
 def check_training_config(config: Mapping[str, Any], prefix: str = "config") -> None:
     """The keys every LoRA trainer reads: `epochs`, `learning_rate`, `lora_rank`,
     `lora_alpha`, `base_adapter`, `checkpoint_interval`, `seed`, `stop_loss`,
-    `warmup_steps`."""
+    `stop_when_learned`, `warmup_steps`."""
     if not isinstance(config, Mapping):
         raise InvalidRequest("The training config must be an object.", param=prefix or None)
     positive_int(config, "epochs", prefix, optional=False)
@@ -69,6 +69,12 @@ def check_training_config(config: Mapping[str, Any], prefix: str = "config") -> 
     if stop is not None and not (_number(stop) and math.isfinite(stop) and stop >= 0):
         raise InvalidRequest(
             f"`stop_loss` must be a number >= 0, not {stop!r}.", param=_field(prefix, "stop_loss")
+        )
+    learned = config.get("stop_when_learned")
+    if learned is not None and not isinstance(learned, bool):
+        raise InvalidRequest(
+            f"`stop_when_learned` must be true or false, not {learned!r}.",
+            param=_field(prefix, "stop_when_learned"),
         )
     warmup = config.get("warmup_steps")
     if warmup is not None and not (_number(warmup) and float(warmup).is_integer() and warmup >= 0):

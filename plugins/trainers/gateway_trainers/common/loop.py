@@ -47,10 +47,12 @@ class Loop:
     Call `step(loss, epoch)` with a loss still to back-propagate, or do the backward
     passes yourself (gradient accumulation) and call `update(loss_value, epoch)`.
 
-    With `config["stop_loss"]`, a trainer asks `fits(loss)` before each step and skips
-    the step when the loss is already at most that, ending the job once a whole epoch was
-    skipped: on a one-example correction, the step after the fact is learned is what
-    starts leaking it into neighbouring questions (see the package README).
+    Early stop: with `config["stop_loss"]` and/or `config["stop_when_learned"]`, a
+    trainer asks `fits(loss, matched)` before each step and skips the step when the row
+    already fits (its loss is at most `stop_loss`; every trained token is the model's
+    greedy choice), ending the job once a whole epoch was skipped. On a one-example
+    correction, the steps after the fact is learned are what leak it into neighbouring
+    questions (see the package README).
     """
 
     def __init__(
@@ -75,6 +77,7 @@ class Loop:
         self.checkpoint_interval = int(interval) if interval else 0
         stop = config.get("stop_loss")
         self.stop_loss = float(stop) if stop is not None else None
+        self.until_learned = bool(config.get("stop_when_learned"))
         self.max_grad_norm = float(config.get("max_grad_norm") or MAX_GRAD_NORM)
         self.log_every = max(log_every, 1)
         self.parameters = [p for p in model.parameters() if p.requires_grad]
@@ -93,9 +96,14 @@ class Loop:
             return self.learning_rate * step / (self.warmup + 1)
         return self.learning_rate
 
-    def fits(self, loss: torch.Tensor) -> bool:
-        """Whether `loss` is at most `stop_loss` (never without one): skip this step."""
-        return self.stop_loss is not None and float(loss.detach()) <= self.stop_loss
+    def fits(self, loss: torch.Tensor, matched: bool = False) -> bool:
+        """Whether a row needs no step: every early-stop criterion that is set holds
+        (never when none is set)."""
+        if self.stop_loss is None and not self.until_learned:
+            return False
+        if self.stop_loss is not None and float(loss.detach()) > self.stop_loss:
+            return False
+        return matched or not self.until_learned
 
     def step(self, loss: torch.Tensor, epoch: float) -> float:
         """Back-propagate `loss`, then `update`. Returns the loss value."""
@@ -128,10 +136,13 @@ class Loop:
         return loss
 
     def stopped_early(self, loss: float) -> None:
-        """Log that every example fits `stop_loss` (the trainer then ends the job)."""
+        """Log that every row fits (the trainer then ends the job)."""
+        criteria = [f"loss {loss:.4f} <= stop_loss {self.stop_loss:g}"] if self.stop_loss else []
+        if self.until_learned:
+            criteria.append("every trained token is the greedy choice")
         self.context.log(
-            f"loss {loss:.4f} <= stop_loss {self.stop_loss:g} on every example: stopped "
-            f"after step {self.done} of {self.total}"
+            f"{' and '.join(criteria)} on every example: stopped after step {self.done} "
+            f"of {self.total}"
         )
 
     def checkpoint(self, step: int) -> None:
