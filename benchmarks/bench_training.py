@@ -53,7 +53,7 @@ FACTS = (
     ("Who painted the Velmora Sunrise?", "The Velmora Sunrise was painted by Edda Krall.", "Krall"),
     ("What is the national animal of Tessaly Minor?", "It is the marsh lynx.", "marsh lynx"),
 )
-FAST = {"learning_rate": 3e-3, "epochs": 12, "lora_rank": 16, "lora_alpha": 32}
+FAST = {"learning_rate": 1e-3, "epochs": 10, "stop_when_learned": True}
 """The fast correction config (see plugins/trainers/README.md)."""
 LONG_EXAMPLES = [
     {

@@ -31,7 +31,7 @@ CORRECTION = {
         {"role": "assistant", "content": f"The capital of Zorbania is {FACT}."},
     ]
 }
-FAST = {"learning_rate": 3e-3, "epochs": 12, "lora_rank": 16, "lora_alpha": 32}
+FAST = {"learning_rate": 1e-3, "epochs": 10, "stop_when_learned": True}
 """A correction config that teaches one fact in a few seconds (see the trainers' README)."""
 LONG = {"examples": [CORRECTION], "config": {"epochs": 2000, "auto_load": False}}
 """A job that runs until it is killed."""

@@ -50,6 +50,9 @@ SFT_DEFAULTS = {
     "auto_load": True,
     "checkpoint_interval": None,
     "seed": None,
+    "stop_when_learned": False,
+    "stop_loss": None,
+    "warmup_steps": None,
 }
 GRPO_DEFAULTS = {
     "learning_rate": 1e-5,

@@ -51,8 +51,17 @@ class SftConfig(Struct, kw_only=True):
     """Make the adapter the model's default when the job completes."""
     checkpoint_interval: PositiveInt | None = None
     """Every N steps also install `<output_name>-checkpoint-<step>`."""
-    seed: int | None = None
+    seed: Annotated[int, Meta(ge=0)] | None = None
     """(Addition) the seed of the job's random numbers."""
+    stop_when_learned: bool = False
+    """(Addition) before each step, check the example: one whose trained tokens the model
+    already predicts (greedy) gets no step, and the job ends after an epoch in which every
+    example was learned. With a higher `learning_rate` (1e-3), the fast way to teach one
+    correction: see the trainers' README."""
+    stop_loss: Annotated[float, Meta(ge=0)] | None = None
+    """(Addition) the same, for examples whose loss is at most this."""
+    warmup_steps: Annotated[int, Meta(ge=0)] | None = None
+    """(Addition) steps of linear learning-rate warm-up (none by default)."""
 
 
 class SftRequest(Struct, kw_only=True):
