@@ -13,7 +13,9 @@ splitting the base matmul:
   `y` (2 operations per group, 3 with scales other than 1). Otherwise rows are gathered
   (`index_select`, padded with row 0 at scale 0) and added back with `index_add_`. The
   stacks of the active adapters are built once and reused for as long as the active set
-  stays the same (a steady batch rebuilds nothing);
+  stays the same (a steady batch rebuilds nothing). Stacking copies weights, so a step
+  whose set differs from the step before (requests joining or leaving) adds each adapter's
+  decode rows as segments instead, and the stacks are built once the set holds;
 - *prefill chunks* (a run of rows of one sequence, one adapter set) are segments: for each
   adapter of the set, `y[rows] += scale * (x[rows] @ A) @ B` (SGMV), two plain matmuls;
   adjacent chunks of the same adapter and scale (the scheduler puts them together) are one
@@ -49,25 +51,39 @@ class _Chunk:
 
 
 class StackCache:
-    """The stacked weights of the last active decode set (per layer and group)."""
+    """The stacked weights of the active decode set (per layer and group).
+
+    Stacking copies every active adapter's weights, so it is done only for a set that
+    holds: a step whose set differs from the step before (requests joining or leaving)
+    gets None, and its plan adds each adapter's rows as segments instead.
+    """
 
     def __init__(self) -> None:
         self._adapters: tuple[LoraWeights, ...] = ()
         """The adapters the stacks hold, kept alive: compared by identity, a freed one's
         address could otherwise come back as another adapter's."""
         self._stacks: list[dict[str, Stack]] = []
+        self._last: tuple[LoraWeights, ...] = ()
+        """The set asked for by the step before."""
 
-    def get(self, adapters: Sequence[LoraWeights], layers: int) -> list[dict[str, Stack]]:
-        same = len(adapters) == len(self._adapters) and all(
-            a is b for a, b in zip(adapters, self._adapters, strict=True)
-        )
-        if not same or not self._stacks:
-            self._stacks = [
-                {group: _stack([a.layers[i].get(group) for a in adapters]) for group in GROUPS}
-                for i in range(layers)
-            ]
-            self._adapters = tuple(adapters)
+    def get(self, adapters: Sequence[LoraWeights], layers: int) -> list[dict[str, Stack]] | None:
+        wanted = tuple(adapters)
+        settled = _same(wanted, self._last)
+        self._last = wanted
+        if _same(wanted, self._adapters) and self._stacks:
+            return self._stacks
+        if not settled:
+            return None
+        self._stacks = [
+            {group: _stack([a.layers[i].get(group) for a in wanted]) for group in GROUPS}
+            for i in range(layers)
+        ]
+        self._adapters = wanted
         return self._stacks
+
+
+def _same(a: tuple[LoraWeights, ...], b: tuple[LoraWeights, ...]) -> bool:
+    return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
 
 
 class LoraPlan:
@@ -90,15 +106,8 @@ class LoraPlan:
                     entry = decode.setdefault(id(weights), (weights, [], []))
                     entry[1].append(row)
                     entry[2].append(scale)
-                elif (
-                    self.chunks
-                    and self.chunks[-1].weights is weights
-                    and self.chunks[-1].scale == scale
-                    and self.chunks[-1].row + self.chunks[-1].count == row
-                ):
-                    self.chunks[-1].count += count  # adjacent chunks, one segment
                 else:
-                    self.chunks.append(_Chunk(row, count, weights, scale))
+                    self._segment(row, count, weights, scale)
         self.stacks: list[dict[str, Stack]] = []
         self.block: tuple[int, int, int] | None = None
         self.index = self.scale = torch.empty(0)
@@ -106,7 +115,13 @@ class LoraPlan:
         if not decode:
             return
         ordered = sorted(decode.values(), key=lambda e: e[1][0])  # by first row
-        self.stacks = cache.get([e[0] for e in ordered], layers)
+        stacks = cache.get([e[0] for e in ordered], layers)
+        if stacks is None:  # a passing set: each adapter's decode rows as segments
+            for weights, where, factors in ordered:
+                for row, scale in zip(where, factors, strict=True):
+                    self._segment(row, 1, weights, scale)
+            return
+        self.stacks = stacks
         width = max(len(e[1]) for e in ordered)
         flat_rows = [r for e in ordered for r in e[1]]
         scales = [s for e in ordered for s in e[2]]
@@ -128,6 +143,18 @@ class LoraPlan:
             weight[k, : len(factors), 0] = torch.tensor(factors)
         self.index = index.view(-1).to(device)
         self.scale = weight.to(device, dtype)
+
+    def _segment(self, row: int, count: int, weights: LoraWeights, scale: float) -> None:
+        last = self.chunks[-1] if self.chunks else None
+        if (
+            last is not None
+            and last.weights is weights
+            and last.scale == scale
+            and last.row + last.count == row
+        ):
+            last.count += count  # adjacent rows of one adapter: one segment
+        else:
+            self.chunks.append(_Chunk(row, count, weights, scale))
 
     def add(self, layer: int, group: str, x: torch.Tensor, y: torch.Tensor) -> None:
         """Add the group's LoRA delta for input rows `x` to its output `y`, in place."""
