@@ -1,7 +1,7 @@
 """Training benchmark: how fast a correction lands, and what training costs serving.
 
 Starts `gateway serve` (SmolLM2-135M-Instruct only, its training worker preloaded) once per
-`--threads` value (`[training] threads`: torch threads of the worker; 0 = torch's default)
+`--threads` value (`[training] threads`: torch threads of the worker; default 2 and 1)
 in a fresh data directory that shares the converted weights, and measures, in one run:
 
 - **correction**: a question about an invented fact; one SFT example over HTTP with the
@@ -18,7 +18,7 @@ Prints a table (ratios against serving alone and training alone from the same ru
 writes `benchmarks/results/training-<timestamp>.json` (or `--output`).
 
     python benchmarks/bench_training.py
-    python benchmarks/bench_training.py --threads 0,1 --concurrency 4 --rounds 3
+    python benchmarks/bench_training.py --threads 1 --concurrency 8 --rounds 5
 """
 
 from __future__ import annotations
@@ -209,7 +209,7 @@ def measure(args: argparse.Namespace, threads: int, data_dir: Path) -> dict[str,
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--threads", default="0", help="worker torch threads to compare")
+    parser.add_argument("--threads", default="2,1", help="worker torch threads to compare")
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)

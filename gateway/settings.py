@@ -127,7 +127,7 @@ class TrainingSettings(Struct, kw_only=True, forbid_unknown_fields=True):
 
     Jobs run in worker processes, `jobs_per_model` at a time for each base model (0: none
     here; jobs stay queued for another gateway sharing the database). `threads`: torch
-    threads of a worker (0: torch's default, every core). A worker stays up between jobs
+    threads of a worker (0: half the cores, at least one; serving keeps the rest). A worker stays up between jobs
     with the base model loaded, so only a model's first job waits for it to start;
     `preload` starts it, model loaded, as soon as the model is served. `webhook_url` (or `GATEWAY_TRAINING_WEBHOOK_URL`) is told when a
     job completes, fails or is cancelled, in Kiln's payload; with `webhook_secret` each

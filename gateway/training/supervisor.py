@@ -66,6 +66,13 @@ def worker_environment() -> dict[str, str]:
     return env
 
 
+def worker_threads() -> int:
+    """A worker's torch threads when `[training] threads` is 0: half the cores (at least
+    one), so that serving keeps the other half. On 2 cores one training thread trains as
+    fast as two while requests are served, and slows serving no more (benchmarks/README)."""
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
 def describe_exit(returncode: int | None) -> str:
     if returncode is not None and returncode < 0:
         try:
@@ -130,7 +137,7 @@ class Supervisor:
             database=str(self.database),
             plugins=self.plugins,
             path=list(sys.path),
-            threads=self.settings.threads,
+            threads=self.settings.threads or worker_threads(),
             preload=preload,
             log_level=self.log_level,
         )
