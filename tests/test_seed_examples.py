@@ -66,6 +66,9 @@ KILN_ADAPTERS = {"default": 1, "grpo-demo": 2, "format-fixes": 3}
 KILN_OUTPUTS = ("default-copy", "merged-ties", "merged-concat", "seed-queue-running")
 """The adapters Kiln's examples make, which must not exist before they run."""
 FINISHED = ("completed", "failed", "cancelled")
+SUBMITTED: list[str] = []
+"""The ids of the jobs the training examples queued (the data directory may hold older
+ones)."""
 
 
 def _forget_adapters(url: str, names: Iterable[str]) -> None:
@@ -223,17 +226,20 @@ def _check_success(example: Example, response: httpx.Response, url: str) -> None
         assert payload["num_tensors"] > 0
     if example.path in ("/v1/train/sft", "/v1/train/grpo"):
         assert payload["state"] == "queued" and payload["message"].startswith("Queued ")
+        SUBMITTED.append(payload["job_id"])
         done = wait_for_job(url, payload["job_id"])
         assert done["state"] == "completed", done
         assert done["adapter_name"] == body["config"]["output_name"]
         adapters = httpx.get(f"{url}/v1/adapters", timeout=30).json()
         assert adapters["active"] == body["config"]["output_name"]  # auto_load
     if example.path == "/v1/train/status":
-        assert {job["adapter_name"] for job in payload} >= {"default", "grpo-demo"}
-        assert all(job["state"] == "completed" for job in payload), payload
+        ours = [job for job in payload if job["job_id"] in SUBMITTED]
+        assert {job["adapter_name"] for job in ours} == {"default", "grpo-demo"}
+        assert all(job["state"] == "completed" for job in ours), ours
     if example.path == "/v1/train/queue":
         assert set(payload) >= {"running", "queued", "completed"}
-        assert {job["adapter_name"] for job in payload["completed"]} >= {"default", "grpo-demo"}
+        done = {job["job_id"] for job in payload["completed"]}
+        assert done >= set(SUBMITTED), payload
     if example.method == "DELETE" and example.path.startswith("/v1/train/queue/"):
         assert payload["status"] == "cancelled"
 

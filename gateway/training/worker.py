@@ -71,14 +71,22 @@ class Worker:
         sys.stdout.write(json.dumps({"event": event, **fields}) + "\n")
         sys.stdout.flush()
 
-    def context(self, job: Job) -> TrainingContext:
+    def context(self, job: Job | None = None) -> TrainingContext:
+        """The context of `job`'s run; without a job (for `prepare`), steps and log lines
+        go nowhere."""
         started = time.time()
 
         def on_step(step: int, total: int, loss: float, lr: float, epoch: float) -> bool:
+            if job is None:
+                return True
             metrics = StepMetrics(
                 step=step, epoch=epoch, loss=loss, learning_rate=lr, time=time.time() - started
             )
             return self.jobs.record_step(job.id, metrics, total)
+
+        def on_log(message: str) -> None:
+            if job is not None:
+                self.jobs.log(job.id, message)
 
         return TrainingContext(
             spec=self.config.model,
@@ -87,26 +95,15 @@ class Worker:
             resident=self.resident,
             threads=self.config.threads,
             on_step=on_step,
-            on_log=lambda message: self.jobs.log(job.id, message),
+            on_log=on_log,
         )
 
     def preload(self) -> None:
         for trainer in self.trainers.values():
             try:
-                trainer.prepare(self.context_for_prepare())
+                trainer.prepare(self.context())
             except Exception:
                 log.exception("trainer %s could not prepare", trainer.name)
-
-    def context_for_prepare(self) -> TrainingContext:
-        return TrainingContext(
-            spec=self.config.model,
-            data_dir=self.data_dir,
-            adapters=self.adapters,
-            resident=self.resident,
-            threads=self.config.threads,
-            on_step=lambda *_: True,
-            on_log=lambda _: None,
-        )
 
     def run_job(self, job: Job) -> None:
         self.emit("started", job=job.id)

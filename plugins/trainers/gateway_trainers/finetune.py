@@ -160,7 +160,7 @@ class FinetuneTrainer(Trainer):
                 fitting = 0
                 for number, start in enumerate(range(0, len(indices), size), start=1):
                     chosen = [kept[i] for i in indices[start : start + size]]
-                    batch = collate(chosen, base.tokenizer.pad_token_id)
+                    batch = collate(chosen, base.tokenizer.pad_token_id, base.device)
                     loss, matched = masked_loss_and_match(model, batch)
                     if loop.fits(loss, matched):
                         fitting += 1

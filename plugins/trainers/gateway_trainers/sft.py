@@ -73,7 +73,7 @@ class SftTrainer(Trainer):
         model = attach_lora(base, config, context)
         try:
             loop = Loop(model, context, config, output_name=job.output_name, total_steps=total)
-            batches = [collate([row], base.tokenizer.pad_token_id) for row in rows]
+            batches = [collate([row], base.tokenizer.pad_token_id, base.device) for row in rows]
             for epoch in range(epochs):
                 indices = list(range(len(batches)))
                 if epoch:  # the first epoch in the given order

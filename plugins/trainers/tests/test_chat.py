@@ -10,8 +10,7 @@ from gateway_trainers.common.chat import (
     encode_prompt_completion,
     encode_text,
 )
-
-from conftest import ZORBANIA
+from trainer_helpers import ZORBANIA
 
 
 def _trained(tokenizer: object, ids: list[int], mask: list[bool]) -> list[str]:

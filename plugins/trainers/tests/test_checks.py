@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from gateway_trainers.finetune import FinetuneTrainer
 from gateway_trainers.sft import DEFAULTS, SftTrainer
+from trainer_helpers import ZORBANIA
 
-from conftest import ZORBANIA
 from gateway.errors import InvalidRequest
 
 GOOD = [{"messages": ZORBANIA}]

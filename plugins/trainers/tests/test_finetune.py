@@ -9,8 +9,8 @@ from gateway_trainers.common.base import BaseModel
 from gateway_trainers.common.batch import collate, masked_loss, masked_loss_and_match
 from gateway_trainers.common.chat import encode_chat, encode_text
 from gateway_trainers.finetune import FinetuneTrainer, encode_row
+from trainer_helpers import ZORBANIA, Recorder, make_job
 
-from conftest import ZORBANIA, Recorder, make_job
 from gateway.adapters.store import AdapterStore
 from gateway.training.trainer import TrainingContext
 

@@ -22,8 +22,8 @@ from gateway_trainers.grpo.check import GrpoConfig, parse_groups
 from gateway_trainers.grpo.trainer import GrpoTrainer, _accumulate, _fixed_logps
 from peft import PeftModel
 from safetensors.torch import load_file
+from trainer_helpers import Recorder, make_job
 
-from conftest import Recorder, make_job
 from gateway.jobs import Job
 from gateway.training.trainer import TrainingContext
 

@@ -14,8 +14,8 @@ from gateway_trainers.common.base import BaseModel
 from gateway_trainers.common.lora import TARGET_MODULES, attach_lora, detach
 from gateway_trainers.sft import SftTrainer
 from safetensors.torch import load_file
+from trainer_helpers import MODEL, ZORBANIA, Recorder, make_job
 
-from conftest import MODEL, ZORBANIA, Recorder, make_job
 from gateway.adapters.store import AdapterStore
 from gateway.training.trainer import JobStopped, TrainingContext
 

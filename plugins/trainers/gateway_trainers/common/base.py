@@ -39,6 +39,17 @@ def model_folder(context: TrainingContext) -> Path:
     return source.path
 
 
+def train_device(context: TrainingContext) -> Any:
+    """Where the worker trains: the model's `device` option (`auto`: CUDA when there is
+    one). Training is always in float32, whatever dtype serving uses."""
+    import torch
+
+    wanted = str(context.spec.options.get("device", "auto"))
+    if wanted == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(wanted)
+
+
 def load_base(context: TrainingContext) -> BaseModel:
     """The worker's base model, loaded on first use and reused by every later job."""
     import torch
@@ -56,7 +67,7 @@ def load_base(context: TrainingContext) -> BaseModel:
     with LOADING:
         tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
         model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    device = torch.device("cpu")
+    device = train_device(context)
     model.to(device)
     model.eval()  # no dropout anywhere: a step is deterministic given its seed
     for parameter in model.parameters():

@@ -33,8 +33,11 @@ def trainable(mask: Sequence[bool]) -> bool:
     return any(mask[1:])
 
 
-def collate(rows: Sequence[tuple[Sequence[int], Sequence[bool]]], pad_id: int) -> Batch:
-    """Pad `(ids, loss mask)` rows on the right to the longest."""
+def collate(
+    rows: Sequence[tuple[Sequence[int], Sequence[bool]]], pad_id: int, device: Any = None
+) -> Batch:
+    """Pad `(ids, loss mask)` rows on the right to the longest, on `device` (the CPU when
+    None)."""
     import torch
 
     width = max(len(ids) for ids, _ in rows)
@@ -46,7 +49,9 @@ def collate(rows: Sequence[tuple[Sequence[int], Sequence[bool]]], pad_id: int) -
         attention[row, : len(ids)] = 1
         loss_mask[row, : len(mask)] = torch.tensor(list(mask), dtype=torch.bool)
     return Batch(
-        input_ids=input_ids, attention_mask=attention, loss_mask=loss_mask & (attention > 0)
+        input_ids=input_ids.to(device),
+        attention_mask=attention.to(device),
+        loss_mask=(loss_mask & (attention > 0)).to(device),
     )
 
 
