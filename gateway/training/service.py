@@ -31,7 +31,7 @@ from gateway.jobs import (
     StepMetrics,
 )
 from gateway.training.registry import collect_trainers
-from gateway.training.supervisor import Supervisor
+from gateway.training.supervisor import INTERRUPTED, Supervisor
 from gateway.training.trainer import Trainer
 from gateway.training.webhook import deliver
 
@@ -39,11 +39,6 @@ if TYPE_CHECKING:
     from gateway.gateway import Gateway
 
 log = logging.getLogger("gateway.training")
-
-INTERRUPTED = (
-    "The server stopped while this job was running (at step {step} of {total}); no adapter "
-    "was written. Submit it again."
-)
 
 
 class TrainingService:

@@ -31,6 +31,12 @@ from gateway.training.worker import WorkerConfig
 log = logging.getLogger("gateway.training")
 
 STOP_GRACE_SECONDS = 5.0
+INTERRUPTED = (
+    "The server stopped while this job was running (at step {step} of {total}); no adapter "
+    "was written. Submit it again."
+)
+"""Why a job ends `failed` when the server stopped under it (cleanly, or at the next start
+after a crash)."""
 STDERR_LINES = 20
 """The last lines of a worker's stderr kept to explain a worker that could not start."""
 RESTART_DELAYS = (0.0, 1.0, 5.0)
@@ -259,9 +265,5 @@ class Supervisor:
                 with contextlib.suppress(asyncio.CancelledError):
                     await worker.watcher
             await asyncio.to_thread(
-                self.jobs.fail_running,
-                "The server stopped while this job was running (at step {step} of {total}); "
-                "no adapter was written. Submit it again.",
-                worker=worker.id,
-                webhook=True,
+                self.jobs.fail_running, INTERRUPTED, worker=worker.id, webhook=True
             )
