@@ -6,13 +6,12 @@ from __future__ import annotations
 import io
 import json
 import re
-import socket
 import threading
 import time
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ import pytest
 import uvicorn
 from click.testing import CliRunner, Result
 from gateway_schemas.canonical import AdapterRef
+from live import free_port, http_server
 
 from gateway import hookimpl
 from gateway.adapters.store import AdapterStore
@@ -112,17 +112,9 @@ def gateway() -> Iterator[FakeGateway]:
         def log_message(self, format: str, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    fake.url = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
+    with http_server(Handler) as url:
+        fake.url = url
         yield fake
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 def run(gateway: FakeGateway, *args: str, env: dict[str, str] | None = None, **kw: Any) -> Result:
@@ -310,10 +302,7 @@ def test_api_key_from_the_environment_and_url_from_the_settings(gateway, tmp_pat
 
 
 def test_an_unreachable_gateway_is_said_plainly(tmp_path):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://127.0.0.1:{free_port()}"
     result = CliRunner().invoke(cli, ["train", "status", "--url", url])
     assert result.exit_code == 1
     assert f"Cannot reach the gateway at {url}" in result.output
@@ -583,9 +572,7 @@ def live(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         training=TrainingSettings(jobs_per_model=0),
     )
     app = create_app(gateway=Gateway(settings, pm))
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

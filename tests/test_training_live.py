@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
-from live import LiveServer, start_server, stop_server
+from live import LiveServer, http_server, start_server, stop_server
 
 MODEL = "smollm2-135m-instruct"
 QUESTION = "What is the capital of Zorbania?"
@@ -38,16 +38,12 @@ LONG = {"examples": [CORRECTION], "config": {"epochs": 2000, "auto_load": False}
 FINISHED = ("completed", "failed", "cancelled")
 
 
-class Receiver(http.server.ThreadingHTTPServer):
-    """Records the webhook calls it gets."""
+class Receiver:
+    """Records the webhook calls it gets (served by `http_server`)."""
 
     def __init__(self) -> None:
         self.calls: list[dict[str, Any]] = []
-        super().__init__(("127.0.0.1", 0), _Handler)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/hook"
+        self.url = ""
 
     def wait_for(self, job_id: str, timeout: float = 60) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
@@ -59,23 +55,23 @@ class Receiver(http.server.ThreadingHTTPServer):
             time.sleep(0.1)
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        self.server.calls.append(json.loads(body))  # type: ignore[attr-defined]
-        self.send_response(204)
-        self.end_headers()
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
 def receiver() -> Iterator[Receiver]:
-    server = Receiver()
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server
-    server.shutdown()
+    found = Receiver()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            found.calls.append(json.loads(body))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    with http_server(Handler) as url:
+        found.url = f"{url}/hook"
+        yield found
 
 
 def serve(data_dir: Path, folder: Path, receiver: Receiver) -> LiveServer:

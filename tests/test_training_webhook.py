@@ -8,14 +8,14 @@ import hashlib
 import hmac
 import json
 import logging
-import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
+from live import free_port, http_server
 
 from gateway.jobs import Job, JobState
 from gateway.settings import TrainingSettings
@@ -66,18 +66,12 @@ def receiver() -> Iterator[Receiver]:
         def log_message(self, format: str, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    state.url = f"http://127.0.0.1:{server.server_address[1]}/hooks/training"
-    try:
-        yield state
-    finally:
-        state.release.set()
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with http_server(Handler) as url:
+        state.url = f"{url}/hooks/training"
+        try:
+            yield state
+        finally:
+            state.release.set()
 
 
 def job(state: JobState = JobState.COMPLETED, **fields: object) -> Job:
@@ -110,12 +104,6 @@ def retries(caplog: pytest.LogCaptureFixture) -> list[float]:
         for record in caplog.records
         if record.name == webhook.log.name and "retry" in record.msg
     ]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def test_delivers_kilns_payload_once(receiver: Receiver):

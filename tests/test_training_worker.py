@@ -11,13 +11,13 @@ import itertools
 import json
 import os
 import signal
-import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from live import http_server
 
 import gateway.testing.trainers
 from gateway.engine import ModelSpec
@@ -226,30 +226,27 @@ async def test_the_webhook_hears_of_a_cancelled_job(tmp_path: Path):
         def log_message(self, *args: Any) -> None:
             pass
 
-    receiver = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
-    threading.Thread(target=receiver.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{receiver.server_address[1]}/"
-    gw = make_gateway(tmp_path, jobs_per_model=0, webhook_url=url)
-    await gw.startup()
-    try:
-        job, _ = await gw.training.submit("steps", [1], {}, output_name="never")
-        await gw.training.cancel(job.id)
-        await wait_until(lambda: _called(calls))
-        assert calls == [
-            {
-                "job_id": job.id,
-                "job_type": "steps",
-                "status": "cancelled",
-                "adapter_name": "never",
-                "adapter_path": None,
-                "error": "Cancelled while queued.",
-                "timestamp": calls[0]["timestamp"],
-            }
-        ]
-        await wait_until(lambda: _webhook_is(gw, job.id, "sent"))
-    finally:
-        await gw.shutdown()
-        receiver.shutdown()
+    with http_server(Hook) as url:
+        gw = make_gateway(tmp_path, jobs_per_model=0, webhook_url=f"{url}/")
+        await gw.startup()
+        try:
+            job, _ = await gw.training.submit("steps", [1], {}, output_name="never")
+            await gw.training.cancel(job.id)
+            await wait_until(lambda: _called(calls))
+            assert calls == [
+                {
+                    "job_id": job.id,
+                    "job_type": "steps",
+                    "status": "cancelled",
+                    "adapter_name": "never",
+                    "adapter_path": None,
+                    "error": "Cancelled while queued.",
+                    "timestamp": calls[0]["timestamp"],
+                }
+            ]
+            await wait_until(lambda: _webhook_is(gw, job.id, "sent"))
+        finally:
+            await gw.shutdown()
 
 
 async def _called(calls: list[Any]) -> bool:
