@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from gateway_schemas.canonical import AdapterRef
@@ -20,6 +21,7 @@ from gateway.adapters.names import check_name
 from gateway.engine.backend import Capability
 from gateway.errors import Conflict, InvalidRequest, NotFound, Unavailable
 from gateway.jobs import (
+    ACTIVE_STATES,
     TERMINAL_STATES,
     Job,
     JobState,
@@ -55,9 +57,9 @@ class TrainingService:
             data_dir=data_dir,
             database=database,
             plugins=[
-                getattr(plugin, "__name__", name)
-                for name, plugin in gateway.pm.list_name_plugin()
-                if hasattr(plugin, "__name__") and hasattr(plugin, "__file__")
+                plugin.__name__
+                for _, plugin in gateway.pm.list_name_plugin()
+                if isinstance(plugin, ModuleType)
             ],
             log_level=gateway.settings.server.log_level,
             on_finished=self._finished,
@@ -82,21 +84,17 @@ class TrainingService:
         self._spawn(self._start_workers())
 
     async def _start_workers(self) -> None:
-        preload = []
-        for handle in self.gateway.models:
-            if Capability.ADAPTERS not in handle.backend.capabilities:
-                continue
-            queued = await asyncio.to_thread(
-                self.jobs.find, states=frozenset({JobState.QUEUED}), model=handle.spec.name
-            )
-            if queued:
-                await self.supervisor.ensure(handle.spec)
-            elif self.settings.preload:
-                preload.append(handle.spec)
-        if preload:
+        trainable = [
+            handle.spec
+            for handle in self.gateway.models
+            if Capability.ADAPTERS in handle.backend.capabilities
+        ]
+        for spec in trainable:
+            await self.supervisor.ensure(spec)  # jobs the last run left queued
+        if self.settings.preload and trainable:
             # Load the serving models first: both at once would slow both on a small CPU.
             await self.gateway.models.wait_ready()
-            for spec in preload:
+            for spec in trainable:
                 await self.supervisor.ensure(spec, preload=True)
 
     async def close(self) -> None:
@@ -112,9 +110,7 @@ class TrainingService:
     async def describe(self) -> dict[str, Any]:
         """What /health shows: running jobs with their progress, the queue's length and
         the worker processes."""
-        active = await asyncio.to_thread(
-            self.jobs.find, states=frozenset({JobState.QUEUED, JobState.RUNNING})
-        )
+        active = await asyncio.to_thread(self.jobs.find, states=ACTIVE_STATES)
         return {
             "active_jobs": [
                 {"job_id": job.id, "job_type": job.kind, "progress": round(job.progress, 4)}

@@ -87,6 +87,3 @@ class TrainingContext:
         """Put a filled staging directory (`self.adapters.staging()`) in place as adapter
         `name`, replacing an older version atomically."""
         return self.adapters.install(staging, name, replace=True)
-
-
-TrainerRegistry = dict[str, Trainer]
