@@ -214,6 +214,24 @@ async def test_jobs_per_model_runs_that_many_jobs_at_once(tmp_path: Path):
         await gw.shutdown()
 
 
+async def test_a_second_worker_starts_for_a_job_queued_while_one_runs(tmp_path: Path):
+    gw = make_gateway(tmp_path, jobs_per_model=2)
+    await gw.startup()
+    try:
+        config = {"steps": 400, "step_seconds": 0.05}
+        first, _ = await gw.training.submit("steps", [1], config)
+        await wait_until(lambda: _has_steps(gw, first.id))
+        second, _ = await gw.training.submit("steps", [1], config)
+        await wait_for(gw, second.id, JobState.RUNNING)
+        assert (await gw.training.get(first.id)).state == JobState.RUNNING
+        assert len(gw.training.supervisor.workers) == 2
+        for job in (first, second):
+            await gw.training.stop_job(job.id)
+            await wait_for(gw, job.id, JobState.CANCELLED)
+    finally:
+        await gw.shutdown()
+
+
 async def test_the_webhook_hears_of_a_cancelled_job(tmp_path: Path):
     calls: list[dict[str, Any]] = []
 

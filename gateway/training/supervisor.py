@@ -52,6 +52,8 @@ class WorkerProcess:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     watcher: asyncio.Task[None] | None = None
     stderr: deque[str] = field(default_factory=lambda: deque(maxlen=STDERR_LINES))
+    job: str | None = None
+    """The job it runs, as its events last said (None: idle)."""
 
     @property
     def pid(self) -> int:
@@ -117,8 +119,8 @@ class Supervisor:
         return [w for w in self.workers.values() if w.model == model]
 
     async def ensure(self, spec: ModelSpec, *, preload: bool = False) -> None:
-        """Wake the model's workers, starting them (up to `jobs_per_model`) when jobs are
-        queued, or one when `preload`."""
+        """Wake the model's workers, starting more (up to `jobs_per_model`) while queued
+        jobs outnumber the idle ones, or one when `preload`."""
         if self.stopping or self.settings.jobs_per_model == 0:
             return
         self.specs[spec.name] = spec
@@ -129,8 +131,10 @@ class Supervisor:
             queued = await asyncio.to_thread(
                 self.jobs.find, states=frozenset({JobState.QUEUED}), model=spec.name
             )
-            while queued and len(running) < min(self.settings.jobs_per_model, len(queued)):
+            idle = sum(worker.job is None for worker in running)
+            while idle < len(queued) and len(running) < self.settings.jobs_per_model:
                 running.append(await self._start(spec, preload=False))
+                idle += 1
         for worker in running:
             worker.wake()
 
@@ -182,7 +186,10 @@ class Supervisor:
                 continue
             if event.get("event") == "ready":
                 worker.ready.set()
+            elif event.get("event") == "started":
+                worker.job = event["job"]
             elif event.get("event") == "finished":
+                worker.job = None
                 job = await asyncio.to_thread(self.jobs.get, event["job"])
                 if job is not None:
                     await self._finished(job)
