@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway_schemas.canonical import AdapterRef
 
+from gateway.adapters.models import adapter_model
 from gateway.adapters.names import check_name
 from gateway.engine.backend import Capability
 from gateway.errors import Conflict, InvalidRequest, NotFound, Unavailable
@@ -126,19 +127,6 @@ class TrainingService:
 
     # Submitting.
 
-    def trainable_model(self, requested: str | None, param: str = "model") -> str:
-        """The model a job trains: `requested` (a served name) or the default model that
-        serves adapters."""
-        name = self.gateway.model_for(requested, Capability.ADAPTERS)
-        handle = self.gateway.models.handle(name)
-        if Capability.ADAPTERS not in handle.backend.capabilities:
-            raise InvalidRequest(
-                f"Model `{name}` cannot be trained: its backend does not serve LoRA adapters.",
-                param=param,
-                code="model_not_trainable",
-            )
-        return name
-
     async def submit(
         self,
         kind: str,
@@ -156,9 +144,15 @@ class TrainingService:
                 f"{', '.join(f'`{n}`' for n in sorted(self.trainers)) or 'none installed'}.",
                 code="unknown_trainer",
             )
-        name = self.trainable_model(model)
+        name = adapter_model(
+            self.gateway,
+            model,
+            refusal="cannot be trained: its backend does not serve LoRA adapters",
+            code="model_not_trainable",
+        )
         trainer.check(data, config)
-        store = self.gateway.models.handle(name).backend.adapters
+        handle = self.gateway.models.handle(name)
+        store = handle.backend.adapters
         base = config.get("base_adapter")
         if base:
             await asyncio.to_thread(store.path, base, "base_adapter")
@@ -176,7 +170,7 @@ class TrainingService:
                 code="training_queue_full",
             ) from None
         position = await asyncio.to_thread(self.jobs.position, job.id) or 1
-        await self.supervisor.ensure(self.gateway.models.handle(name).spec)
+        await self.supervisor.ensure(handle.spec)
         return job, position
 
     # Reading.

@@ -2,28 +2,10 @@
 
 from __future__ import annotations
 
+from gateway.adapters.models import adapter_model
 from gateway.adapters.store import AdapterStore
-from gateway.engine import Backend, Capability
-from gateway.errors import Unsupported
+from gateway.engine import Backend
 from gateway.gateway import Gateway
-
-
-def adapter_model(gateway: Gateway, requested: str | None) -> str:
-    """The model named `requested` (under the `unknown_models` setting), else the first
-    model that serves adapters; a model without `Capability.ADAPTERS` is a 400."""
-    try:
-        name = gateway.model_for(requested, Capability.ADAPTERS)
-    except Unsupported:  # no model has the capability
-        raise Unsupported(
-            "No served model serves LoRA adapters.", param="model", code="adapters_unsupported"
-        ) from None
-    if Capability.ADAPTERS not in gateway.models.handle(name).backend.capabilities:
-        raise Unsupported(
-            f"Model `{name}` does not serve LoRA adapters.",
-            param="model",
-            code="adapters_unsupported",
-        )
-    return name
 
 
 def adapter_store(gateway: Gateway, requested: str | None) -> tuple[str, AdapterStore]:
