@@ -10,7 +10,6 @@ exits 1. `--url` defaults to the settings' `[server]` host and port; `--api-key`
 from __future__ import annotations
 
 import json
-import os
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -106,9 +105,8 @@ class Client:
 
 def default_url() -> str:
     """`http://host:port` of the settings' `[server]` (a wildcard host as 127.0.0.1)."""
-    environ = {k: v for k, v in os.environ.items() if k != API_KEY_ENV}
     try:
-        server = load_settings(environ=environ).server
+        server = load_settings().server
     except ConfigError as exc:
         raise click.ClickException(f"{exc} (or give --url)") from None
     host = "127.0.0.1" if server.host in WILDCARD_HOSTS else server.host
