@@ -100,6 +100,21 @@ class BackendFailure(GatewayError):
     kind = "server_error"
 
 
+class UpstreamFailure(GatewayError):
+    """An upstream API (a teacher proxy's provider) failed or answered with a server error,
+    after retries and fallbacks: the message carries the upstream's own."""
+
+    status = 502
+    kind = "upstream_error"
+
+
+class UpstreamTimeout(GatewayError):
+    """An upstream API did not answer in time, after retries and fallbacks."""
+
+    status = 504
+    kind = "timeout_error"
+
+
 class ConfigError(Exception):
     """Settings or plugins that the gateway refuses to start with."""
 

@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 from gateway.auth import Actor
-from gateway.engine import BackendFactory, Capability, ModelManager, ModelSpec
-from gateway.errors import AuthenticationFailed, ConfigError, PermissionDenied
+from gateway.collect import collect_backends, collect_sections
+from gateway.engine import Capability, ModelManager, ModelSpec
+from gateway.errors import AuthenticationFailed, PermissionDenied
 from gateway.metrics import Metrics
 from gateway.plugins import make_plugin_manager
 from gateway.services.generation import GenerationService
@@ -32,27 +33,11 @@ class Gateway:
         self.pm = pm or make_plugin_manager()
         self.hook = self.pm.hook
         self.metrics = Metrics()
-        self.backends = self._collect_backends()
+        settings.check_sections(collect_sections(self.pm))
+        self.backends = collect_backends(self.pm, settings)
         self.models = ModelManager(self._collect_models(), self.backends, settings.data_path())
         self.generation = GenerationService(self)
         self.training = TrainingService(self)
-
-    def _collect_backends(self) -> dict[str, BackendFactory]:
-        factories: dict[str, BackendFactory] = {}
-        owners: dict[str, str] = {}
-        for impl in reversed(self.hook.register_backends.get_hookimpls()):
-
-            def register(
-                name: str, factory: BackendFactory, _owner: str = impl.plugin_name
-            ) -> None:
-                if name in factories:
-                    raise ConfigError(
-                        f"backend `{name}` is registered by both `{owners[name]}` and `{_owner}`"
-                    )
-                factories[name], owners[name] = factory, _owner
-
-            impl.function(**({"register": register} if "register" in impl.argnames else {}))
-        return factories
 
     def _collect_models(self) -> list[ModelSpec]:
         specs = self.settings.served_models()

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from gateway.engine import BackendFactory, ModelSpec
     from gateway.gateway import Gateway
     from gateway.routes.family import RouteFamily
+    from gateway.settings import Settings
     from gateway.training.trainer import Trainer
 
 hookspec = pluggy.HookspecMarker("gateway")
@@ -32,12 +33,26 @@ hookimpl = pluggy.HookimplMarker("gateway")
 
 
 @hookspec
-def register_backends(register: Callable[[str, BackendFactory], None]) -> None:
+def register_backends(register: Callable[[str, BackendFactory], None], settings: Settings) -> None:
     """Register backend factories by name: `register("torch", factory)`.
 
-    Called once at start-up. `factory(spec: ModelSpec, data_dir: Path) -> Backend` is
-    called for each configured model whose `backend` is that name. A name registered
-    twice stops start-up with both plugins named.
+    Called once at start-up (in the server, and in a training worker that needs a model
+    of its own, such as a distillation job's teacher). `factory(spec: ModelSpec, data_dir:
+    Path) -> Backend` is called for each configured model whose `backend` is that name.
+    `settings` are the gateway's settings: a backend reads its plugin's section with
+    `settings.section(name, Type)`. A name registered twice stops start-up with both
+    plugins named.
+    """
+
+
+@hookspec
+def register_settings(register: Callable[[str, type[Any]], None]) -> None:
+    """Declare a settings section of the plugin: `register("teacher", TeacherSettings)`.
+
+    Called once at start-up. `TeacherSettings` is a msgspec Struct; the section is the
+    `[teacher]` table of gateway.toml (and `GATEWAY_TEACHER__...` variables). The host
+    validates every declared section at start-up and refuses a section nobody declared;
+    plugins read theirs with `settings.section("teacher", TeacherSettings)`.
     """
 
 

@@ -16,13 +16,15 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 from msgspec import Meta, Struct, field
 
 from gateway.engine.backend import ModelSpec
 from gateway.errors import ConfigError
+
+T = TypeVar("T")
 
 Scope = Literal["inference", "admin", "train", "adapters"]
 
@@ -160,6 +162,28 @@ class Settings(Struct, kw_only=True, forbid_unknown_fields=True):
     llamacpp: LlamaCppSettings = field(default_factory=LlamaCppSettings)
     kobold: KoboldSettings = field(default_factory=KoboldSettings)
     training: TrainingSettings = field(default_factory=TrainingSettings)
+    plugin_sections: dict[str, Any] = field(default_factory=dict)
+    """The tables of gateway.toml that are not the host's own (`[teacher]`, ...), as read:
+    plugins declare them (`register_settings`) and read theirs with `section`."""
+
+    def section(self, name: str, kind: type[T]) -> T:
+        """Plugin section `name` (`[name]`, empty when absent) converted to `kind`."""
+        try:
+            return msgspec.convert(self.plugin_sections.get(name, {}), kind, strict=False)
+        except msgspec.ValidationError as exc:
+            raise ConfigError(f"invalid settings: [{name}]: {exc}") from None
+
+    def check_sections(self, declared: Mapping[str, type[Any]]) -> None:
+        """Refuse a section no plugin declared, and any declared one that does not convert."""
+        unknown = sorted(set(self.plugin_sections) - set(declared))
+        if unknown:
+            known = ", ".join(f"[{name}]" for name in sorted(declared)) or "none"
+            raise ConfigError(
+                f"invalid settings: unknown section or key `{unknown[0]}` "
+                f"(sections that plugins declare: {known})"
+            )
+        for name, kind in declared.items():
+            self.section(name, kind)
 
     def data_path(self) -> Path:
         """The data directory, resolved when used (never at import time)."""
@@ -221,6 +245,8 @@ def load_settings(
     for dotted, value in (overrides or {}).items():
         if value is not None:
             _set(data, tuple(dotted.split(".")), value)
+    own = set(Settings.__struct_fields__) - {"plugin_sections"}
+    data["plugin_sections"] = {key: data.pop(key) for key in list(data) if key not in own}
     try:
         return msgspec.convert(data, Settings, strict=False)
     except msgspec.ValidationError as exc:

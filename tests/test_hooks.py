@@ -77,6 +77,50 @@ def test_hook_register_backends():
         app_with(Clash())
 
 
+def test_hook_register_settings():
+    class Section(msgspec.Struct, forbid_unknown_fields=True):
+        greeting: str = "hello"
+        times: int = 1
+
+    class Plugin:
+        @hookimpl
+        def register_settings(self, register):
+            register("shouty", Section)
+
+        @hookimpl
+        def register_backends(self, register, settings):
+            section = settings.section("shouty", Section)
+
+            class Shouty(EchoBackend):
+                async def render_chat(self, messages, tools=()):
+                    return " ".join([section.greeting] * section.times)
+
+            register("shouty", lambda spec, data_dir: Shouty(spec, data_dir))
+
+    from gateway.settings import load_settings
+
+    settings = load_settings(
+        environ={"GATEWAY_SHOUTY__TIMES": "3"}, overrides={"shouty.greeting": "hey"}
+    )
+    assert settings.plugin_sections == {"shouty": {"greeting": "hey", "times": 3}}
+    models = [ModelSpec(name="echo", backend="shouty")]
+    with app_with(Plugin(), models=models, plugin_sections=settings.plugin_sections) as client:
+        assert chat(client).json()["usage"]["prompt_tokens"] == len("hey hey hey")
+
+    with pytest.raises(ConfigError, match=r"\[shouty\]: .*times"):
+        app_with(Plugin(), models=models, plugin_sections={"shouty": {"times": "x"}})
+    with pytest.raises(ConfigError, match="unknown section or key `shuoty`.*\\[shouty\\]"):
+        app_with(Plugin(), models=models, plugin_sections={"shuoty": {}})
+
+    class Clash:
+        @hookimpl
+        def register_settings(self, register):
+            register("training", Section)
+
+    with pytest.raises(ConfigError, match="declares `\\[training\\]`, a host section"):
+        app_with(Clash())
+
+
 def test_hook_register_models():
     class Plugin:
         @hookimpl

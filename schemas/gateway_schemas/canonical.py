@@ -164,6 +164,9 @@ class GenerationRequest(Struct, kw_only=True, omit_defaults=True):
     tools: list[ToolDefinition] = field(default_factory=list)
     """Functions the model may call, shown to it in the chat prompt (with `messages` only):
     the backend's `render_chat(messages, tools=...)` writes them."""
+    tenant: str | None = None
+    """Who the generation is for (the API key's name, or a distillation job's tenant):
+    tokens and cost are counted per tenant. None: anonymous."""
 
 
 class TopLogprob(Struct, kw_only=True):
@@ -187,6 +190,9 @@ class Usage(Struct, kw_only=True):
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int = 0
+    cost: float | None = None
+    """What the generation cost in US dollars, when the backend knows a price (a teacher
+    proxy's price table); None for local models."""
 
     @property
     def total_tokens(self) -> int:
