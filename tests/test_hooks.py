@@ -109,7 +109,7 @@ def test_hook_register_settings():
 
     with pytest.raises(ConfigError, match=r"\[shouty\]: .*times"):
         app_with(Plugin(), models=models, plugin_sections={"shouty": {"times": "x"}})
-    with pytest.raises(ConfigError, match="unknown section or key `shuoty`.*\\[shouty\\]"):
+    with pytest.raises(ConfigError, match=r"unknown section or key `shuoty`.*\[shouty\]"):
         app_with(Plugin(), models=models, plugin_sections={"shuoty": {}})
 
     class Clash:
@@ -117,7 +117,7 @@ def test_hook_register_settings():
         def register_settings(self, register):
             register("training", Section)
 
-    with pytest.raises(ConfigError, match="declares `\\[training\\]`, a host section"):
+    with pytest.raises(ConfigError, match=r"declares `\[training\]`, a host section"):
         app_with(Clash())
 
 
