@@ -52,6 +52,10 @@ class TrainingContext:
 
     `resident` is a dict kept for the worker's whole life (one worker serves one base
     model): a trainer keeps its loaded base model there so the next job starts at once.
+
+    `reward` scores responses to one chat prompt (messages before the answer) -> one
+    float per response, higher is better; the judge of a distillation job; None when the
+    job has none.
     """
 
     def __init__(
@@ -64,6 +68,7 @@ class TrainingContext:
         threads: int,
         on_step: Callable[[int, int, float, float, float], bool],
         on_log: Callable[[str], None],
+        reward: Callable[[list[dict[str, Any]], list[str]], list[float]] | None = None,
     ):
         self.spec = spec
         self.data_dir = data_dir
@@ -72,6 +77,7 @@ class TrainingContext:
         self.threads = threads
         self._on_step = on_step
         self._on_log = on_log
+        self.reward = reward
 
     def step(self, step: int, total: int, loss: float, learning_rate: float, epoch: float) -> None:
         """Record step `step` of `total` (1-based); raises `JobStopped` when the job was
