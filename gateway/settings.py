@@ -146,6 +146,41 @@ class TrainingSettings(Struct, kw_only=True, forbid_unknown_fields=True):
     webhook_timeout: Annotated[float, Meta(gt=0)] = 5.0
 
 
+class TenantSettings(Struct, kw_only=True, forbid_unknown_fields=True):
+    budget: Annotated[float, Meta(ge=0)] | None = None
+    """US dollars the tenant's distillation jobs may spend in all (None: no limit)."""
+
+
+class DistillationSettings(Struct, kw_only=True, forbid_unknown_fields=True):
+    """`[distillation]`: distillation jobs (the `distillation` route family).
+
+    `concurrency`: teacher and judge calls a job keeps in flight; `sample_max_tokens` and
+    `judge_max_tokens`: the longest teacher sample and judge answer; `llama_quantize`: a
+    `llama-quantize` binary, needed for GGUF types the `gguf` package cannot write
+    (`q4_k_m`, ...); `tenants.NAME.budget`: what a tenant's jobs may spend (USD, teacher
+    and judge usage at the teacher's prices), `default_budget` for tenants not listed
+    (None: no limit). A job whose estimate exceeds what is left is refused (402).
+    """
+
+    concurrency: Annotated[int, Meta(ge=1, le=256)] = 4
+    sample_max_tokens: Annotated[int, Meta(ge=1)] = 512
+    judge_max_tokens: Annotated[int, Meta(ge=1)] = 256
+    llama_quantize: str | None = None
+    default_budget: Annotated[float, Meta(ge=0)] | None = None
+    tenants: dict[str, TenantSettings] = field(default_factory=dict)
+
+
+class RecordingSettings(Struct, kw_only=True, forbid_unknown_fields=True):
+    """`[recording]`: an opt-in record of served prompts, for distillation jobs to learn
+    from the gateway's own traffic. Off by default. `models`: only these models' traffic
+    (empty: all); `max_records` and `max_age_days` bound what is kept (oldest dropped)."""
+
+    enabled: bool = False
+    models: list[str] = field(default_factory=list)
+    max_records: Annotated[int, Meta(ge=1)] = 10000
+    max_age_days: Annotated[float, Meta(gt=0)] = 30.0
+
+
 class Settings(Struct, kw_only=True, forbid_unknown_fields=True):
     data_dir: str | None = None
     model: str | None = None
@@ -162,6 +197,8 @@ class Settings(Struct, kw_only=True, forbid_unknown_fields=True):
     llamacpp: LlamaCppSettings = field(default_factory=LlamaCppSettings)
     kobold: KoboldSettings = field(default_factory=KoboldSettings)
     training: TrainingSettings = field(default_factory=TrainingSettings)
+    distillation: DistillationSettings = field(default_factory=DistillationSettings)
+    recording: RecordingSettings = field(default_factory=RecordingSettings)
     plugin_sections: dict[str, Any] = field(default_factory=dict)
     """The tables of gateway.toml that are not the host's own (`[teacher]`, ...), as read:
     plugins declare them (`register_settings`) and read theirs with `section`."""
