@@ -242,6 +242,59 @@ def test_record_step_is_refused_when_the_job_is_not_running(store: JobStore):
     assert store.get(queued.id).step == 0  # type: ignore[union-attr]
 
 
+def test_tenant_and_info_are_stored_and_filtered(store: JobStore):
+    mine = store.submit(new(kind="distillation", tenant="acme", info={"name": "v1"}))
+    store.submit(new(kind="distillation", tenant="other"))
+    assert (mine.tenant, mine.info, mine.cost) == ("acme", {"name": "v1"}, 0.0)
+    assert [j.id for j in store.find(tenant="acme")] == [mine.id]
+
+
+def test_update_merges_info_and_accrues_cost(store: JobStore):
+    job = running(store, info={"name": "v1", "progress": {"a": 1}})
+    assert store.update(job.id, {"phase": "curation", "progress": {"b": 2}}, add_cost=0.25)
+    assert store.update(job.id, {"progress": {"a": 3}, "name": "v2"}, add_cost=0.5)
+    now = store.get(job.id)
+    assert now is not None
+    assert now.info == {"name": "v2", "phase": "curation", "progress": {"a": 3, "b": 2}}
+    assert now.cost == 0.75
+
+
+def test_update_after_a_stop_request_keeps_the_cost_and_says_stop(store: JobStore):
+    job = running(store)
+    store.request_stop(job.id)
+    assert store.update(job.id, {"phase": "training"}, add_cost=1.5) is False
+    now = store.get(job.id)
+    assert now is not None and now.cost == 1.5 and now.info == {"phase": "training"}
+    queued = store.submit(new())
+    assert store.update(queued.id, {"phase": "x"}, add_cost=1.0) is False
+    after = store.get(queued.id)
+    assert after is not None and after.cost == 0.0 and after.info == {}
+
+
+def test_a_database_from_before_tenants_gets_the_new_columns(tmp_path: Path):
+    import sqlite3
+
+    path = tmp_path / "gateway.db"
+    with sqlite3.connect(path) as db:  # the first release's table, with one job in it
+        db.execute(
+            "CREATE TABLE jobs (id TEXT PRIMARY KEY, seq INTEGER NOT NULL, kind TEXT NOT NULL,"
+            " model TEXT NOT NULL, state TEXT NOT NULL, output_name TEXT NOT NULL,"
+            " config TEXT NOT NULL, data TEXT NOT NULL, created_at REAL NOT NULL,"
+            " started_at REAL, finished_at REAL, step INTEGER NOT NULL DEFAULT 0,"
+            " total_steps INTEGER NOT NULL DEFAULT 0, epoch REAL NOT NULL DEFAULT 0, loss REAL,"
+            " learning_rate REAL, error TEXT, adapter_path TEXT,"
+            " stop_requested INTEGER NOT NULL DEFAULT 0, worker TEXT, webhook TEXT)"
+        )
+        db.execute(
+            "INSERT INTO jobs (id, seq, kind, model, state, output_name, config, data,"
+            " created_at) VALUES ('old', 1, 'sft', 'm', 'queued', 'o', '{}', '[]', 1.0)"
+        )
+    store = SqliteJobStore(path)
+    old = store.get("old")
+    assert old is not None and (old.tenant, old.info, old.cost) == (None, {}, 0.0)
+    assert store.submit(new(tenant="t")).tenant == "t"
+
+
 def test_logs_in_order_with_a_limit(store: JobStore):
     job = running(store)
     for i in range(5):

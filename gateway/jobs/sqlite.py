@@ -50,7 +50,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     adapter_path TEXT,
     stop_requested INTEGER NOT NULL DEFAULT 0,
     worker TEXT,
-    webhook TEXT
+    webhook TEXT,
+    tenant TEXT,
+    info TEXT NOT NULL DEFAULT '{}',
+    cost REAL NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, model, seq);
 CREATE TABLE IF NOT EXISTS job_metrics (
@@ -73,8 +76,14 @@ CREATE INDEX IF NOT EXISTS job_logs_job ON job_logs (job_id, time);
 _COLUMNS = (
     "id, kind, model, state, output_name, config, created_at, started_at, finished_at, step,"
     " total_steps, epoch, loss, learning_rate, error, adapter_path, stop_requested, worker,"
-    " webhook"
+    " webhook, tenant, info, cost"
 )
+_ADDED_COLUMNS = (
+    ("tenant", "TEXT"),
+    ("info", "TEXT NOT NULL DEFAULT '{}'"),
+    ("cost", "REAL NOT NULL DEFAULT 0"),
+)
+"""Columns added after the first release: a database made before gets them on open."""
 
 
 class SqliteJobStore(JobStore):
@@ -95,6 +104,7 @@ class SqliteJobStore(JobStore):
             if not self._ready:
                 connection.execute("PRAGMA journal_mode=WAL")
                 connection.executescript(SCHEMA)
+                _add_columns(connection)
                 self._ready = True
             with connection:
                 yield connection
@@ -116,7 +126,7 @@ class SqliteJobStore(JobStore):
             (seq,) = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs").fetchone()
             db.execute(
                 "INSERT INTO jobs (id, seq, kind, model, state, output_name, config, data,"
-                " created_at) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?)",
+                " created_at, tenant, info) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
                 (
                     job_id,
                     seq,
@@ -126,6 +136,8 @@ class SqliteJobStore(JobStore):
                     json.dumps(job.config),
                     json.dumps(job.data),
                     time.time(),
+                    job.tenant,
+                    json.dumps(job.info),
                 ),
             )
             return self._one(db, job_id)
@@ -140,6 +152,7 @@ class SqliteJobStore(JobStore):
         states: frozenset[JobState] | None = None,
         kinds: frozenset[str] | None = None,
         model: str | None = None,
+        tenant: str | None = None,
     ) -> list[Job]:
         where: list[str] = []
         args: list[Any] = []
@@ -152,6 +165,9 @@ class SqliteJobStore(JobStore):
         if model is not None:
             where.append("model = ?")
             args.append(model)
+        if tenant is not None:
+            where.append("tenant = ?")
+            args.append(tenant)
         sql = f"SELECT {_COLUMNS} FROM jobs"
         if where:
             sql += " WHERE " + " AND ".join(where)
@@ -214,6 +230,30 @@ class SqliteJobStore(JobStore):
                 ),
             )
             return True
+
+    def update(
+        self, job_id: str, info: dict[str, Any] | None = None, *, add_cost: float = 0.0
+    ) -> bool:
+        with self._db() as db:
+            db.execute("BEGIN IMMEDIATE")
+            row = db.execute(
+                "SELECT info, stop_requested FROM jobs WHERE id = ? AND state = 'running'",
+                (job_id,),
+            ).fetchone()
+            if row is None:
+                return False
+            merged = json.loads(row["info"])
+            for key, value in (info or {}).items():
+                old = merged.get(key)
+                if isinstance(old, dict) and isinstance(value, dict):
+                    merged[key] = {**old, **value}
+                else:
+                    merged[key] = value
+            db.execute(
+                "UPDATE jobs SET info = ?, cost = cost + ? WHERE id = ?",
+                (json.dumps(merged), add_cost, job_id),
+            )
+            return not row["stop_requested"]
 
     def log(self, job_id: str, message: str) -> None:
         with self._db() as db:
@@ -327,9 +367,17 @@ class SqliteJobStore(JobStore):
         return job
 
 
+def _add_columns(db: sqlite3.Connection) -> None:
+    present = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+    for name, declaration in _ADDED_COLUMNS:
+        if name not in present:
+            db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {declaration}")
+
+
 def _job(row: sqlite3.Row) -> Job:
     fields = dict(row)
     fields["config"] = json.loads(fields["config"])
+    fields["info"] = json.loads(fields["info"])
     if "data" in fields:
         fields["data"] = json.loads(fields["data"])
     fields["state"] = JobState(fields["state"])

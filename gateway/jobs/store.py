@@ -39,6 +39,8 @@ class NewJob(msgspec.Struct, kw_only=True):
     data: Any = None
     id: str | None = None
     """Chosen by the store (a UUID4) when None."""
+    tenant: str | None = None
+    info: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
 class Job(msgspec.Struct, kw_only=True):
@@ -64,6 +66,13 @@ class Job(msgspec.Struct, kw_only=True):
     worker: str | None = None
     webhook: str | None = None
     """None (nothing to send), `pending`, `sent` or `failed`."""
+    tenant: str | None = None
+    """Whose job it is (a distillation job's `tenant_id`); None for training jobs."""
+    info: dict[str, Any] = msgspec.field(default_factory=dict)
+    """What a job kind keeps beside the common fields (a distillation job's name, phase,
+    progress, results and artifacts), updated with `JobStore.update`."""
+    cost: float = 0.0
+    """US dollars the job has spent on priced models (a teacher's usage), as it accrues."""
     data: Any = None
 
     @property
@@ -106,6 +115,7 @@ class JobStore(ABC):
         states: frozenset[JobState] | None = None,
         kinds: frozenset[str] | None = None,
         model: str | None = None,
+        tenant: str | None = None,
     ) -> list[Job]:
         """Jobs, oldest first."""
 
@@ -119,6 +129,15 @@ class JobStore(ABC):
         """Append one step's metrics and update the job's progress. False, recording
         nothing, when the job is no longer running (cancelled, or failed by a restart) or
         was asked to stop: the trainer should stop."""
+
+    @abstractmethod
+    def update(
+        self, job_id: str, info: dict[str, Any] | None = None, *, add_cost: float = 0.0
+    ) -> bool:
+        """Merge `info` into the job's `info` (a key whose old and new values are both
+        dicts is merged one level down; others are replaced) and add `add_cost` to its
+        cost, in one transaction. Applied while the job is running; False when it is not
+        running or was asked to stop (the job should stop; what it spent is still added)."""
 
     @abstractmethod
     def log(self, job_id: str, message: str) -> None: ...
