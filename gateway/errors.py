@@ -64,6 +64,13 @@ class NotFound(GatewayError):
     kind = "not_found_error"
 
 
+class InsufficientCredits(GatewayError):
+    """What the request would spend exceeds what its tenant has left (a budget)."""
+
+    status = 402
+    kind = "insufficient_credits"
+
+
 class Conflict(GatewayError):
     """The request clashes with the current state (a name taken, a resource in use)."""
 

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from litestar import Request
 
     from gateway.auth import Actor
+    from gateway.distillation.reward import Reward
     from gateway.engine import BackendFactory, ModelSpec
     from gateway.gateway import Gateway
     from gateway.routes.family import RouteFamily
@@ -63,6 +64,16 @@ def register_trainers(register: Callable[[Trainer], None]) -> None:
     Called once at start-up in the server (which checks submissions with `check`) and in
     each training worker process (which calls `run`). A name registered twice stops
     start-up with both plugins named.
+    """
+
+
+@hookspec
+def register_rewards(register: Callable[[Reward], None]) -> None:
+    """Register rewards that score a distillation job's candidates instead of its judge:
+    `register(MyReward())`, named by a job's `config.reward`.
+
+    Called once at start-up in the server (to check submissions) and in each training
+    worker (which calls `score`). A name registered twice stops start-up.
     """
 
 

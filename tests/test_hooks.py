@@ -121,6 +121,32 @@ def test_hook_register_settings():
         app_with(Clash())
 
 
+def test_hook_register_rewards():
+    from gateway.distillation.reward import Reward, collect_rewards
+
+    class Length(Reward):
+        name = "length"
+
+        def score(self, messages, responses):
+            return [min(len(r) / 10, 1.0) for r in responses]
+
+    class Plugin:
+        @hookimpl
+        def register_rewards(self, register):
+            register(Length())
+
+    pm = make_plugin_manager(environ={"GATEWAY_LOAD_PLUGINS": ""})
+    pm.register(Plugin(), name="one")
+    rewards = collect_rewards(pm)
+    assert rewards["length"].score([{"role": "user", "content": "hi"}], ["abc", "x" * 20]) == [
+        0.3,
+        1.0,
+    ]
+    pm.register(Plugin(), name="two")
+    with pytest.raises(ConfigError, match="reward `length` is registered by both"):
+        collect_rewards(pm)
+
+
 def test_hook_register_models():
     class Plugin:
         @hookimpl

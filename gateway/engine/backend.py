@@ -143,6 +143,12 @@ class Backend(ABC):
         `output`; the number of tensors written."""
         raise Unsupported(f"Model `{self.spec.name}` does not serve LoRA adapters.")
 
+    def prices(self) -> tuple[float, float] | None:
+        """What one prompt token and one completion token cost, in US dollars, when the
+        backend's model is priced (a teacher proxy); None for a local model. Used to
+        estimate a distillation job before it spends anything."""
+        return None
+
     def adapters_changed(self, name: str) -> None:
         """`name` was deleted or replaced in the store: forget any resident copy."""
 

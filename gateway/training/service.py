@@ -15,6 +15,7 @@ import uuid
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 from gateway_schemas.canonical import AdapterRef
 
 from gateway.adapters.models import adapter_model
@@ -64,6 +65,8 @@ class TrainingService:
             ],
             log_level=gateway.settings.server.log_level,
             on_finished=self._finished,
+            server_settings=msgspec.to_builtins(gateway.settings),
+            served=lambda: [handle.spec for handle in gateway.models],
         )
         self._tasks: set[asyncio.Task[Any]] = set()
 

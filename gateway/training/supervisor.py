@@ -20,6 +20,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -102,6 +103,8 @@ class Supervisor:
         plugins: list[str],
         log_level: str,
         on_finished: Callable[[Job], Awaitable[None]],
+        server_settings: dict[str, Any] | None = None,
+        served: Callable[[], list[ModelSpec]] | None = None,
     ):
         self.settings = settings
         self.jobs = jobs
@@ -110,6 +113,8 @@ class Supervisor:
         self.plugins = plugins
         self.log_level = log_level
         self.on_finished = on_finished
+        self.server_settings = server_settings or {}
+        self.served = served or (lambda: [])
         self.workers: dict[str, WorkerProcess] = {}
         self.specs: dict[str, ModelSpec] = {}
         self.failed_starts: dict[str, int] = {}
@@ -150,6 +155,8 @@ class Supervisor:
             threads=self.settings.threads or worker_threads(),
             preload=preload,
             log_level=self.log_level,
+            settings=self.server_settings,
+            models=self.served(),
         )
         process = await asyncio.create_subprocess_exec(
             sys.executable,

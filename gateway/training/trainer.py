@@ -17,14 +17,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
+import pluggy
+
 from gateway.adapters.store import AdapterStore
-from gateway.engine.backend import ModelSpec
+from gateway.engine.backend import Backend, ModelSpec
 from gateway.jobs.store import Job
 
 
 class JobStopped(Exception):
     """Raised inside a trainer (by `TrainingContext.step`) when its job was cancelled or
-    stopped: the worker ends the job `cancelled` and writes no adapter."""
+    stopped: the worker ends the job `cancelled` and writes no adapter. A message, when
+    given, is the job's error instead of the worker's own."""
 
 
 class Trainer(ABC):
@@ -56,6 +59,10 @@ class TrainingContext:
     `reward` scores responses to one chat prompt (messages before the answer) -> one
     float per response, higher is better; the judge of a distillation job; None when the
     job has none.
+
+    `backend(name)` builds (not loads) the backend of another model the server serves,
+    from the server's settings and plugins: a distillation job's teacher and judge. The
+    caller awaits its `load()` and `unload()` in its own event loop.
     """
 
     def __init__(
@@ -69,6 +76,9 @@ class TrainingContext:
         on_step: Callable[[int, int, float, float, float], bool],
         on_log: Callable[[str], None],
         reward: Callable[[list[dict[str, Any]], list[str]], list[float]] | None = None,
+        backends: Callable[[str], Backend] | None = None,
+        on_update: Callable[[dict[str, Any], float], bool] | None = None,
+        plugins: pluggy.PluginManager | None = None,
     ):
         self.spec = spec
         self.data_dir = data_dir
@@ -78,6 +88,24 @@ class TrainingContext:
         self._on_step = on_step
         self._on_log = on_log
         self.reward = reward
+        self._backends = backends
+        self._on_update = on_update
+        self.plugins = plugins
+        """The worker's plugin manager (the server's plugins), for hooks a trainer calls
+        itself (`register_rewards`)."""
+
+    def backend(self, name: str) -> Backend:
+        """A new backend for the served model `name` (not loaded yet)."""
+        if self._backends is None:
+            raise RuntimeError("this worker cannot build other models' backends")
+        return self._backends(name)
+
+    def update(self, info: dict[str, Any] | None = None, *, add_cost: float = 0.0) -> None:
+        """Merge `info` into the job's own fields (`Job.info`: a distillation job's phase,
+        progress, results, artifacts) and add `add_cost` US dollars to what it spent;
+        raises `JobStopped` when the job was cancelled meanwhile (the cost still counts)."""
+        if self._on_update is not None and not self._on_update(info or {}, add_cost):
+            raise JobStopped()
 
     def step(self, step: int, total: int, loss: float, learning_rate: float, epoch: float) -> None:
         """Record step `step` of `total` (1-based); raises `JobStopped` when the job was

@@ -26,9 +26,11 @@ from typing import Any
 import msgspec
 
 from gateway.adapters.store import AdapterStore
-from gateway.engine.backend import ModelSpec
+from gateway.collect import collect_backends
+from gateway.engine.backend import Backend, BackendFactory, ModelSpec
 from gateway.jobs import Job, JobState, SqliteJobStore, StepMetrics
 from gateway.plugins import GatewayPluginManager
+from gateway.settings import Settings
 from gateway.training.registry import collect_trainers
 from gateway.training.trainer import JobStopped, Trainer, TrainingContext
 
@@ -51,6 +53,11 @@ class WorkerConfig(msgspec.Struct, kw_only=True):
     threads: int = 0
     preload: bool = False
     log_level: str = "info"
+    settings: dict[str, Any] = msgspec.field(default_factory=dict)
+    """The server's settings (as `msgspec.to_builtins` writes them): what plugins' backend
+    factories read when a job needs another model (a distillation job's teacher)."""
+    models: list[ModelSpec] = msgspec.field(default_factory=list)
+    """Every model the server serves, so that a job can build one by name."""
 
 
 class Worker:
@@ -66,6 +73,22 @@ class Worker:
         self.adapters = AdapterStore.for_model(self.data_dir, config.model.name)
         self.resident: dict[str, Any] = {}
         self.wake = threading.Event()
+        self.pm = pm
+        self._factories: dict[str, BackendFactory] | None = None
+
+    def backend(self, name: str) -> Backend:
+        """A new (unloaded) backend of the served model `name`, built as the server does."""
+        spec = next((m for m in self.config.models if m.name == name), None)
+        if spec is None:
+            served = ", ".join(m.name for m in self.config.models) or "none"
+            raise ValueError(f"The model `{name}` is not served (served: {served}).")
+        if self._factories is None:
+            settings = msgspec.convert(self.config.settings, Settings, strict=False)
+            self._factories = collect_backends(self.pm, settings)
+        factory = self._factories.get(spec.backend)
+        if factory is None:
+            raise ValueError(f"No plugin in this worker registers the `{spec.backend}` backend.")
+        return factory(spec, self.data_dir)
 
     def emit(self, event: str, **fields: Any) -> None:
         sys.stdout.write(json.dumps({"event": event, **fields}) + "\n")
@@ -88,6 +111,9 @@ class Worker:
             if job is not None:
                 self.jobs.log(job.id, message)
 
+        def on_update(info: dict[str, Any], add_cost: float) -> bool:
+            return True if job is None else self.jobs.update(job.id, info, add_cost=add_cost)
+
         return TrainingContext(
             spec=self.config.model,
             data_dir=self.data_dir,
@@ -96,6 +122,9 @@ class Worker:
             threads=self.config.threads,
             on_step=on_step,
             on_log=on_log,
+            backends=self.backend,
+            on_update=on_update,
+            plugins=self.pm,
         )
 
     def preload(self) -> None:
@@ -111,11 +140,11 @@ class Worker:
         state, error, path = JobState.COMPLETED, None, None
         try:
             path = str(self.trainers[job.kind].run(job, self.context(job)))
-        except JobStopped:
+        except JobStopped as stopped:
             state = JobState.CANCELLED
             current = self.jobs.get(job.id)
             step = current.step if current else 0
-            error = f"Stopped on request after step {step}; no adapter was written."
+            error = str(stopped) or f"Stopped on request after step {step}; no adapter was written."
         except Exception as exc:
             state, error = JobState.FAILED, f"{type(exc).__name__}: {exc}"
             log.error("job %s failed:\n%s", job.id, traceback.format_exc())
