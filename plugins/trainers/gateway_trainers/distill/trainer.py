@@ -1,0 +1,392 @@
+"""The `distillation` trainer: the whole pipeline of one distillation job (see the package).
+
+`job.data` is `{"train": [prompt, ...], "eval": [prompt, ...]}`, each prompt a list of chat
+messages ending with the user turn to answer (the service split them); `job.config` is the
+service's checked config (`gateway_schemas.distillation.DistillationConfig` plus what it
+resolved: `student_model`, `judge_model`, `max_tokens`, `judge_max_tokens`,
+`concurrency`, `llama_quantize`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+import msgspec
+
+from gateway.errors import InvalidRequest
+from gateway.jobs.store import Job
+from gateway.training.trainer import JobStopped, Trainer, TrainingContext
+from gateway_trainers.distill.agreement import rouge_l
+from gateway_trainers.distill.calls import generate, judge_messages, parse_score
+from gateway_trainers.distill.runner import LoopThread
+
+log = logging.getLogger(__name__)
+
+Messages = list[dict[str, str]]
+FOLDER = "distillation"
+EVAL_MAX_TOKENS = 128
+"""The longest student answer of the before/after table."""
+POLICY_MAX_TOKENS = 128
+"""The longest student sample of the BOND backward term."""
+SAMPLES_SHOWN = 5
+
+
+class DistillationTrainer(Trainer):
+    name: ClassVar[str] = "distillation"
+
+    def check(self, data: Any, config: dict[str, Any]) -> None:
+        from gateway_trainers.export import check_types
+
+        if not isinstance(data, dict) or not data.get("train"):
+            raise InvalidRequest(
+                "A distillation job needs training prompts.", param="config.prompts"
+            )
+        if config.get("export_gguf", True):
+            check_types(list(config.get("quantization_types", [])), config.get("llama_quantize"))
+
+    def prepare(self, context: TrainingContext) -> None:
+        from gateway_trainers.common.base import load_base
+
+        load_base(context)
+
+    def run(self, job: Job, context: TrainingContext) -> Path:
+        return Pipeline(job, context).run()
+
+
+class Pipeline:
+    def __init__(self, job: Job, context: TrainingContext):
+        self.job = job
+        self.context = context
+        self.config = job.config
+        self.folder = context.data_dir / FOLDER / job.id
+        self.train: list[Messages] = list(job.data["train"])
+        self.eval: list[Messages] = list(job.data["eval"])
+        self.phase = "initializing"
+        self.artifacts: dict[str, Any] = {"files": {}}
+        self.teacher_name = str(self.config["teacher_model"])
+        self.judge_name: str | None = self.config.get("judge_model")
+
+    # Bookkeeping.
+
+    def update(self, *, add_cost: float = 0.0, **info: Any) -> None:
+        info["updated_at"] = time.time()
+        try:
+            self.context.update(info, add_cost=add_cost)
+        except JobStopped:
+            raise JobStopped(
+                f"Cancelled by request during {self.phase}; the files made so far are kept "
+                f"in the job's artifacts."
+            ) from None
+
+    def enter(self, phase: str) -> None:
+        self.phase = phase
+        self.update(phase=phase)
+        self.context.log(f"phase {phase}")
+
+    def file(self, key: str, name: str, rows: list[Any]) -> Path:
+        path = self.folder / name
+        tmp = path.with_suffix(path.suffix + ".partial")
+        tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        tmp.replace(path)
+        self.artifacts["files"][key] = str(path)
+        self.update(artifacts={"files": dict(self.artifacts["files"])})
+        return path
+
+    # The pipeline.
+
+    def run(self) -> Path:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        config_path = self.folder / "train_config.json"
+        config_path.write_text(json.dumps(self.config, indent=2))
+        self.artifacts["config_path"] = str(config_path)
+        self.update(artifacts={"config_path": str(config_path)})
+        calls = LoopThread()
+        teacher = self.context.backend(self.teacher_name)
+        judge = None
+        if self.judge_name and self.judge_name != self.teacher_name:
+            judge = self.context.backend(self.judge_name)
+        try:
+            calls.run(teacher.load())
+            if judge is not None:
+                calls.run(judge.load())
+            scorer = self.scorer(calls, judge or teacher)
+            candidates, references = self.generate(calls, teacher)
+            curated = self.curate(candidates, scorer)
+            before = self.answers()
+            adapter = self.training(curated, scorer)
+            after = self.answers(adapter)
+            self.results(references, before, after, scorer)
+            self.export(adapter)
+            return adapter
+        finally:
+            for backend in (teacher, judge):
+                if backend is not None:
+                    try:
+                        calls.run(backend.unload())
+                    except Exception:
+                        log.exception("unloading a backend failed")
+            calls.close()
+
+    def scorer(self, calls: LoopThread, judge: Any) -> Any:
+        """`score(messages, responses) -> scores`: the reward plugin, else the judge."""
+        name = self.config.get("reward")
+        if name:
+            from gateway.distillation.reward import collect_rewards
+
+            if self.context.plugins is None:
+                raise RuntimeError("this worker has no plugins to find rewards in")
+            reward = collect_rewards(self.context.plugins)[name]
+            return reward.score
+        judge_name = self.judge_name or self.teacher_name
+        limit = int(self.config.get("judge_max_tokens", 256))
+        tenant = self.job.tenant
+
+        async def one(messages: Messages, response: str) -> float:
+            answer = await generate(
+                judge,
+                judge_name,
+                judge_messages(messages, response),
+                temperature=0.0,
+                max_tokens=limit,
+                tenant=tenant,
+            )
+            self.update(add_cost=answer.cost)
+            return parse_score(answer.text)
+
+        async def many(messages: Messages, responses: list[str]) -> list[float]:
+            return list(await asyncio.gather(*(one(messages, r) for r in responses)))
+
+        def score(messages: Messages, responses: list[str]) -> list[float]:
+            return calls.run(many(messages, responses))
+
+        return score
+
+    def generate(self, calls: LoopThread, teacher: Any) -> tuple[list[dict[str, Any]], list[str]]:
+        """`n_samples` teacher samples per training prompt, a reference answer (at
+        temperature 0) per held-out prompt; `candidates.jsonl` and `references.jsonl`."""
+        self.enter("data_generation")
+        n = int(self.config["n_samples"])
+        total = len(self.train)
+        progress = {"prompts_done": 0, "prompts_total": total, "candidates": 0, "failed": 0}
+        self.update(progress=progress)
+        limit = asyncio.Semaphore(int(self.config.get("concurrency", 4)))
+        errors: list[str] = []
+
+        async def sample(messages: Messages, temperature: float) -> str | None:
+            async with limit:
+                try:
+                    answer = await generate(
+                        teacher,
+                        self.teacher_name,
+                        messages,
+                        temperature=temperature,
+                        max_tokens=int(self.config["max_tokens"]),
+                        tenant=self.job.tenant,
+                    )
+                except JobStopped:
+                    raise
+                except Exception as exc:
+                    errors.append(f"{type(exc).__name__}: {exc}")
+                    progress["failed"] += 1
+                    self.update(progress=dict(progress))
+                    return None
+                progress["candidates"] += 1
+                self.update(add_cost=answer.cost, progress=dict(progress))
+                return answer.text
+
+        async def prompt(index: int, messages: Messages) -> dict[str, Any]:
+            texts = await asyncio.gather(
+                *(sample(messages, float(self.config["temperature"])) for _ in range(n))
+            )
+            progress["prompts_done"] += 1
+            self.update(progress=dict(progress))
+            return {"prompt_id": index, "messages": messages, "samples": [t for t in texts if t]}
+
+        async def everything() -> tuple[list[dict[str, Any]], list[str | None]]:
+            rows = await asyncio.gather(*(prompt(i, m) for i, m in enumerate(self.train)))
+            refs = await asyncio.gather(*(sample(m, 0.0) for m in self.eval))
+            return list(rows), list(refs)
+
+        rows, refs = calls.run(everything())
+        self.file("candidates", "candidates.jsonl", rows)
+        if not any(row["samples"] for row in rows):
+            last = errors[-1] if errors else "no answer"
+            raise RuntimeError(
+                f"The teacher `{self.teacher_name}` gave no sample for any prompt "
+                f"({len(errors)} calls failed; the last: {last})."
+            )
+        if errors:
+            self.context.log(f"{len(errors)} teacher calls failed; the last: {errors[-1]}")
+        references = [r or "" for r in refs]
+        self.file(
+            "references",
+            "references.jsonl",
+            [{"messages": m, "reference": r} for m, r in zip(self.eval, references, strict=True)],
+        )
+        return rows, references
+
+    def curate(self, rows: list[dict[str, Any]], score: Any) -> list[dict[str, Any]]:
+        """Every sample scored; per prompt the best (the first of equals) with all its
+        candidates, unless its best is below `min_score`; `curated.jsonl`."""
+        self.enter("curation")
+        floor = float(self.config.get("min_score", 0.0))
+        usable = [row for row in rows if row["samples"]]
+        progress = {
+            "prompts_scored": 0,
+            "prompts_to_score": len(usable),
+            "curated": 0,
+            "dropped": 0,
+        }
+        curated: list[dict[str, Any]] = []
+        for row in usable:
+            scores = [float(s) for s in score(row["messages"], row["samples"])]
+            best = max(range(len(scores)), key=lambda i: (scores[i], -i))
+            progress["prompts_scored"] += 1
+            if scores[best] < floor:
+                progress["dropped"] += 1
+            else:
+                progress["curated"] += 1
+                curated.append(
+                    {
+                        "messages": row["messages"],
+                        "best": row["samples"][best],
+                        "candidates": [
+                            {"response": text, "score": value}
+                            for text, value in zip(row["samples"], scores, strict=True)
+                        ],
+                    }
+                )
+            self.update(progress=dict(progress))
+        self.file("curated", "curated.jsonl", curated)
+        if not curated:
+            raise RuntimeError(
+                f"Curation kept no prompt: every best sample scored below min_score {floor:g}."
+            )
+        return curated
+
+    def training(self, curated: list[dict[str, Any]], score: Any) -> Path:
+        from gateway_trainers.bond.trainer import BondTrainer
+
+        self.enter("training")
+        keys = (
+            "bond_beta",
+            "bond_gamma",
+            "training_steps",
+            "learning_rate",
+            "lora_rank",
+            "lora_alpha",
+            "batch_size",
+            "seed",
+        )
+        config = {key: self.config[key] for key in keys if self.config.get(key) is not None}
+        config["max_new_tokens"] = min(POLICY_MAX_TOKENS, int(self.config["max_tokens"]))
+        total = int(self.config["training_steps"])
+        context = self.context
+
+        def on_step(step: int, steps: int, loss: float, lr: float, epoch: float) -> bool:
+            try:
+                self.update(progress={"training_step": step, "training_steps": steps, "loss": loss})
+                context.step(step, steps, loss, lr, epoch)
+            except JobStopped:
+                return False
+            return True
+
+        bond_context = TrainingContext(
+            spec=context.spec,
+            data_dir=context.data_dir,
+            adapters=context.adapters,
+            resident=context.resident,
+            threads=context.threads,
+            on_step=on_step,
+            on_log=context.log,
+            reward=score,
+        )
+        self.update(progress={"training_step": 0, "training_steps": total})
+        bond_job = msgspec.structs.replace(self.job, kind="bond", data=curated, config=config)
+        adapter = BondTrainer().run(bond_job, bond_context)
+        self.artifacts.update(adapter_path=str(adapter), adapter_name=self.job.output_name)
+        self.update(artifacts={"adapter_path": str(adapter), "adapter_name": self.job.output_name})
+        return adapter
+
+    def answers(self, adapter: Path | None = None) -> list[str]:
+        """The student's greedy answers to the held-out prompts: the base model, or with
+        the adapter at `adapter`."""
+        from gateway_trainers.distill.student import greedy_answers
+
+        return greedy_answers(self.context, self.eval, adapter, EVAL_MAX_TOKENS)
+
+    def results(
+        self, references: list[str], before: list[str], after: list[str], score: Any
+    ) -> None:
+        table = []
+        for messages, reference, old, new in zip(self.eval, references, before, after, strict=True):
+            old_score, new_score = score(messages, [old, new])
+            table.append(
+                {
+                    "prompt": messages[-1]["content"],
+                    "teacher": reference,
+                    "before": old,
+                    "after": new,
+                    "judge_before": old_score,
+                    "judge_after": new_score,
+                    "agreement_before": rouge_l(old, reference),
+                    "agreement_after": rouge_l(new, reference),
+                }
+            )
+        self.file("evaluation", "evaluation.jsonl", table)
+
+        def mean(key: str) -> float | None:
+            return round(sum(r[key] for r in table) / len(table), 4) if table else None
+
+        was = {"judge_score": mean("judge_before"), "agreement": mean("agreement_before")}
+        now = {"judge_score": mean("judge_after"), "agreement": mean("agreement_after")}
+        results: dict[str, Any] = {
+            "held_out_prompts": len(table),
+            "before": was,
+            "after": now,
+            "agreement_metric": "ROUGE-L F1 of the student's greedy answer against the teacher's",
+            "sample_comparisons": table[:SAMPLES_SHOWN],
+        }
+        self.update(results=results)
+        self.context.log(
+            f"held-out: agreement {was['agreement']} -> {now['agreement']}, "
+            f"judge {was['judge_score']} -> {now['judge_score']}"
+        )
+
+    def export(self, adapter: Path) -> None:
+        from gateway_trainers.export import export_base, merge, write_gguf
+
+        self.enter("export")
+        base = export_base(self.context.spec, self.context.data_dir)
+        self.update(progress={"export_step": "merging_adapter"})
+        merged = merge(base.folder, adapter, self.folder / "merged")
+        self.artifacts["merged_path"] = str(merged)
+        tokenizer = merged / "tokenizer.json"
+        self.update(
+            artifacts={
+                "merged_path": str(merged),
+                "tokenizer_path": str(tokenizer) if tokenizer.is_file() else None,
+            }
+        )
+        if not self.config.get("export_gguf", True):
+            self.update(progress={"export_step": "complete"})
+            return
+        paths: dict[str, str] = {}
+        (self.folder / "gguf").mkdir(exist_ok=True)
+        for qtype in self.config.get("quantization_types", []):
+            self.update(progress={"export_step": f"exporting_gguf_{qtype}"})
+            path = write_gguf(
+                merged,
+                self.folder / "gguf" / f"model-{qtype}.gguf",
+                qtype,
+                template=base.template,
+                llama_quantize=self.config.get("llama_quantize"),
+            )
+            paths[qtype] = str(path)
+            self.update(artifacts={"gguf_paths": dict(paths)})
+        self.update(progress={"export_step": "complete"})
