@@ -69,16 +69,18 @@ class GenerationService:
         request = self.prepare(request)
         metrics = self._gateway.metrics
         final: GenerationChunk | None = None
+        counted = 0
         try:
             async with contextlib.aclosing(backend.generate(request)) as chunks:
                 async for chunk in chunks:
                     if chunk.token_ids:
                         metrics.generated_tokens.labels(request.model).inc(len(chunk.token_ids))
+                        counted += len(chunk.token_ids)
                     if chunk.finish_reason is not None:
                         final = chunk
                         if chunk.usage is not None:
-                            metrics.prompt_tokens.labels(request.model).inc(
-                                chunk.usage.prompt_tokens
+                            metrics.observe_usage(
+                                request.model, request.tenant, chunk.usage, counted
                             )
                     yield chunk
         except GatewayError:
