@@ -8,6 +8,9 @@ route's scope; the `admin` scope grants every scope.
 from __future__ import annotations
 
 import hmac
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -26,6 +29,25 @@ class Actor(msgspec.Struct, kw_only=True, frozen=True):
 
     id: str
     scopes: frozenset[str] = frozenset()
+
+
+_ACTOR: ContextVar[Actor | None] = ContextVar("gateway_actor", default=None)
+
+
+@contextmanager
+def acting(actor: Actor | None) -> Iterator[None]:
+    """Make `actor` the current HTTP request's actor inside this block (and its tasks)."""
+    token = _ACTOR.set(actor)
+    try:
+        yield
+    finally:
+        _ACTOR.reset(token)
+
+
+def current_actor() -> Actor | None:
+    """The actor of the HTTP request being served (None: anonymous, or outside one); the
+    generation service makes its id the tenant of a request that names none."""
+    return _ACTOR.get()
 
 
 def bearer_token(request: Request[Any, Any, Any]) -> str | None:

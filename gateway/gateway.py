@@ -16,6 +16,7 @@ from gateway.engine import Capability, ModelManager, ModelSpec
 from gateway.errors import AuthenticationFailed, PermissionDenied
 from gateway.metrics import Metrics
 from gateway.plugins import make_plugin_manager
+from gateway.recording import PromptRecorder
 from gateway.services.generation import GenerationService
 from gateway.settings import Settings
 from gateway.training.service import TrainingService
@@ -38,6 +39,7 @@ class Gateway:
         self.models = ModelManager(self._collect_models(), self.backends, settings.data_path())
         self.generation = GenerationService(self)
         self.training = TrainingService(self)
+        self.recording = PromptRecorder(settings.recording, settings.data_path())
 
     def _collect_models(self) -> list[ModelSpec]:
         specs = self.settings.served_models()

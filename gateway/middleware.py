@@ -17,6 +17,7 @@ from litestar.exceptions import HTTPException
 from litestar.middleware import ASGIMiddleware
 
 from gateway.adapters import served
+from gateway.auth import acting
 from gateway.disconnects import run_until_disconnect
 from gateway.errors import GatewayError
 
@@ -54,15 +55,17 @@ class GatewayMiddleware(ASGIMiddleware):
 
         with served.recording() as record:
             try:
+                actor = None
                 if not opt.get("public", False):
                     actor = await self.gateway.authorize(
                         Request(scope), opt.get("scope", DEFAULT_SCOPE)
                     )
                     scope["state"]["actor"] = actor
-                if scope["type"] != "http":
-                    await next_app(scope, receive, send_wrapper)
-                elif not await run_until_disconnect(next_app, scope, receive, send_wrapper):
-                    status = CLIENT_GONE
+                with acting(actor):
+                    if scope["type"] != "http":
+                        await next_app(scope, receive, send_wrapper)
+                    elif not await run_until_disconnect(next_app, scope, receive, send_wrapper):
+                        status = CLIENT_GONE
             except (GatewayError, HTTPException) as exc:
                 status = exc.status if isinstance(exc, GatewayError) else exc.status_code
                 raise

@@ -12,6 +12,7 @@ import msgspec
 from gateway_schemas.canonical import GenerationChunk, GenerationRequest, TokenLogprob
 
 from gateway.adapters import served
+from gateway.auth import current_actor
 from gateway.engine.backend import Capability
 from gateway.errors import BackendFailure, GatewayError, Unsupported
 from gateway.utils import await_me_maybe
@@ -37,11 +38,15 @@ class GenerationService:
 
     def prepare(self, request: GenerationRequest) -> GenerationRequest:
         """The request as the backend gets it: `[generation] max_tokens` bounds a request
-        that sets no limit, `prepare_generation` hooks may replace it, and its adapters are
-        resolved (`adapters`)."""
+        that sets no limit, a request naming no tenant is the API key's (`current_actor`),
+        `prepare_generation` hooks may replace it, and its adapters are resolved
+        (`adapters`)."""
         cap = self._gateway.settings.generation.max_tokens
         if request.max_tokens is None and cap is not None:
             request = msgspec.structs.replace(request, max_tokens=cap)
+        actor = current_actor()
+        if request.tenant is None and actor is not None:
+            request = msgspec.structs.replace(request, tenant=actor.id)
         for result in self._gateway.hook.prepare_generation(gateway=self._gateway, request=request):
             if result is not None:
                 request = result

@@ -72,8 +72,10 @@ class NativeController(Controller):
     ) -> Response[Any]:
         model = _model(gateway, data.model, Capability.GENERATE)
         backend = gateway.models.get(model)
-        prompts = [await pr.prompt_ids(backend, p) for p in pr.split_prompts(data.prompt)]
-        return await _complete(gateway, data, prompts, model)
+        pieces = pr.split_prompts(data.prompt)
+        prompts = [await pr.prompt_ids(backend, p) for p in pieces]
+        written = [p if isinstance(p, str) else None for p in pieces]
+        return await _complete(gateway, data, prompts, model, written)
 
     @post("/infill", status_code=200, responses=ERRORS)
     async def infill(
@@ -289,9 +291,15 @@ class TokenCountController(Controller):
 
 
 async def _complete(
-    gateway: Gateway, body: NativeSampling, prompts: list[list[int]], model: str
+    gateway: Gateway,
+    body: NativeSampling,
+    prompts: list[list[int]],
+    model: str,
+    written: list[str | None] | None = None,
 ) -> Response[Any]:
-    """Run `n_cmpl` completions of each prompt; one answer, a list of them, or a stream."""
+    """Run `n_cmpl` completions of each prompt; one answer, a list of them, or a stream.
+    `written`: each prompt as the client wrote it, when it was one text (`[recording]`
+    keeps that rather than token ids)."""
     backend = gateway.models.get(model)
     knobs = gateway.settings.llamacpp
     n_cmpl = body.n_cmpl or body.n or 1
@@ -312,6 +320,11 @@ async def _complete(
         tr.generation_request(body, knobs, f"{rid}-{i}", model, prompt, bias, adapters)
         for i, prompt in enumerate(ids)
     ]
+    if written is not None:
+        each = [text for text in written for _ in range(n_cmpl)]
+        for request, text in zip(requests, each, strict=True):
+            if text:
+                gateway.recording.note_text(request, text)
     texts = [await backend.detokenize(p) for p in ids]
     chunks = await primed(gateway.generation.stream_many(requests))
     settings["lora"] = lora.served_ids(backend)  # known once the generations have started
