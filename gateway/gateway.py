@@ -12,6 +12,7 @@ import pluggy
 
 from gateway.auth import Actor
 from gateway.collect import collect_backends, collect_sections
+from gateway.distillation.service import DistillationService
 from gateway.engine import Capability, ModelManager, ModelSpec
 from gateway.errors import AuthenticationFailed, PermissionDenied
 from gateway.metrics import Metrics
@@ -40,6 +41,7 @@ class Gateway:
         self.generation = GenerationService(self)
         self.training = TrainingService(self)
         self.recording = PromptRecorder(settings.recording, settings.data_path())
+        self.distillation = DistillationService(self)
 
     def _collect_models(self) -> list[ModelSpec]:
         specs = self.settings.served_models()

@@ -30,6 +30,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "gateway.routes.kobold",
     "gateway.routes.adapters",
     "gateway.routes.training",
+    "gateway.routes.distillation",
     "gateway.recording.plugin",
     "gateway.testing.plugin",
 )
