@@ -295,6 +295,33 @@ def test_a_database_from_before_tenants_gets_the_new_columns(tmp_path: Path):
     assert store.submit(new(tenant="t")).tenant == "t"
 
 
+def test_requeue_running_queues_resumable_jobs_again_a_bounded_number_of_times(
+    store: JobStore,
+):
+    job = running(store, kind="distillation", info={"name": "d"})
+    other = running(store, kind="sft")
+    for restart in (1, 2):
+        again = store.requeue_running(frozenset({"distillation"}), max_restarts=2)
+        assert [j.id for j in again] == [job.id]
+        assert again[0].state == JobState.QUEUED and again[0].worker is None
+        assert again[0].info == {"name": "d", "restarts": restart}
+        claimed = store.claim(job.model, "w2", frozenset({"distillation"}))
+        assert claimed is not None and claimed.id == job.id
+    assert store.requeue_running(frozenset({"distillation"}), max_restarts=2) == []
+    still = store.get(job.id)
+    assert still is not None and still.state == JobState.RUNNING  # left for fail_running
+    kept = store.get(other.id)
+    assert kept is not None and kept.state == JobState.RUNNING
+    assert store.requeue_running(frozenset(), max_restarts=2) == []
+
+
+def test_requeue_running_of_one_worker(store: JobStore):
+    job = running(store, kind="distillation")
+    assert store.requeue_running(frozenset({"distillation"}), max_restarts=3, worker="w9") == []
+    again = store.requeue_running(frozenset({"distillation"}), max_restarts=3, worker="w1")
+    assert [j.id for j in again] == [job.id]
+
+
 def test_logs_in_order_with_a_limit(store: JobStore):
     job = running(store)
     for i in range(5):

@@ -341,6 +341,34 @@ class SqliteJobStore(JobStore):
                     failed.append(self._one(db, row["id"]))
             return failed
 
+    def requeue_running(
+        self, kinds: frozenset[str], *, max_restarts: int, worker: str | None = None
+    ) -> list[Job]:
+        if not kinds:
+            return []
+        marks = ", ".join("?" * len(kinds))
+        sql = f"SELECT id, info FROM jobs WHERE state = 'running' AND kind IN ({marks})"
+        args: list[Any] = sorted(kinds)
+        if worker is not None:
+            sql, args = sql + " AND worker = ?", [*args, worker]
+        with self._db() as db:
+            db.execute("BEGIN IMMEDIATE")
+            rows = db.execute(sql, args).fetchall()
+            requeued = []
+            for row in rows:
+                info = json.loads(row["info"])
+                restarts = int(info.get("restarts", 0))
+                if restarts >= max_restarts:
+                    continue
+                info["restarts"] = restarts + 1
+                db.execute(
+                    "UPDATE jobs SET state = 'queued', worker = NULL, stop_requested = 0,"
+                    " info = ? WHERE id = ? AND state = 'running'",
+                    (json.dumps(info), row["id"]),
+                )
+                requeued.append(self._one(db, row["id"]))
+            return requeued
+
     def fail_queued(self, model: str, message: str) -> list[Job]:
         with self._db() as db:
             rows = db.execute(

@@ -179,6 +179,15 @@ class JobStore(ABC):
         leaves behind. `message` may contain `{step}` and `{total}`."""
 
     @abstractmethod
+    def requeue_running(
+        self, kinds: frozenset[str], *, max_restarts: int, worker: str | None = None
+    ) -> list[Job]:
+        """Put running jobs of `kinds` (of `worker`, or all) back in the queue, ahead of
+        later jobs (a restart interrupted them and they can resume), counting it in
+        `info["restarts"]`; a job already restarted `max_restarts` times stays running
+        (for `fail_running`)."""
+
+    @abstractmethod
     def fail_queued(self, model: str, message: str) -> list[Job]:
         """Fail every queued job of `model` with `message` (no worker can run them)."""
 

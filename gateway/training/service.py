@@ -44,6 +44,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gateway.training")
 
+MAX_RESTARTS = 3
+"""Restarts a resumable job is queued again after; the next one fails it."""
+
 
 class TrainingService:
     def __init__(self, gateway: Gateway, jobs: JobStore | None = None):
@@ -67,6 +70,7 @@ class TrainingService:
             on_finished=self._finished,
             server_settings=msgspec.to_builtins(gateway.settings),
             served=lambda: [handle.spec for handle in gateway.models],
+            resumable=frozenset(name for name, t in self.trainers.items() if t.resumable),
         )
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -78,6 +82,14 @@ class TrainingService:
         is loaded)."""
         if not self.trainers:
             return
+        resumed = await asyncio.to_thread(
+            self.jobs.requeue_running, self.supervisor.resumable, max_restarts=MAX_RESTARTS
+        )
+        for job in resumed:
+            log.warning("job %s was interrupted by a restart: queued again to resume", job.id)
+            await asyncio.to_thread(
+                self.jobs.log, job.id, "interrupted by a server restart: queued again to resume"
+            )
         interrupted = await asyncio.to_thread(self.jobs.fail_running, INTERRUPTED, webhook=True)
         for job in interrupted:
             log.warning("training job %s was interrupted by a restart: failed", job.id)

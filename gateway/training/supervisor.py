@@ -105,6 +105,7 @@ class Supervisor:
         on_finished: Callable[[Job], Awaitable[None]],
         server_settings: dict[str, Any] | None = None,
         served: Callable[[], list[ModelSpec]] | None = None,
+        resumable: frozenset[str] = frozenset(),
     ):
         self.settings = settings
         self.jobs = jobs
@@ -115,6 +116,7 @@ class Supervisor:
         self.on_finished = on_finished
         self.server_settings = server_settings or {}
         self.served = served or (lambda: [])
+        self.resumable = resumable
         self.workers: dict[str, WorkerProcess] = {}
         self.specs: dict[str, ModelSpec] = {}
         self.failed_starts: dict[str, int] = {}
@@ -261,6 +263,13 @@ class Supervisor:
         except Exception:
             log.exception("handling the end of job %s failed", job.id)
 
+    def _interrupted(self, worker: str) -> None:
+        """Fail the job a stopped worker was running, unless it can resume: that one stays
+        running, and the next start queues it again."""
+        running = self.jobs.find(states=frozenset({JobState.RUNNING}))
+        if not any(j.worker == worker and j.kind in self.resumable for j in running):
+            self.jobs.fail_running(INTERRUPTED, worker=worker, webhook=True)
+
     async def stop(self) -> None:
         """Close the workers' stdin (they exit at once) and wait for them briefly."""
         self.stopping = True
@@ -278,6 +287,4 @@ class Supervisor:
                 worker.watcher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await worker.watcher
-            await asyncio.to_thread(
-                self.jobs.fail_running, INTERRUPTED, worker=worker.id, webhook=True
-            )
+            await asyncio.to_thread(self._interrupted, worker.id)

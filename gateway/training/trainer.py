@@ -34,6 +34,9 @@ class Trainer(ABC):
     """One kind of training job (`sft`, `grpo`, `finetune`, ...)."""
 
     name: ClassVar[str]
+    resumable: ClassVar[bool] = False
+    """True when `run` picks up where an interrupted run of the same job stopped (from
+    what it wrote): a server restart then queues the job again instead of failing it."""
 
     def check(self, data: Any, config: dict[str, Any]) -> None:
         """Refuse a submission early: raise `gateway.errors.InvalidRequest` saying what is
