@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any, ClassVar
@@ -38,6 +39,9 @@ SAMPLES_SHOWN = 5
 
 class DistillationTrainer(Trainer):
     name: ClassVar[str] = "distillation"
+    resumable: ClassVar[bool] = True
+    """An interrupted job resumes: teacher samples and judge scores already paid for are
+    read back from the job's files, a finished training is not redone."""
 
     def check(self, data: Any, config: dict[str, Any]) -> None:
         from gateway_trainers.export import check_types
@@ -167,12 +171,25 @@ class Pipeline:
         return score
 
     def generate(self, calls: LoopThread, teacher: Any) -> tuple[list[dict[str, Any]], list[str]]:
-        """`n_samples` teacher samples per training prompt, a reference answer (at
-        temperature 0) per held-out prompt; `candidates.jsonl` and `references.jsonl`."""
+        """`n_samples` teacher samples per training prompt and a reference answer (at
+        temperature 0) per held-out prompt, each prompt's line appended to
+        `candidates.jsonl` / `references.jsonl` as it completes: a resumed job asks the
+        teacher only for the prompts that have no line yet."""
         self.enter("data_generation")
         n = int(self.config["n_samples"])
-        total = len(self.train)
-        progress = {"prompts_done": 0, "prompts_total": total, "candidates": 0, "failed": 0}
+        done = {row["prompt_id"]: row for row in self.journal("candidates.jsonl")}
+        refs_done = {row["index"]: row["reference"] for row in self.journal("references.jsonl")}
+        if done or refs_done:
+            self.context.log(
+                f"resuming: {len(done)} of {len(self.train)} prompts already have teacher "
+                f"samples, {len(refs_done)} of {len(self.eval)} held-out prompts a reference"
+            )
+        progress = {
+            "prompts_done": len(done),
+            "prompts_total": len(self.train),
+            "candidates": sum(len(row["samples"]) for row in done.values()),
+            "failed": 0,
+        }
         self.update(progress=progress)
         limit = asyncio.Semaphore(int(self.config.get("concurrency", 4)))
         errors: list[str] = []
@@ -199,22 +216,34 @@ class Pipeline:
                 self.update(add_cost=answer.cost, progress=dict(progress))
                 return answer.text
 
-        async def prompt(index: int, messages: Messages) -> dict[str, Any]:
+        async def prompt(index: int, messages: Messages) -> None:
             texts = await asyncio.gather(
                 *(sample(messages, float(self.config["temperature"])) for _ in range(n))
             )
+            row = {"prompt_id": index, "messages": messages, "samples": [t for t in texts if t]}
+            if row["samples"]:  # a prompt the teacher failed on is asked again on resume
+                self.append("candidates.jsonl", row)
+                done[index] = row
             progress["prompts_done"] += 1
             self.update(progress=dict(progress))
-            return {"prompt_id": index, "messages": messages, "samples": [t for t in texts if t]}
 
-        async def everything() -> tuple[list[dict[str, Any]], list[str | None]]:
-            rows = await asyncio.gather(*(prompt(i, m) for i, m in enumerate(self.train)))
-            refs = await asyncio.gather(*(sample(m, 0.0) for m in self.eval))
-            return list(rows), list(refs)
+        async def reference(index: int, messages: Messages) -> None:
+            text = await sample(messages, 0.0)
+            if text is not None:
+                self.append("references.jsonl", {"index": index, "reference": text})
+                refs_done[index] = text
 
-        rows, refs = calls.run(everything())
-        self.file("candidates", "candidates.jsonl", rows)
-        if not any(row["samples"] for row in rows):
+        async def everything() -> None:
+            await asyncio.gather(
+                *(prompt(i, m) for i, m in enumerate(self.train) if i not in done),
+                *(reference(i, m) for i, m in enumerate(self.eval) if i not in refs_done),
+            )
+
+        calls.run(everything())
+        self.artifacts["files"]["candidates"] = str(self.folder / "candidates.jsonl")
+        self.artifacts["files"]["references"] = str(self.folder / "references.jsonl")
+        self.update(artifacts={"files": dict(self.artifacts["files"])})
+        if not done:
             last = errors[-1] if errors else "no answer"
             raise RuntimeError(
                 f"The teacher `{self.teacher_name}` gave no sample for any prompt "
@@ -222,29 +251,28 @@ class Pipeline:
             )
         if errors:
             self.context.log(f"{len(errors)} teacher calls failed; the last: {errors[-1]}")
-        references = [r or "" for r in refs]
-        self.file(
-            "references",
-            "references.jsonl",
-            [{"messages": m, "reference": r} for m, r in zip(self.eval, references, strict=True)],
-        )
-        return rows, references
+        rows = [done[i] for i in sorted(done)]
+        return rows, [refs_done.get(i, "") for i in range(len(self.eval))]
 
     def curate(self, rows: list[dict[str, Any]], score: Any) -> list[dict[str, Any]]:
-        """Every sample scored; per prompt the best (the first of equals) with all its
-        candidates, unless its best is below `min_score`; `curated.jsonl`."""
+        """Every sample scored (each prompt's scores appended to `scores.jsonl`, reused on
+        resume); per prompt the best (the first of equals) with all its candidates,
+        unless its best is below `min_score`; `curated.jsonl`."""
         self.enter("curation")
         floor = float(self.config.get("min_score", 0.0))
-        usable = [row for row in rows if row["samples"]]
+        scored = {row["prompt_id"]: row["scores"] for row in self.journal("scores.jsonl")}
         progress = {
             "prompts_scored": 0,
-            "prompts_to_score": len(usable),
+            "prompts_to_score": len(rows),
             "curated": 0,
             "dropped": 0,
         }
         curated: list[dict[str, Any]] = []
-        for row in usable:
-            scores = [float(s) for s in score(row["messages"], row["samples"])]
+        for row in rows:
+            scores = scored.get(row["prompt_id"])
+            if scores is None or len(scores) != len(row["samples"]):
+                scores = [float(s) for s in score(row["messages"], row["samples"])]
+                self.append("scores.jsonl", {"prompt_id": row["prompt_id"], "scores": scores})
             best = max(range(len(scores)), key=lambda i: (scores[i], -i))
             progress["prompts_scored"] += 1
             if scores[best] < floor:
@@ -269,10 +297,43 @@ class Pipeline:
             )
         return curated
 
+    def journal(self, name: str) -> list[dict[str, Any]]:
+        """The complete lines of an append-only file (a line cut by a crash is dropped,
+        and cut off the file so that appends go on after the last whole line)."""
+        path = self.folder / name
+        if not path.exists():
+            return []
+        rows: list[dict[str, Any]] = []
+        good = 0
+        with path.open("rb") as fh:
+            for line in fh:
+                if not line.endswith(b"\n"):
+                    break
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    break
+                good += len(line)
+        if good != path.stat().st_size:
+            with path.open("r+b") as fh:
+                fh.truncate(good)
+        return rows
+
+    def append(self, name: str, row: dict[str, Any]) -> None:
+        with (self.folder / name).open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
     def training(self, curated: list[dict[str, Any]], score: Any) -> Path:
         from gateway_trainers.bond.trainer import BondTrainer
 
         self.enter("training")
+        done = self.job.info.get("artifacts", {}).get("adapter_path")
+        if self.job.info.get("trained") and done and Path(done).is_dir():
+            self.context.log(f"resuming: training was done, adapter {done}")
+            self.artifacts.update(adapter_path=done, adapter_name=self.job.output_name)
+            return Path(done)
         keys = (
             "bond_beta",
             "bond_gamma",
@@ -310,7 +371,10 @@ class Pipeline:
         bond_job = msgspec.structs.replace(self.job, kind="bond", data=curated, config=config)
         adapter = BondTrainer().run(bond_job, bond_context)
         self.artifacts.update(adapter_path=str(adapter), adapter_name=self.job.output_name)
-        self.update(artifacts={"adapter_path": str(adapter), "adapter_name": self.job.output_name})
+        self.update(
+            trained=True,
+            artifacts={"adapter_path": str(adapter), "adapter_name": self.job.output_name},
+        )
         return adapter
 
     def answers(self, adapter: Path | None = None) -> list[str]:
@@ -364,7 +428,9 @@ class Pipeline:
         self.enter("export")
         base = export_base(self.context.spec, self.context.data_dir)
         self.update(progress={"export_step": "merging_adapter"})
-        merged = merge(base.folder, adapter, self.folder / "merged")
+        merged = self.folder / "merged"
+        if not (merged / "config.json").is_file():  # a merge appears whole or not at all
+            merge(base.folder, adapter, merged)
         self.artifacts["merged_path"] = str(merged)
         tokenizer = merged / "tokenizer.json"
         self.update(
@@ -380,13 +446,15 @@ class Pipeline:
         (self.folder / "gguf").mkdir(exist_ok=True)
         for qtype in self.config.get("quantization_types", []):
             self.update(progress={"export_step": f"exporting_gguf_{qtype}"})
-            path = write_gguf(
-                merged,
-                self.folder / "gguf" / f"model-{qtype}.gguf",
-                qtype,
-                template=base.template,
-                llama_quantize=self.config.get("llama_quantize"),
-            )
+            path = self.folder / "gguf" / f"model-{qtype}.gguf"
+            if not path.is_file():  # written whole or not at all
+                write_gguf(
+                    merged,
+                    path,
+                    qtype,
+                    template=base.template,
+                    llama_quantize=self.config.get("llama_quantize"),
+                )
             paths[qtype] = str(path)
             self.update(artifacts={"gguf_paths": dict(paths)})
         self.update(progress={"export_step": "complete"})
