@@ -100,8 +100,9 @@ class Upstream:
                         if reply.cut:
                             self.connection.shutdown(2)
                             return
-                        if reply.gate is not None:
-                            reply.gate.wait(WAIT)
+                        if reply.gate is not None and not reply.gate.wait(WAIT):
+                            self.connection.shutdown(2)  # the test never saw the chunk
+                            return
 
             def _error(self, reply: Reply) -> None:
                 error = reply.error or {"error": {"message": reply.message, "type": "x"}}
