@@ -35,6 +35,7 @@ def test_mypy_on_the_host_schemas_and_torch_backend():
             "gateway",
             "schemas/gateway_schemas",
             "backends/torch/gateway_torch",
+            "backends/teacher/gateway_teacher",
             "plugins/trainers/gateway_trainers",
         ],
         cwd=ROOT,

@@ -103,3 +103,12 @@ def test_the_plugin_is_found_by_its_entry_point(tmp_path: Path):
     assert "teacher" in {name for name, _ in pm.list_name_plugin()}
     gateway = Gateway(Settings(data_dir=str(tmp_path), models=[]))
     assert "teacher" in gateway.backends
+
+
+def test_the_plugin_module_imports_no_http_client():
+    import subprocess
+    import sys
+
+    code = "import sys, gateway_teacher.plugin\nprint('httpx' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
