@@ -219,6 +219,7 @@ def test_the_merged_model_computes_what_base_plus_adapter_does(
         p.name for p in merged.iterdir()
     }
     assert (merged / "tokenizer.json").is_file()
+    assert (merged / "model.safetensors").stat().st_mode & 0o777 == 0o644  # not private
     assert not any(p.name.startswith(".") for p in merged.parent.iterdir())  # no staging
     config = json.loads((merged / "config.json").read_text())
     assert config["dtype"] == "float32"  # the base's

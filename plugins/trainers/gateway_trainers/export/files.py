@@ -32,6 +32,7 @@ def staged_dir(output: Path) -> Iterator[Path]:
     staging.mkdir()
     try:
         yield staging
+        _make_readable(staging)
         _fsync_tree(staging)
         os.rename(staging, output)
         _fsync(output.parent)
@@ -49,11 +50,19 @@ def staged_file(output: Path) -> Iterator[Path]:
     partial = temp_sibling(output)
     try:
         yield partial
+        os.chmod(partial, 0o644)
         _fsync(partial)
         os.rename(partial, output)
         _fsync(output.parent)
     finally:
         partial.unlink(missing_ok=True)
+
+
+def _make_readable(folder: Path) -> None:
+    """Ordinary permissions (some writers save through private temporary files)."""
+    os.chmod(folder, 0o755)
+    for path in folder.rglob("*"):
+        os.chmod(path, 0o755 if path.is_dir() else 0o644)
 
 
 def _fsync(path: Path) -> None:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.errors import Unsupported
 from gateway_trainers.export.errors import ExportError
-from gateway_trainers.export.files import refuse_existing, staged_file, temp_sibling
+from gateway_trainers.export.files import staged_file, temp_sibling
 from gateway_trainers.export.gguf_header import read_scalars
 from gateway_trainers.export.quantize import run_llama_quantize
 from gateway_trainers.export.types import PARAM, check_types, needs_llama_quantize
@@ -105,7 +105,6 @@ def write_gguf(
     check_types([qtype], llama_quantize)
     check_gguf(template)
     assert template is not None  # check_gguf refused None
-    refuse_existing(output)
     started = time.perf_counter()
     with staged_file(output) as partial:
         if needs_llama_quantize(qtype):
