@@ -90,6 +90,9 @@ class DistillationService:
         self.gateway = gateway
         self.settings = gateway.settings.distillation
         self.rewards = collect_rewards(gateway.pm)
+        self._submitting = asyncio.Lock()
+        """Held from a tenant's budget check to its job's storing: two submissions at once
+        cannot both spend what is left."""
 
     @property
     def jobs(self) -> JobStore:
@@ -132,6 +135,7 @@ class DistillationService:
             judge_max_tokens=self.settings.judge_max_tokens,
             concurrency=self.settings.concurrency,
             llama_quantize=self.settings.llama_quantize,
+            student_source=self.gateway.models.handle(student).spec.source,
             prompts=None,
         )
         stored.pop("quantization", None)
@@ -142,7 +146,13 @@ class DistillationService:
                 code="training_error",
             )
         data = {"train": train, "eval": evaluate}
-        trainer.check(data, stored)
+        try:
+            trainer.check(data, stored)
+        except InvalidRequest as exc:  # OpenTracy's code and the field's path in the body
+            param = exc.param or "config"
+            raise invalid(
+                exc.message, param if param.startswith("config") else f"config.{param}"
+            ) from None
         cost = estimate(
             train + evaluate,
             n_samples=config.n_samples,
@@ -243,14 +253,6 @@ class DistillationService:
     async def submit(self, request: DistillationRequest) -> Job:
         job_id = f"job_{uuid.uuid4().hex[:12]}"
         plan = await self.plan(request, job_id=job_id)
-        balance = plan.budget.balance
-        if balance is not None and plan.estimate.cost > balance:
-            raise InsufficientCredits(
-                f"The job's estimated cost ${plan.estimate.cost:.4f} exceeds what tenant "
-                f"`{request.tenant_id}` has left (${max(balance, 0):.4f} of "
-                f"${plan.budget.budget:.4f}).",
-                code="insufficient_credits",
-            )
         output = check_name(
             request.config.output_name or f"distill-{job_id.removeprefix('job_')[:8]}",
             "config.output_name",
@@ -277,16 +279,26 @@ class DistillationService:
             info=info,
         )
         training = self.gateway.training
-        try:
-            job = await asyncio.to_thread(
-                self.jobs.submit, new, max_queued=training.settings.max_queued_jobs
-            )
-        except QueueFull:
-            raise Unavailable(
-                f"The job queue is full ({training.settings.max_queued_jobs} jobs); retry "
-                "when a job has finished.",
-                code="queue_full",
-            ) from None
+        async with self._submitting:
+            budget = await self.budget(request.tenant_id)  # as it is now, not at planning
+            balance = budget.balance
+            if balance is not None and plan.estimate.cost > balance:
+                raise InsufficientCredits(
+                    f"The job's estimated cost ${plan.estimate.cost:.4f} exceeds what tenant "
+                    f"`{request.tenant_id}` has left (${max(balance, 0):.4f} of "
+                    f"${budget.budget:.4f}).",
+                    code="insufficient_credits",
+                )
+            try:
+                job = await asyncio.to_thread(
+                    self.jobs.submit, new, max_queued=training.settings.max_queued_jobs
+                )
+            except QueueFull:
+                raise Unavailable(
+                    f"The job queue is full ({training.settings.max_queued_jobs} jobs); retry "
+                    "when a job has finished.",
+                    code="queue_full",
+                ) from None
         await training.supervisor.ensure(self.gateway.models.handle(plan.student).spec)
         return job
 

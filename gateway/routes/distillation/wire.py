@@ -24,7 +24,7 @@ STATUSES: dict[JobState, DistillationStatus] = {
     JobState.CANCELLED: "cancelled",
 }
 STATES = {status: state for state, status in STATUSES.items()}
-HIDDEN_CONFIG = ("prompts", "llama_quantize")
+HIDDEN_CONFIG = ("prompts", "llama_quantize", "student_source")
 """Stored config keys not shown: the prompts are the job's data; a binary's path is the
 server's business."""
 

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 import msgspec
 
-from gateway.errors import InvalidRequest
+from gateway.errors import InvalidRequest, Unsupported
 from gateway.jobs.store import Job
 from gateway.training.trainer import JobStopped, Trainer, TrainingContext
 from gateway_trainers.distill.agreement import rouge_l
@@ -52,6 +52,21 @@ class DistillationTrainer(Trainer):
             )
         if config.get("export_gguf", True):
             check_types(list(config.get("quantization_types", [])), config.get("llama_quantize"))
+            source = config.get("student_source")
+            if source is not None:
+                from gateway.engine.backend import ModelSpec
+                from gateway_trainers.export import check_gguf, gguf_template
+
+                spec = ModelSpec(name=str(config["student_model"]), backend="torch", source=source)
+                try:
+                    check_gguf(gguf_template(spec), param="config.export_gguf")
+                except Unsupported as exc:
+                    raise InvalidRequest(
+                        f"{exc.message} Set `export_gguf` to false to "
+                        "export the merged model and the adapter only.",
+                        param="config.export_gguf",
+                        code="invalid_config",
+                    ) from None
 
     def prepare(self, context: TrainingContext) -> None:
         from gateway_trainers.common.base import load_base
@@ -82,10 +97,13 @@ class Pipeline:
         try:
             self.context.update(info, add_cost=add_cost)
         except JobStopped:
-            raise JobStopped(
-                f"Cancelled by request during {self.phase}; the files made so far are kept "
-                f"in the job's artifacts."
-            ) from None
+            raise self.stopped() from None
+
+    def stopped(self) -> JobStopped:
+        return JobStopped(
+            f"Cancelled by request during {self.phase}; the files made so far are kept in "
+            "the job's artifacts."
+        )
 
     def enter(self, phase: str) -> None:
         self.phase = phase
@@ -369,7 +387,10 @@ class Pipeline:
         )
         self.update(progress={"training_step": 0, "training_steps": total})
         bond_job = msgspec.structs.replace(self.job, kind="bond", data=curated, config=config)
-        adapter = BondTrainer().run(bond_job, bond_context)
+        try:
+            adapter = BondTrainer().run(bond_job, bond_context)
+        except JobStopped:
+            raise self.stopped() from None
         self.artifacts.update(adapter_path=str(adapter), adapter_name=self.job.output_name)
         self.update(
             trained=True,
