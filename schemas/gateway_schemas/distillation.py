@@ -85,7 +85,8 @@ class DistillationConfig(Struct, kw_only=True):
 
 
 class DistillationRequest(Struct, kw_only=True):
-    tenant_id: str = "default"
+    tenant_id: Annotated[str, Meta(min_length=1)] = "default"
+    """Whose job it is (reads name it with `?tenant_id=`); null or absent: `default`."""
     name: str = ""
     description: str = ""
     config: DistillationConfig = field(default_factory=DistillationConfig)

@@ -4,7 +4,7 @@ another tenant's job is a 404, as OpenTracy's contract says."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
 from gateway_schemas.distillation import (
     Artifacts,
@@ -15,7 +15,7 @@ from gateway_schemas.distillation import (
 )
 from litestar import Controller, get, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath, JSONBody, Parameter
+from litestar.params import FromPath, FromQuery, JSONBody
 
 from gateway.errors import InvalidRequest
 from gateway.gateway import Gateway
@@ -23,7 +23,6 @@ from gateway.routes.distillation.errors import EXCEPTION_HANDLERS
 from gateway.routes.distillation.wire import STATES, artifacts_view, job_view, parse_request
 
 MAX_LIMIT = 100
-Tenant = Annotated[str, Parameter(query="tenant_id")]
 
 
 class DistillationController(Controller):
@@ -62,10 +61,10 @@ class DistillationController(Controller):
     async def list_jobs(
         self,
         gateway: NamedDependency[Gateway],
-        tenant_id: Tenant = "default",
-        status: str | None = None,
-        limit: int = 20,
-        offset: int = 0,
+        tenant_id: FromQuery[str] = "default",
+        status: FromQuery[str | None] = None,
+        limit: FromQuery[int] = 20,
+        offset: FromQuery[int] = 0,
     ) -> DistillationList:
         if not 1 <= limit <= MAX_LIMIT:
             raise InvalidRequest(
@@ -94,7 +93,7 @@ class DistillationController(Controller):
         self,
         job_id: FromPath[str],
         gateway: NamedDependency[Gateway],
-        tenant_id: Tenant = "default",
+        tenant_id: FromQuery[str] = "default",
     ) -> DistillationJob:
         return job_view(await gateway.distillation.get(job_id, tenant_id))
 
@@ -103,7 +102,7 @@ class DistillationController(Controller):
         self,
         job_id: FromPath[str],
         gateway: NamedDependency[Gateway],
-        tenant_id: Tenant = "default",
+        tenant_id: FromQuery[str] = "default",
     ) -> DistillationJob:
         return job_view(await gateway.distillation.cancel(job_id, tenant_id))
 
@@ -112,7 +111,7 @@ class DistillationController(Controller):
         self,
         job_id: FromPath[str],
         gateway: NamedDependency[Gateway],
-        tenant_id: Tenant = "default",
+        tenant_id: FromQuery[str] = "default",
     ) -> Artifacts:
         return artifacts_view(await gateway.distillation.get(job_id, tenant_id))
 
@@ -121,6 +120,6 @@ class DistillationController(Controller):
         self,
         job_id: FromPath[str],
         gateway: NamedDependency[Gateway],
-        tenant_id: Tenant = "default",
+        tenant_id: FromQuery[str] = "default",
     ) -> DistillationLogs:
         return DistillationLogs(logs=await gateway.distillation.logs(job_id, tenant_id))
