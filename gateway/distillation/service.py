@@ -135,7 +135,8 @@ class DistillationService:
             judge_max_tokens=self.settings.judge_max_tokens,
             concurrency=self.settings.concurrency,
             llama_quantize=self.settings.llama_quantize,
-            student_source=self.gateway.models.handle(student).spec.source,
+            student_source=self.gateway.models.handle(student).spec.source
+            or None,  # no files: no check
             prompts=None,
         )
         stored.pop("quantization", None)
