@@ -125,6 +125,7 @@ class DistillationService:
         held = held_out_count(len(shuffled), config.held_out)
         train, evaluate = shuffled[: len(shuffled) - held], shuffled[len(shuffled) - held :]
         types = [config.quantization] if config.quantization else list(config.quantization_types)
+        source = self.gateway.models.handle(student).spec.source or None  # None: no files
         stored = msgspec.to_builtins(config)
         stored.update(
             student_model=student,
@@ -135,8 +136,7 @@ class DistillationService:
             judge_max_tokens=self.settings.judge_max_tokens,
             concurrency=self.settings.concurrency,
             llama_quantize=self.settings.llama_quantize,
-            student_source=self.gateway.models.handle(student).spec.source
-            or None,  # no files: no check
+            student_source=source,
             prompts=None,
         )
         stored.pop("quantization", None)
