@@ -14,7 +14,13 @@ from collections.abc import AsyncGenerator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from gateway_schemas.canonical import FinishReason, GenerationChunk, GenerationRequest
+import msgspec
+from gateway_schemas.canonical import (
+    ChatMessage,
+    FinishReason,
+    GenerationChunk,
+    GenerationRequest,
+)
 
 from gateway.engine import Backend, Capability, ModelSpec
 from gateway.errors import InvalidRequest
@@ -22,7 +28,7 @@ from gateway_teacher.client import UpstreamClient
 from gateway_teacher.failures import UpstreamProblem
 from gateway_teacher.prices import PriceTable
 from gateway_teacher.router import Cooldowns, Router
-from gateway_teacher.settings import TeacherSettings
+from gateway_teacher.settings import TeacherOptions, TeacherSettings
 from gateway_teacher.targets import Target, resolve_groups
 from gateway_teacher.transform import (
     StreamDecoder,
@@ -66,6 +72,9 @@ class TeacherBackend(Backend):
         self.client = UpstreamClient(self.settings.max_connections)
         self.accepted = frozenset.intersection(*(t.extra_params for t in self.router.targets))
         """Extra fields every upstream of the model accepts: only these are forwarded."""
+        self.system_prompt = msgspec.convert(
+            spec.options, TeacherOptions, strict=False
+        ).system_prompt
         self._aborted: set[str] = set()
         self._active: set[str] = set()
         self.served = 0
@@ -92,6 +101,10 @@ class TeacherBackend(Backend):
         return self.price_table.per_token(first.provider, first.model)
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationChunk]:
+        if self.system_prompt and request.messages is not None:
+            request = msgspec.structs.replace(
+                request, messages=with_system(request.messages, self.system_prompt)
+            )
         if not self.settings.drop_unsupported:
             check_supported(request, self.accepted, self.spec.name)
         self._active.add(request.id)
@@ -167,3 +180,14 @@ class TeacherBackend(Backend):
     async def token_bytes(self, tokens: Sequence[int]) -> list[bytes]:
         await self.detokenize(tokens)
         return [bytes([token]) for token in tokens]
+
+
+def with_system(messages: Sequence[ChatMessage], instructions: str) -> list[ChatMessage]:
+    """`messages` with `instructions` first: joined before the text of a leading system
+    message, else as a system message of their own."""
+    if messages and messages[0].role == "system":
+        first = msgspec.structs.replace(
+            messages[0], content=f"{instructions}\n\n{messages[0].content}"
+        )
+        return [first, *messages[1:]]
+    return [ChatMessage(role="system", content=instructions), *messages]

@@ -110,8 +110,11 @@ class TeacherOptions(Struct, kw_only=True, forbid_unknown_fields=True):
 
     `deployments`: the model's group of upstreams (default: the one that `source`, or the
     model's name, names as `provider/model`); `fallbacks`: further `provider/model` ids
-    tried in order when the whole group fails.
+    tried in order when the whole group fails; `system_prompt`: instructions the model
+    gets before every chat (a system message put first, or joined to the first one):
+    a persona or house rules for a teacher, which the student it teaches never sees.
     """
 
     deployments: list[DeploymentSpec] = field(default_factory=list)
     fallbacks: list[str] = field(default_factory=list)
+    system_prompt: str | None = None
