@@ -362,6 +362,10 @@ def test_invalid_configs_are_400_invalid_config_naming_the_field(
 
 def test_a_body_that_is_not_an_object_is_400_invalid_config(client):
     refused(client.post("/v1/distillation", json=["a"]), 400, "invalid_config")
+    broken = client.post(
+        "/v1/distillation", content=b'{"config": ', headers={"Content-Type": "application/json"}
+    )
+    refused(broken, 400, "invalid_config")
     refused(client.post("/v1/distillation", json={"config": "x"}), 400, "invalid_config", "config")
 
 
@@ -479,10 +483,11 @@ def documented_estimate(
     }
 
 
-SMALL = {
+SMALL_PROMPTS = ["Question 1?", "Question 2?", "Question 3?", "Question 4?"]
+SMALL: dict[str, Any] = {
     "teacher_model": "teacher",
     "judge_model": "judge",
-    "prompts": ["Question 1?", "Question 2?", "Question 3?", "Question 4?"],
+    "prompts": SMALL_PROMPTS,
     "n_samples": 2,
     "training_steps": 10,
     "batch_size": 1,
@@ -493,7 +498,7 @@ SMALL = {
 
 def small_cost() -> tuple[dict[str, float], float]:
     phases = documented_estimate(
-        SMALL["prompts"],
+        SMALL_PROMPTS,
         eval_count=1,
         n_samples=2,
         max_tokens=50,
@@ -790,6 +795,17 @@ def test_a_running_job_shows_what_its_worker_writes(served: Served, client):
     for sub in ("logs", "artifacts"):
         refused(client.get(f"{path}/{sub}"), 404, "job_not_found")  # tenant `default`
         refused(client.get(f"/v1/distillation/job_nope/{sub}"), 404, "job_not_found")
+
+
+def test_an_unexpected_failure_is_500_training_error(
+    served: Served, client, monkeypatch: pytest.MonkeyPatch
+):
+    async def crash(job_id: str, tenant: str | None) -> Any:
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(served.gateway.distillation, "get", crash)
+    error = refused(client.get("/v1/distillation/job_x"), 500, "training_error")
+    assert "disk on fire" not in error["message"]  # the server's details stay in its log
 
 
 # Without the trainer, with API keys, and OpenTracy's own example.
