@@ -69,7 +69,9 @@ class TeacherBackend(Backend):
             backoff_seconds=self.settings.backoff_seconds,
         )
         self.price_table = PriceTable(self.settings.prices)
-        self.client = UpstreamClient(self.settings.max_connections)
+        self.client = UpstreamClient(
+            self.settings.max_connections, trust_env=self.settings.trust_env
+        )
         self.accepted = frozenset.intersection(*(t.extra_params for t in self.router.targets))
         """Extra fields every upstream of the model accepts: only these are forwarded."""
         self.system_prompt = msgspec.convert(

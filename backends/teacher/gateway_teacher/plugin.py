@@ -1,6 +1,6 @@
 """The gateway plugin: declares `[teacher]` and registers the `teacher` backend.
 
-Importing this module stays light: httpx is imported when a teacher model is built.
+Importing this module stays light: aiohttp is imported when a teacher model is built.
 """
 
 from __future__ import annotations

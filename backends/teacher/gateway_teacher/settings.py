@@ -91,6 +91,8 @@ class TeacherSettings(Struct, kw_only=True, forbid_unknown_fields=True):
     backoff_seconds: NonNegative = 0.5
     max_connections: Annotated[int, Meta(ge=1)] = 256
     """Connections the backend's one HTTP client keeps to all upstreams together."""
+    trust_env: bool = False
+    """Reach upstreams through the proxies of `HTTPS_PROXY`/`HTTP_PROXY` (and `NO_PROXY`)."""
     prices: dict[str, Price] = field(default_factory=dict)
     """USD per 1M tokens by model id, over the built-in table (`gateway_teacher.prices`)."""
 

@@ -109,6 +109,6 @@ def test_the_plugin_module_imports_no_http_client():
     import subprocess
     import sys
 
-    code = "import sys, gateway_teacher.plugin\nprint('httpx' in sys.modules)"
+    code = "import sys, gateway_teacher.plugin\nprint('aiohttp' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
