@@ -15,6 +15,8 @@ write (the trainer's `check`), and a cost estimate above the tenant's budget (40
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import random
 import time
 import uuid
@@ -101,7 +103,7 @@ class DistillationService:
 
     # Planning.
 
-    async def plan(self, request: DistillationRequest, *, job_id: str) -> Plan:
+    async def plan(self, request: DistillationRequest) -> Plan:
         config = request.config
         student = self._student(config)
         teacher = self._served(config.teacher_model, "config.teacher_model", "teacher")
@@ -119,7 +121,10 @@ class DistillationService:
                 f" gave {len(prompts)}.",
                 "config.prompts",
             )
-        order = random.Random(config.seed if config.seed is not None else job_id)
+        # The split depends on the prompts (and the seed), not on the job: an estimate
+        # plans the very split its job will make.
+        digest = hashlib.sha256(json.dumps(prompts, sort_keys=True).encode()).hexdigest()
+        order = random.Random(config.seed if config.seed is not None else digest)
         shuffled = list(prompts)
         order.shuffle(shuffled)
         held = held_out_count(len(shuffled), config.held_out)
@@ -253,7 +258,7 @@ class DistillationService:
 
     async def submit(self, request: DistillationRequest) -> Job:
         job_id = f"job_{uuid.uuid4().hex[:12]}"
-        plan = await self.plan(request, job_id=job_id)
+        plan = await self.plan(request)
         output = check_name(
             request.config.output_name or f"distill-{job_id.removeprefix('job_')[:8]}",
             "config.output_name",

@@ -41,7 +41,7 @@ class DistillationController(Controller):
         self, data: JSONBody[dict[str, Any]], gateway: NamedDependency[Gateway]
     ) -> Estimate:
         request = parse_request(data)
-        plan = await gateway.distillation.plan(request, job_id="estimate")
+        plan = await gateway.distillation.plan(request)
         balance = plan.budget.balance
         return Estimate(
             estimated_cost=plan.estimate.cost,
