@@ -212,6 +212,49 @@ async def throughput(port: int, request: bytes, concurrency: int, seconds: float
     return done / elapsed
 
 
+async def client_libraries(port: int, concurrency: int, seconds: float) -> dict[str, Any]:
+    """Streamed requests/s of httpx and aiohttp (the teacher's client) against the upstream
+    itself, one at a time and `concurrency` at once: why the teacher uses aiohttp."""
+    import aiohttp
+    import httpx
+
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    body = json.dumps({"model": "m", "stream": True, **BODY}).encode()
+    headers = {"content-type": "application/json"}
+    limit = max(concurrency, 1)
+    results: dict[str, Any] = {}
+    async with (
+        httpx.AsyncClient(limits=httpx.Limits(max_connections=limit), timeout=None) as hx,
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=limit)) as aio,
+    ):
+
+        async def with_httpx() -> None:
+            async with hx.stream("POST", url, content=body, headers=headers) as reply:
+                async for _ in reply.aiter_bytes():
+                    pass
+
+        async def with_aiohttp() -> None:
+            async with aio.post(url, data=body, headers=headers) as reply:
+                async for _ in reply.content.iter_any():
+                    pass
+
+        for name, call in (("httpx", with_httpx), ("aiohttp", with_aiohttp)):
+            for level in (1, concurrency):
+                count = 0
+
+                async def worker(until: float) -> None:
+                    nonlocal count
+                    while time.perf_counter() < until:
+                        await call()  # noqa: B023 - `call` is fixed during the level
+                        count += 1
+
+                await asyncio.gather(*(worker(time.perf_counter() + 0.5) for _ in range(level)))
+                count, started = 0, time.perf_counter()
+                await asyncio.gather(*(worker(started + seconds) for _ in range(level)))
+                results[f"{name} c={level}"] = count / (time.perf_counter() - started)
+    return results
+
+
 # ---- servers ----------------------------------------------------------------------------------
 
 
@@ -374,6 +417,9 @@ async def run(args: argparse.Namespace, folder: Path) -> list[Row]:
         for name, port, model in targets:
             print(f"measuring {name} ...", file=sys.stderr, flush=True)
             rows.append(await measure(name, port, model, args))
+        if args.clients:
+            print("measuring the HTTP clients ...", file=sys.stderr, flush=True)
+            args.client_results = await client_libraries(up, args.concurrency, args.seconds)
         if not args.litellm:
             rows.append(Row(name="litellm", skipped="skipped (give --litellm COMMAND)"))
     finally:
@@ -393,6 +439,9 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=32, help="connections for req/s")
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of the req/s run")
     parser.add_argument("--litellm", default=os.environ.get("LITELLM"), help="litellm command")
+    parser.add_argument(
+        "--clients", action="store_true", help="also compare httpx and aiohttp (req/s)"
+    )
     parser.add_argument("--start-timeout", type=float, default=120.0)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "proxy.json")
     parser.add_argument("--serve-upstream", type=int, help=argparse.SUPPRESS)
@@ -405,6 +454,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-proxy-") as folder:
         rows = asyncio.run(run(args, Path(folder)))
     print(table(rows, args))
+    clients = getattr(args, "client_results", None)
+    if clients:
+        print("\nstreamed req/s against the upstream alone:")
+        for name, rate in clients.items():
+            print(f"  {name:<14} {rate:>10,.0f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {
         "command": sys.argv,
@@ -414,6 +468,7 @@ def main() -> int:
         "concurrency": args.concurrency,
         "seconds": args.seconds,
         "rows": [asdict(r) | {"latencies_ms": None} for r in rows],
+        "clients_req_per_s": getattr(args, "client_results", None),
     }
     args.out.write_text(json.dumps(result, indent=2))
     print(f"wrote {args.out}")
