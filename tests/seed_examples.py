@@ -86,7 +86,8 @@ def _command(text: str, source: str) -> Example | None:
             options.setdefault(token, []).append(tokens[index + 1])
             index += 1
         elif token.startswith("http://") and not url:
-            url = token
+            # `$(curl ... "http://...")` in a shell line: the `)` closes the substitution.
+            url = token.removesuffix(")")
         else:
             break
         index += 1
