@@ -11,7 +11,10 @@ fails cleanly when the teacher is gone.
 
 from __future__ import annotations
 
+import http.server
+import json
 import re
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
-from live import LiveServer, free_port, start_server, stop_server
+from live import LiveServer, free_port, http_server, start_server, stop_server
 
 STUDENT = "smollm2-135m-instruct"
 TEACHER = "local/smollm2-135m-instruct"
@@ -208,6 +211,90 @@ def greedy(merged: Path, gguf: Path | None = None) -> list[int]:
     with torch.no_grad():
         out = model.generate(ids, max_new_tokens=16, do_sample=False)
     return [int(t) for t in out[0, ids.shape[1] :]]
+
+
+class FlakyUpstream:
+    """An OpenAI-compatible chat server whose every other request fails with a 500: a
+    streamed answer (with usage) otherwise."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.failed = 0
+        self.lock = threading.Lock()
+
+    def handler(self) -> type[http.server.BaseHTTPRequestHandler]:
+        upstream = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers["content-length"]))
+                with upstream.lock:
+                    upstream.calls += 1
+                    fail = upstream.calls % 2 == 1
+                    upstream.failed += fail
+                if fail:
+                    body = b'{"error": {"message": "flaky upstream", "type": "server_error"}}'
+                    self.send_response(500)
+                    self.send_header("content-type", "application/json")
+                    self.send_header("content-length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
+                events = [
+                    {"choices": [{"index": 0, "delta": {"content": "Arr, matey! "}}]},
+                    {
+                        "choices": [
+                            {"index": 0, "delta": {"content": "Ahoy."}, "finish_reason": "stop"}
+                        ]
+                    },
+                    {"choices": [], "usage": {"prompt_tokens": 10, "completion_tokens": 4}},
+                ]
+                text = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+                body = text.encode()
+                self.send_response(200)
+                self.send_header("content-type", "text/event-stream")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        return Handler
+
+
+def test_a_job_survives_a_flaky_teacher(data_dir: Path, tmp_path_factory):
+    upstream = FlakyUpstream()
+    with http_server(upstream.handler()) as url:
+        server = serve_student(data_dir, tmp_path_factory.mktemp("flaky"), url)
+        try:
+            job_id = submit(
+                server.url,
+                {
+                    "teacher_model": TEACHER,
+                    "prompts": PROMPTS[:5],
+                    "n_samples": 2,
+                    "training_steps": 10,
+                    "bond_beta": 0.0,
+                    "export_gguf": False,
+                },
+            )
+            job = finished(server.url, job_id)
+        finally:
+            stop_server(server)
+    assert job["status"] == "completed", job
+    assert upstream.failed >= 5  # half of the teacher's and judge's calls failed once
+    # Retries hide almost every failure; a call whose three attempts all hit a failing turn
+    # (calls of other requests in between) loses one sample, and the job goes on without it.
+    progress = job["progress"]
+    assert progress["candidates"] + progress["candidates_failed"] == 4 * 2 + 1  # 4 prompts, 1 held out
+    assert progress["candidates_failed"] <= 2 and progress["candidates"] >= 7
+    # 10 prompt and 4 completion tokens a call (the fake's usage) at the configured price.
+    calls = upstream.calls - upstream.failed
+    expected = calls * (10 * PRICE["input"] + 4 * PRICE["output"]) / 1e6
+    assert job["cost_accrued"] == pytest.approx(expected, rel=1e-6)
 
 
 def test_a_job_fails_cleanly_when_the_teacher_is_gone(data_dir: Path, tmp_path_factory):

@@ -206,7 +206,7 @@ class Pipeline:
             "prompts_done": len(done),
             "prompts_total": len(self.train),
             "candidates": sum(len(row["samples"]) for row in done.values()),
-            "failed": 0,
+            "candidates_failed": 0,
         }
         self.update(progress=progress)
         limit = asyncio.Semaphore(int(self.config.get("concurrency", 4)))
@@ -227,7 +227,7 @@ class Pipeline:
                     raise
                 except Exception as exc:
                     errors.append(f"{type(exc).__name__}: {exc}")
-                    progress["failed"] += 1
+                    progress["candidates_failed"] += 1
                     self.update(progress=dict(progress))
                     return None
                 progress["candidates"] += 1
