@@ -289,7 +289,9 @@ def test_a_job_survives_a_flaky_teacher(data_dir: Path, tmp_path_factory):
     # Retries hide almost every failure; a call whose three attempts all hit a failing turn
     # (calls of other requests in between) loses one sample, and the job goes on without it.
     progress = job["progress"]
-    assert progress["candidates"] + progress["candidates_failed"] == 4 * 2 + 1  # 4 prompts, 1 held out
+    assert (
+        progress["candidates"] + progress["candidates_failed"] == 4 * 2 + 1
+    )  # 4 prompts, 1 held out
     assert progress["candidates_failed"] <= 2 and progress["candidates"] >= 7
     # 10 prompt and 4 completion tokens a call (the fake's usage) at the configured price.
     calls = upstream.calls - upstream.failed
