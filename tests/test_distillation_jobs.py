@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -56,12 +57,18 @@ preload = true
 
 
 def serve(data_dir: Path, folder: Path) -> LiveServer:
+    """The server, with the test plugins (the `brevity` reward) importable, as installed."""
     models = folder / "models"
     if not models.exists():
         models.symlink_to((data_dir / "models").resolve(), target_is_directory=True)
     config = folder / "gateway.toml"
     config.write_text(CONFIG)
-    env = {"GATEWAY_DATA_DIR": str(folder), "GATEWAY_CONFIG": str(config)}
+    plugins = next(entry for entry in sys.path if "test-plugins" in entry)
+    env = {
+        "GATEWAY_DATA_DIR": str(folder),
+        "GATEWAY_CONFIG": str(config),
+        "PYTHONPATH": os.pathsep.join(filter(None, [plugins, os.environ.get("PYTHONPATH")])),
+    }
     return start_server([], env, folder / f"server-{time.time_ns()}.log")
 
 
@@ -155,6 +162,31 @@ def test_a_pending_job_is_cancelled_at_once(server: LiveServer):
     assert reply.status_code == 200 and reply.json()["status"] == "cancelled", reply.text
     httpx.post(f"{server.url}/v1/distillation/{running}/cancel", timeout=30)
     assert finished(server.url, running)["status"] == "cancelled"
+
+
+def test_a_reward_plugin_replaces_the_judge(server: LiveServer):
+    """`brevity` (the test plugin's reward) scores 1 for an answer of 20 characters or
+    fewer: with `min_score` 0.5, curation keeps the prompts whose (echoed) samples are short
+    and drops the others; the BOND backward term and the table use it too."""
+    job_id = submit(
+        server.url,
+        reward="brevity",
+        min_score=0.5,
+        bond_beta=0.5,
+        training_steps=4,
+        export_gguf=False,
+    )
+    ended = finished(server.url, job_id)
+    assert ended["status"] == "completed", ended
+    files = ended["artifacts"]["files"]
+    rows = [json.loads(line) for line in Path(files["candidates"]).read_text().splitlines()]
+    short = [row for row in rows if all(len(s.strip()) <= 20 for s in row["samples"])]
+    curated = [json.loads(line) for line in Path(files["curated"]).read_text().splitlines()]
+    assert 0 < len(curated) == len(short) < len(rows)
+    assert all(c["score"] == 1.0 for item in curated for c in item["candidates"])
+    assert ended["progress"]["dropped"] == len(rows) - len(short)
+    assert ended["results"]["before"]["judge_score"] in (0.0, 1.0)  # one held-out prompt
+    assert any("reward_policy_mean" in line for line in logs(server.url, job_id))
 
 
 def test_kill_9_mid_job_then_restart_resumes_it(data_dir: Path, tmp_path_factory):

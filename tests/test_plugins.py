@@ -75,6 +75,7 @@ def test_plugins_command_lists_distribution_and_hooks():
     assert plugins["example"]["hooks"] == [
         "register_backends",
         "register_models",
+        "register_rewards",
         "register_trainers",
     ]
     assert plugins["torch"]["distribution"].startswith("gateway-torch ")

@@ -249,15 +249,17 @@ class TrainingService:
     # A job ended.
 
     async def _finished(self, job: Job) -> None:
-        if job.state == JobState.COMPLETED and job.config.get("auto_load", True):
-            await self._auto_load(job)
+        served = {handle.spec.name for handle in self.gateway.models}
+        if job.state == JobState.COMPLETED and job.model in served:
+            # A new version of an adapter the engine holds: the next request loads it.
+            self.gateway.models.handle(job.model).backend.adapters_changed(job.output_name)
+            if job.config.get("auto_load", True):
+                await self._auto_load(job)
         if job.webhook == "pending":
             self._spawn(self._webhook(job))
 
     async def _auto_load(self, job: Job) -> None:
-        handle = self.gateway.models.handle(job.model)
-        backend = handle.backend
-        backend.adapters_changed(job.output_name)
+        backend = self.gateway.models.handle(job.model).backend
         await asyncio.to_thread(
             backend.adapters.set_default, [AdapterRef(name=job.output_name, scale=1.0)]
         )

@@ -82,6 +82,10 @@ class DistillationConfig(Struct, kw_only=True):
     output_name: str | None = None
     """The adapter written (OpenTracy declares it and ignores it); default
     `distill-<first 8 characters of the job id>`."""
+    auto_load: bool = False
+    """(Addition) make the adapter the student's server default when the job completes.
+    Off by default: the adapter serves at once when a request names it, and the student's
+    other traffic is not changed behind its users' backs."""
 
 
 class DistillationRequest(Struct, kw_only=True):

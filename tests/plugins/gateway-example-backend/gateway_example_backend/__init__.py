@@ -2,7 +2,9 @@
 
 It registers the backend `shout`, declares the model `example-shout` on it, and registers
 the trainer `shout`, which "trains" by writing its examples, upper-cased, into an adapter
-directory (no model: enough to show that a pip-installed trainer runs in the worker).
+directory (no model: enough to show that a pip-installed trainer runs in the worker), and
+the reward `brevity` (1 for an answer of 20 characters or fewer, else 0), which a
+distillation job may score with instead of a judge.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 from gateway_schemas.canonical import GenerationChunk, GenerationRequest
 
 from gateway import hookimpl
+from gateway.distillation.reward import Reward
 from gateway.engine import ModelSpec
 from gateway.testing import EchoBackend
 from gateway.training.trainer import Trainer, TrainingContext
@@ -58,3 +61,15 @@ class ShoutTrainer(Trainer):
 @hookimpl
 def register_trainers(register):
     register(ShoutTrainer())
+
+
+class BrevityReward(Reward):
+    name = "brevity"
+
+    def score(self, messages, responses):
+        return [1.0 if len(response.strip()) <= 20 else 0.0 for response in responses]
+
+
+@hookimpl
+def register_rewards(register):
+    register(BrevityReward())
