@@ -173,7 +173,7 @@ def test_a_reward_plugin_replaces_the_judge(server: LiveServer):
         reward="brevity",
         min_score=0.5,
         bond_beta=0.5,
-        training_steps=4,
+        training_steps=10,
         export_gguf=False,
     )
     ended = finished(server.url, job_id)

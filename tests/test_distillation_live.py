@@ -284,7 +284,7 @@ def test_a_job_survives_a_flaky_teacher(data_dir: Path, tmp_path_factory):
             job = finished(server.url, job_id)
         finally:
             stop_server(server)
-    assert job["status"] == "completed", job
+    assert job["status"] == "completed", (job["error"], job["progress"])
     assert upstream.failed >= 5  # half of the teacher's and judge's calls failed once
     # Retries hide almost every failure; a call whose three attempts all hit a failing turn
     # (calls of other requests in between) loses one sample, and the job goes on without it.

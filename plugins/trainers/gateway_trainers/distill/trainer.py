@@ -23,8 +23,9 @@ from gateway.errors import InvalidRequest, Unsupported
 from gateway.jobs.store import Job
 from gateway.training.trainer import JobStopped, Trainer, TrainingContext
 from gateway_trainers.distill.agreement import rouge_l
-from gateway_trainers.distill.calls import generate, judge_messages, parse_score
-from gateway_trainers.distill.runner import LoopThread
+from gateway_trainers.distill.calls import generate
+from gateway_trainers.distill.runner import LoopThread, all_of
+from gateway_trainers.distill.scoring import Scorer
 
 log = logging.getLogger(__name__)
 
@@ -154,39 +155,27 @@ class Pipeline:
                         log.exception("unloading a backend failed")
             calls.close()
 
-    def scorer(self, calls: LoopThread, judge: Any) -> Any:
-        """`score(messages, responses) -> scores`: the reward plugin, else the judge."""
+    def scorer(self, calls: LoopThread, judge: Any) -> Scorer:
+        """The job's reward plugin, else its judge."""
         name = self.config.get("reward")
         if name:
             from gateway.distillation.reward import collect_rewards
 
             if self.context.plugins is None:
                 raise RuntimeError("this worker has no plugins to find rewards in")
-            reward = collect_rewards(self.context.plugins)[name]
-            return reward.score
-        judge_name = self.judge_name or self.teacher_name
-        limit = int(self.config.get("judge_max_tokens", 256))
-        tenant = self.job.tenant
-
-        async def one(messages: Messages, response: str) -> float:
-            answer = await generate(
-                judge,
-                judge_name,
-                judge_messages(messages, response),
-                temperature=0.0,
-                max_tokens=limit,
-                tenant=tenant,
-            )
-            self.update(add_cost=answer.cost)
-            return parse_score(answer.text)
-
-        async def many(messages: Messages, responses: list[str]) -> list[float]:
-            return list(await asyncio.gather(*(one(messages, r) for r in responses)))
-
-        def score(messages: Messages, responses: list[str]) -> list[float]:
-            return calls.run(many(messages, responses))
-
-        return score
+            rewards = collect_rewards(self.context.plugins)
+            if name not in rewards:
+                raise RuntimeError(f"No plugin of this worker registers the reward `{name}`.")
+            return Scorer(calls, reward=rewards[name])
+        return Scorer(
+            calls,
+            judge=judge,
+            judge_name=self.judge_name or self.teacher_name,
+            max_tokens=int(self.config.get("judge_max_tokens", 256)),
+            tenant=self.job.tenant,
+            concurrency=int(self.config.get("concurrency", 4)),
+            on_cost=lambda cost: self.update(add_cost=cost),
+        )
 
     def generate(self, calls: LoopThread, teacher: Any) -> tuple[list[dict[str, Any]], list[str]]:
         """`n_samples` teacher samples per training prompt and a reference answer (at
@@ -235,8 +224,8 @@ class Pipeline:
                 return answer.text
 
         async def prompt(index: int, messages: Messages) -> None:
-            texts = await asyncio.gather(
-                *(sample(messages, float(self.config["temperature"])) for _ in range(n))
+            texts = await all_of(
+                sample(messages, float(self.config["temperature"])) for _ in range(n)
             )
             row = {"prompt_id": index, "messages": messages, "samples": [t for t in texts if t]}
             if row["samples"]:  # a prompt the teacher failed on is asked again on resume
@@ -252,9 +241,11 @@ class Pipeline:
                 refs_done[index] = text
 
         async def everything() -> None:
-            await asyncio.gather(
-                *(prompt(i, m) for i, m in enumerate(self.train) if i not in done),
-                *(reference(i, m) for i, m in enumerate(self.eval) if i not in refs_done),
+            await all_of(
+                [
+                    *(prompt(i, m) for i, m in enumerate(self.train) if i not in done),
+                    *(reference(i, m) for i, m in enumerate(self.eval) if i not in refs_done),
+                ]
             )
 
         calls.run(everything())
@@ -272,31 +263,38 @@ class Pipeline:
         rows = [done[i] for i in sorted(done)]
         return rows, [refs_done.get(i, "") for i in range(len(self.eval))]
 
-    def curate(self, rows: list[dict[str, Any]], score: Any) -> list[dict[str, Any]]:
-        """Every sample scored (each prompt's scores appended to `scores.jsonl`, reused on
-        resume); per prompt the best (the first of equals) with all its candidates,
-        unless its best is below `min_score`; `curated.jsonl`."""
+    def curate(self, rows: list[dict[str, Any]], score: Scorer) -> list[dict[str, Any]]:
+        """Every sample scored, prompts at once (each prompt's scores appended to
+        `scores.jsonl` as they are in, and read back on resume); per prompt the best (the
+        first of equals) with all its candidates, unless its best is below `min_score`;
+        `curated.jsonl`."""
         self.enter("curation")
         floor = float(self.config.get("min_score", 0.0))
-        scored = {row["prompt_id"]: row["scores"] for row in self.journal("scores.jsonl")}
-        progress = {
-            "prompts_scored": 0,
-            "prompts_to_score": len(rows),
-            "curated": 0,
-            "dropped": 0,
+        scored: dict[int, list[float]] = {
+            row["prompt_id"]: row["scores"] for row in self.journal("scores.jsonl")
         }
+        pending = [
+            row for row in rows if len(scored.get(row["prompt_id"], [])) != len(row["samples"])
+        ]
+        progress = {"prompts_scored": len(rows) - len(pending), "prompts_to_score": len(rows)}
+        self.update(progress=dict(progress))
+
+        def each(index: int, scores: list[float]) -> None:
+            row = pending[index]
+            self.append("scores.jsonl", {"prompt_id": row["prompt_id"], "scores": scores})
+            scored[row["prompt_id"]] = scores
+            progress["prompts_scored"] += 1
+            self.update(progress=dict(progress))
+
+        score.many([(row["messages"], row["samples"]) for row in pending], each)
+        score.check()
+        if score.failed:
+            self.context.log(f"{score.failed} judge calls failed (scored 0.5): {score.last_error}")
         curated: list[dict[str, Any]] = []
         for row in rows:
-            scores = scored.get(row["prompt_id"])
-            if scores is None or len(scores) != len(row["samples"]):
-                scores = [float(s) for s in score(row["messages"], row["samples"])]
-                self.append("scores.jsonl", {"prompt_id": row["prompt_id"], "scores": scores})
+            scores = scored[row["prompt_id"]]
             best = max(range(len(scores)), key=lambda i: (scores[i], -i))
-            progress["prompts_scored"] += 1
-            if scores[best] < floor:
-                progress["dropped"] += 1
-            else:
-                progress["curated"] += 1
+            if scores[best] >= floor:
                 curated.append(
                     {
                         "messages": row["messages"],
@@ -307,7 +305,7 @@ class Pipeline:
                         ],
                     }
                 )
-            self.update(progress=dict(progress))
+        self.update(progress={"curated": len(curated), "dropped": len(rows) - len(curated)})
         self.file("curated", "curated.jsonl", curated)
         if not curated:
             raise RuntimeError(
@@ -406,11 +404,18 @@ class Pipeline:
         return greedy_answers(self.context, self.eval, adapter, EVAL_MAX_TOKENS)
 
     def results(
-        self, references: list[str], before: list[str], after: list[str], score: Any
+        self, references: list[str], before: list[str], after: list[str], score: Scorer
     ) -> None:
-        table = []
-        for messages, reference, old, new in zip(self.eval, references, before, after, strict=True):
-            old_score, new_score = score(messages, [old, new])
+        judged: dict[int, list[float]] = {}
+        score.many(
+            [(m, [old, new]) for m, old, new in zip(self.eval, before, after, strict=True)],
+            lambda index, scores: judged.__setitem__(index, scores),
+        )
+        table: list[dict[str, Any]] = []
+        for index, (messages, reference, old, new) in enumerate(
+            zip(self.eval, references, before, after, strict=True)
+        ):
+            old_score, new_score = judged[index]
             table.append(
                 {
                     "prompt": messages[-1]["content"],
@@ -426,7 +431,7 @@ class Pipeline:
         self.file("evaluation", "evaluation.jsonl", table)
 
         def mean(key: str) -> float | None:
-            return round(sum(r[key] for r in table) / len(table), 4) if table else None
+            return round(sum(float(r[key]) for r in table) / len(table), 4) if table else None
 
         was = {"judge_score": mean("judge_before"), "agreement": mean("agreement_before")}
         now = {"judge_score": mean("judge_after"), "agreement": mean("agreement_after")}
