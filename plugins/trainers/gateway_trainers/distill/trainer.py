@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 Messages = list[dict[str, str]]
 FOLDER = "distillation"
 EVAL_MAX_TOKENS = 128
-"""The longest student answer of the before/after table."""
+"""The longest student answer of the before/after table (no longer than the teacher's
+references, `max_tokens`, which it is compared with)."""
 POLICY_MAX_TOKENS = 128
 """The longest student sample of the BOND backward term."""
 SAMPLES_SHOWN = 5
@@ -401,7 +402,8 @@ class Pipeline:
         the adapter at `adapter`."""
         from gateway_trainers.distill.student import greedy_answers
 
-        return greedy_answers(self.context, self.eval, adapter, EVAL_MAX_TOKENS)
+        limit = min(EVAL_MAX_TOKENS, int(self.config["max_tokens"]))
+        return greedy_answers(self.context, self.eval, adapter, limit)
 
     def results(
         self, references: list[str], before: list[str], after: list[str], score: Scorer
