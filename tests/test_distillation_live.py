@@ -3,6 +3,10 @@ process (a real OpenAI-compatible server) serving the default model, reached thr
 teacher proxy with a persona system prompt that the student never gets. The student is the
 same small model; the job must make it agree more with the teacher on held-out prompts.
 
+The job's `seed` seeds the teacher's samples too (the teacher gateway honours seeds), so
+the run is the same every time: agreement goes from 0.20 to 0.44, and the student's answers
+to held-out questions turn piratical ("Aye, aye, ...").
+
 Also checked here: `cost_accrued` is the teacher's real usage (as the teacher server counts
 it) times the configured price; the distilled adapter is servable at once; the exported
 GGUF loads back in transformers and decodes greedily like the merged model; and the job

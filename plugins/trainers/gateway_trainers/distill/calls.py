@@ -51,13 +51,14 @@ async def generate(
     temperature: float,
     max_tokens: int,
     tenant: str | None,
+    seed: int | None = None,
 ) -> Answer:
     """One answer of `backend` (a served model's backend) to `messages`."""
     request = GenerationRequest(
         id=f"distill-{uuid.uuid4().hex[:12]}",
         model=model,
         messages=[ChatMessage(role=m["role"], content=m["content"]) for m in messages],
-        sampling=SamplingParams(temperature=temperature),
+        sampling=SamplingParams(temperature=temperature, seed=seed),
         max_tokens=max_tokens,
         tenant=tenant,
     )

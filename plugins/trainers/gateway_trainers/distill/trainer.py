@@ -202,7 +202,16 @@ class Pipeline:
         limit = asyncio.Semaphore(int(self.config.get("concurrency", 4)))
         errors: list[str] = []
 
-        async def sample(messages: Messages, temperature: float) -> str | None:
+        base_seed = self.config.get("seed")
+
+        def seed(index: int, k: int) -> int | None:
+            """With the job's `seed`, sample `k` of prompt `index` asks the teacher for a
+            seed of its own (a teacher that honours seeds answers a job the same twice)."""
+            return None if base_seed is None else int(base_seed) * 100_003 + index * 17 + k
+
+        async def sample(
+            messages: Messages, temperature: float, sample_seed: int | None = None
+        ) -> str | None:
             async with limit:
                 try:
                     answer = await generate(
@@ -212,6 +221,7 @@ class Pipeline:
                         temperature=temperature,
                         max_tokens=int(self.config["max_tokens"]),
                         tenant=self.job.tenant,
+                        seed=sample_seed,
                     )
                 except JobStopped:
                     raise
@@ -225,9 +235,8 @@ class Pipeline:
                 return answer.text
 
         async def prompt(index: int, messages: Messages) -> None:
-            texts = await all_of(
-                sample(messages, float(self.config["temperature"])) for _ in range(n)
-            )
+            temperature = float(self.config["temperature"])
+            texts = await all_of(sample(messages, temperature, seed(index, k)) for k in range(n))
             row = {"prompt_id": index, "messages": messages, "samples": [t for t in texts if t]}
             if row["samples"]:  # a prompt the teacher failed on is asked again on resume
                 self.append("candidates.jsonl", row)
