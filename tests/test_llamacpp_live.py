@@ -197,7 +197,13 @@ def test_token_counting_is_tokenize_of_the_rendered_template(api):
 
 
 def test_post_sampling_probs_are_the_sampled_distribution(api):
-    body = {"prompt": FRANCE_CHAT, "n_predict": 8, "seed": 7, "temperature": 0.8}
+    body = {
+        "prompt": FRANCE_CHAT,
+        "n_predict": 8,
+        "seed": 7,
+        "temperature": 0.8,
+        "ignore_eos": True,
+    }
     kept = complete(api, **body, top_k=5, n_probs=10, post_sampling_probs=True)
     entries = kept["completion_probabilities"]
     assert len(entries) == kept["tokens_predicted"] == 8

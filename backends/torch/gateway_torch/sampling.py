@@ -36,6 +36,9 @@ from gateway_torch.sampling_extra import (
 )
 
 NEG_INF = float("-inf")
+MAX_CANDIDATES = 1024
+"""Up to this many possible tokens a row's draw is made among them alone (found by
+`topk`); with more (no top-k), over the whole vocabulary."""
 
 
 def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:
@@ -117,7 +120,9 @@ def apply_top_k(logits: torch.Tensor, top_k: torch.Tensor) -> torch.Tensor:
         return logits
     vocab = logits.shape[-1]
     k = top_k.clamp(min=1, max=vocab).to(torch.long)
-    kth = logits.sort(dim=-1, descending=True).values.gather(1, (k - 1).unsqueeze(1))
+    # The widest k any row asks for, by `topk`: not a sort of the whole vocabulary per row.
+    widest = logits.topk(int(k.max()), dim=-1).values
+    kth = widest.gather(1, (k - 1).unsqueeze(1))
     remove = (logits < kth) & active.unsqueeze(1)
     return logits.masked_fill(remove, NEG_INF)
 
@@ -144,12 +149,17 @@ def apply_top_p(logits: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
     active = top_p < 1.0
     if not bool(active.any()):
         return logits
-    values, order = logits.sort(dim=-1, descending=True)
+    # Only the tokens an earlier sampler (top_k) left possible need ordering.
+    possible = int((logits > NEG_INF).sum(dim=-1).max())
+    if 0 < possible < logits.shape[-1]:
+        values, order = logits.topk(possible, dim=-1)
+    else:
+        values, order = logits.sort(dim=-1, descending=True)
     probs = torch.softmax(values, dim=-1)
     mass_before = probs.cumsum(dim=-1) - probs
     remove_sorted = mass_before >= top_p.unsqueeze(1)
     remove_sorted[:, 0] = False  # the most likely token always stays
-    remove = torch.zeros_like(remove_sorted).scatter(1, order, remove_sorted)
+    remove = torch.zeros_like(logits, dtype=torch.bool).scatter(1, order, remove_sorted)
     return logits.masked_fill(remove & active.unsqueeze(1), NEG_INF)
 
 
@@ -300,14 +310,27 @@ def sample(
     states = states if states is not None else [RowState() for _ in params]
     filtered = transform(logits, params, histories, generators, states)
     chosen = filtered.argmax(dim=-1)
-    for row, p in enumerate(params):
-        if p.temperature <= 0.0:
-            continue
-        probs = torch.softmax(filtered[row], dim=-1)
+    drawn = [row for row, p in enumerate(params) if p.temperature > 0.0]
+    if not drawn:
+        return chosen
+    # The draw is among the tokens the chain left possible: after top-k (llama.cpp's
+    # default 40) that is a few dozen, not the whole vocabulary of every row.
+    possible = int((filtered[drawn] > NEG_INF).sum(dim=-1).max())
+    candidates: tuple[torch.Tensor, torch.Tensor] | None = None
+    if 0 < possible <= MAX_CANDIDATES:
+        candidates = filtered.topk(possible, dim=-1)
+    for row in drawn:
+        p = params[row]
+        if candidates is None:
+            values, ids = filtered[row], None
+        else:
+            values, ids = candidates[0][row], candidates[1][row]
+        probs = torch.softmax(values, dim=-1)
         if not bool(torch.isfinite(probs).all()) or float(probs.sum()) <= 0.0:
             continue  # every token was filtered out: keep the argmax
         if p.mirostat:
             chosen[row] = mirostat_draw(filtered[row], p, states[row], generators[row])
-        else:
-            chosen[row] = torch.multinomial(probs, 1, generator=generators[row])[0]
+            continue
+        pick = torch.multinomial(probs, 1, generator=generators[row])[0]
+        chosen[row] = pick if ids is None else ids[pick]
     return chosen

@@ -166,3 +166,39 @@ def test_a_sampler_left_out_of_the_order_is_not_applied() -> None:
     assert kept(out) == [[0]]
     no_filters = SamplingParams(top_k=1, order=["temperature"])
     assert kept(sampling.transform(LOGITS, [no_filters], [[]])) == [[0, 1, 2, 3, 4, 5]]
+
+
+def test_top_k_and_top_p_by_topk_equal_a_full_sort_per_row():
+    """`apply_top_k` takes the widest k by `topk` and `apply_top_p` orders only what top-k
+    left possible; both keep exactly what sorting the whole vocabulary keeps, row by row
+    (mixed k and p, rows with the filter off, and ties at the cut)."""
+    from gateway_torch.sampling import apply_top_k, apply_top_p
+
+    def by_sort_k(logits: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        out = logits.clone()
+        for row in range(len(k)):
+            if k[row] > 0:
+                kth = logits[row].sort(descending=True).values[int(k[row]) - 1]
+                out[row][logits[row] < kth] = float("-inf")
+        return out
+
+    def by_sort_p(logits: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        out = logits.clone()
+        for row in range(len(p)):
+            if p[row] < 1.0:
+                values, order = logits[row].sort(descending=True)
+                probs = torch.softmax(values, dim=-1)
+                remove = (probs.cumsum(-1) - probs) >= p[row]
+                remove[0] = False
+                out[row][order[remove]] = float("-inf")
+        return out
+
+    generator = torch.Generator().manual_seed(3)
+    logits = torch.randn(6, 1000, generator=generator)
+    logits[2, :5] = 4.0  # a tie straddling the cut of k = 3
+    k = torch.tensor([40, 0, 3, 1000, 7, 40])
+    p = torch.tensor([0.95, 0.5, 1.0, 0.9, 0.3, 1.0])
+    kept = apply_top_k(logits, k)
+    assert torch.equal(kept, by_sort_k(logits, k))
+    assert torch.equal(apply_top_p(kept, p), by_sort_p(by_sort_k(logits, k), p))
+    assert torch.equal(apply_top_p(logits, p), by_sort_p(logits, p))
