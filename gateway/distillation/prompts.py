@@ -38,12 +38,15 @@ def from_inline(prompts: Sequence[str | PromptItem]) -> list[Messages]:
         if isinstance(item, str):
             out.append(_user(item, where))
         else:
-            out.append(
-                _conversation(
-                    [{"role": m.role, "content": m.content} for m in item.messages], where
-                )
-            )
+            turns = [{"role": m.role, "content": m.content} for m in item.messages]
+            out.append(from_messages(turns, where))
     return out
+
+
+def from_messages(messages: list[dict[str, str]], where: str) -> Messages:
+    """A conversation given as `{"role", "content"}` dicts (a recorded chat), cut after
+    its last user turn; `where` names it in an error."""
+    return _conversation(messages, where)
 
 
 def from_dataset(data_dir: Path, name: str) -> list[Messages]:

@@ -23,12 +23,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-from gateway_schemas.distillation import (
-    ChatTurn,
-    DistillationConfig,
-    DistillationRequest,
-    PromptItem,
-)
+from gateway_schemas.distillation import DistillationConfig, DistillationRequest
 
 from gateway.adapters.models import adapter_model
 from gateway.adapters.names import check_name
@@ -237,7 +232,7 @@ class DistillationService:
         found: list[list[dict[str, str]]] = []
         for row in rows:
             if row.messages:
-                found.append(sources.from_inline([_item(row.messages)])[0])
+                found.append(sources.from_messages(row.messages, "A recorded prompt"))
             elif row.prompt:
                 found.append([{"role": "user", "content": row.prompt}])
         return found
@@ -352,7 +347,3 @@ class DistillationService:
                 return cancelled
         stopping = await asyncio.to_thread(self.jobs.request_stop, job_id)
         return stopping or await self.get(job_id, tenant)
-
-
-def _item(messages: list[dict[str, str]]) -> PromptItem:
-    return PromptItem(messages=[ChatTurn(role=m["role"], content=m["content"]) for m in messages])

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from gateway_trainers.common.batch import Batch, collate
+from gateway_trainers.common.batch import Batch, collate, trained_logits
 
 
 @dataclass(frozen=True)
@@ -45,22 +45,11 @@ def completion_batch(
 
 def log_probs(model: Any, batch: Batch) -> LogProbs:
     """The log-distributions predicting `batch`'s trained tokens (with gradient unless
-    called under `torch.no_grad`). Only those positions go through the vocabulary
-    projection, as in `common.batch.masked_loss`."""
-    targets = batch.loss_mask[:, 1:]  # position t predicts token t + 1
-    positions = targets.any(dim=0).nonzero().flatten()
-    if positions.numel() == 0:
-        raise ValueError("The batch has no token to score.")
-    output = model(
-        input_ids=batch.input_ids,
-        attention_mask=batch.attention_mask,
-        logits_to_keep=positions,
-        use_cache=False,
-    )
-    distributions = torch.log_softmax(output.logits.float(), dim=-1)
-    labels = batch.input_ids[:, positions + 1]
+    called under `torch.no_grad`), from `common.batch.trained_logits`."""
+    logits, labels, trained = trained_logits(model, batch)
+    distributions = torch.log_softmax(logits, dim=-1)
     tokens = distributions.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
-    return LogProbs(distributions, tokens, targets[:, positions].float())
+    return LogProbs(distributions, tokens, trained.float())
 
 
 @torch.no_grad()

@@ -60,24 +60,29 @@ def masked_loss(model: Any, batch: Batch) -> torch.Tensor:
     return masked_loss_and_match(model, batch)[0]
 
 
-def masked_loss_and_match(model: Any, batch: Batch) -> tuple[torch.Tensor, bool]:
-    """`masked_loss`, and whether every trained token is the model's most likely next
-    token (then greedy decoding of each row's prompt reproduces its trained text)."""
-    import torch
-
+def trained_logits(model: Any, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The model's logits only at the columns that predict a trained token of some row
+    (only those go through the vocabulary projection), with the tokens they predict and
+    whether each is trained: `(logits [B, K, V] float, labels [B, K], mask [B, K] bool)`."""
     targets = batch.loss_mask[:, 1:]  # position t predicts token t + 1
     positions = targets.any(dim=0).nonzero().flatten()
     if positions.numel() == 0:
-        raise ValueError("The batch has no token to learn.")
+        raise ValueError("The batch has no trained token.")
     output = model(
         input_ids=batch.input_ids,
         attention_mask=batch.attention_mask,
         logits_to_keep=positions,
         use_cache=False,
     )
-    logits = output.logits.float()  # [B, K, V]
-    labels = batch.input_ids[:, positions + 1]
-    weights = targets[:, positions]
+    return output.logits.float(), batch.input_ids[:, positions + 1], targets[:, positions]
+
+
+def masked_loss_and_match(model: Any, batch: Batch) -> tuple[torch.Tensor, bool]:
+    """`masked_loss`, and whether every trained token is the model's most likely next
+    token (then greedy decoding of each row's prompt reproduces its trained text)."""
+    import torch
+
+    logits, labels, weights = trained_logits(model, batch)
     losses = torch.nn.functional.cross_entropy(
         logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="none"
     ).view_as(labels)
