@@ -13,7 +13,8 @@ from litestar.plugins import InitPlugin
 from gateway import __version__
 from gateway.errors import ConfigError
 from gateway.gateway import Gateway
-from gateway.middleware import GatewayMiddleware
+from gateway.middleware import GatewayMiddleware, add_cors_headers
+from gateway.routes.access import OPENAPI, AccessTable
 from gateway.routes.family import RouteFamily
 from gateway.routes.openai.errors import EXCEPTION_HANDLERS
 from gateway.settings import Settings, load_settings
@@ -28,6 +29,7 @@ class GatewayPlugin(InitPlugin):
     def __init__(self, gateway: Gateway):
         self.gateway = gateway
         self.families = collect_families(gateway)
+        self.access = AccessTable(self.mounted)
 
     @property
     def mounted(self) -> list[RouteFamily]:
@@ -41,7 +43,8 @@ class GatewayPlugin(InitPlugin):
 
         app_config.route_handlers.extend(f.router for f in self.mounted)
         app_config.dependencies["gateway"] = Provide(provide_gateway, sync_to_thread=False)
-        app_config.middleware.append(GatewayMiddleware(gateway))
+        app_config.middleware.append(GatewayMiddleware(gateway, self.access))
+        app_config.before_send.append(add_cors_headers)
         app_config.on_startup.append(gateway.startup)
         app_config.on_shutdown.append(gateway.shutdown)
         # Routes outside any family (no such route, the OpenAPI document) answer errors in
@@ -76,8 +79,9 @@ def create_app(
     pm: pluggy.PluginManager | None = None,
 ) -> Litestar:
     gateway = gateway or Gateway(settings or load_settings(), pm)
-    return Litestar(
-        plugins=[GatewayPlugin(gateway)],
+    plugin = GatewayPlugin(gateway)
+    app = Litestar(
+        plugins=[plugin],
         openapi_config=OpenAPIConfig(
             title="gateway",
             version=__version__,
@@ -87,3 +91,5 @@ def create_app(
         debug=False,
         logging_config=None,  # logging is the host's: `gateway serve` configures it
     )
+    plugin.access.cover(app.routes, "openapi", OPENAPI)
+    return app

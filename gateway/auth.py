@@ -1,8 +1,9 @@
 """API keys and scopes: the built-in `actor_from_request` and `permission_allowed` plugin.
 
 With no keys configured the server is open (and says so at start-up). With keys, every
-mounted route except /health needs `Authorization: Bearer <key>` of a key with the
-route's scope; the `admin` scope grants every scope.
+mounted route but the public ones needs a key with the route's scope (the access table,
+`gateway.routes.access`), sent as llama-server takes it: `Authorization: Bearer <key>` or
+`X-Api-Key: <key>`. The `admin` scope grants every scope.
 """
 
 from __future__ import annotations
@@ -50,18 +51,18 @@ def current_actor() -> Actor | None:
     return _ACTOR.get()
 
 
-def bearer_token(request: Request[Any, Any, Any]) -> str | None:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        return None
-    return token.strip()
+def request_key(request: Request[Any, Any, Any]) -> str | None:
+    """The API key a request sends: `Authorization: Bearer`, else `X-Api-Key`."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return request.headers.get("x-api-key", "").strip() or None
 
 
 @hookimpl(trylast=True)
 def actor_from_request(gateway: Gateway, request: Request[Any, Any, Any]) -> Actor | None:
     keys = gateway.settings.api_keys
-    token = bearer_token(request)
+    token = request_key(request)
     if not keys or token is None:
         return None
     for index, key in enumerate(keys):

@@ -1,4 +1,4 @@
-"""The `gateway` command: serve, plugins, models, and what plugins add."""
+"""The `gateway` command: serve, plugins, models, routes, and what plugins add."""
 
 from __future__ import annotations
 
@@ -115,6 +115,28 @@ def models(config: Path | None, as_json: bool) -> None:
         return
     for row in rows:
         click.echo(f"{row['name']:<28} {row['backend']:<18} {row['state']:<12} {row['source']}")
+
+
+@cli.command()
+@CONFIG
+@click.option("--markdown", is_flag=True, help="print the Markdown table of docs/access.md")
+def routes(config: Path | None, markdown: bool) -> None:
+    """List the mounted routes with the API-key scope and browser origins each admits."""
+    from gateway.app import GatewayPlugin, create_app
+    from gateway.gateway import Gateway
+    from gateway.routes.access import render_markdown
+
+    try:
+        plugin = create_app(gateway=Gateway(_settings(config))).plugins.get(GatewayPlugin)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    if markdown:
+        click.echo(render_markdown(plugin.access), nl=False)
+        return
+    for row in sorted(plugin.access.rows(), key=lambda r: (r.family, r.path, r.method)):
+        scope = row.access.scope or "public"
+        origins = "private_origins" if row.access.private else "origins"
+        click.echo(f"{row.family:<13} {row.method:<7} {row.path:<42} {scope:<10} {origins}")
 
 
 cli.add_command(train)

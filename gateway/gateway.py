@@ -90,7 +90,8 @@ class Gateway:
             return actor
         if actor is None:
             raise AuthenticationFailed(
-                "Missing API key: send `Authorization: Bearer <key>`.", code="missing_api_key"
+                "Missing API key: send `Authorization: Bearer <key>` or `X-Api-Key: <key>`.",
+                code="missing_api_key",
             )
         raise PermissionDenied(
             f"This API key does not have the `{scope}` scope.", code="insufficient_scope"

@@ -1,16 +1,15 @@
-"""One middleware for every route: authentication, authorization, request metrics,
-cancelling the work of clients that went away (`gateway.disconnects`), and the
-`X-Gateway-Adapters` header saying which LoRA adapters served a generation
-(`gateway.adapters.served`).
+"""One middleware for every route: browser origins (`gateway.cors`), authentication and
+authorization (the route's row in `gateway.routes.access`), request metrics, cancelling
+the work of clients that went away (`gateway.disconnects`), and the `X-Gateway-Adapters`
+header saying which LoRA adapters served a generation (`gateway.adapters.served`).
 
-Each route handler says what it needs through its `opt`: `family` (for metrics and
-errors), `scope` (the API-key scope it requires) and `public` (no key needed: /health).
+Each route handler's `opt["family"]` names its family (for metrics and errors).
 """
 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from litestar import Request
 from litestar.exceptions import HTTPException
@@ -18,26 +17,30 @@ from litestar.middleware import ASGIMiddleware
 
 from gateway.adapters import served
 from gateway.auth import acting
+from gateway.cors import CorsPolicy, foreign_origin
 from gateway.disconnects import run_until_disconnect
 from gateway.errors import GatewayError
+from gateway.routes.access import ADMIN, AccessTable
 
 if TYPE_CHECKING:
-    from litestar.types import ASGIApp, Message, Receive, Scope, Send
+    from litestar.types import ASGIApp, HTTPResponseStartEvent, Message, Receive, Scope, Send
 
     from gateway.gateway import Gateway
 
-DEFAULT_SCOPE = "inference"
 CLIENT_GONE = 499
 """The status metrics record for a request whose client left before its response ended."""
+CORS_HEADERS = "gateway_cors_headers"
+"""Where a request's CORS response headers wait in `scope["state"]` for `add_cors_headers`."""
 
 
 class GatewayMiddleware(ASGIMiddleware):
-    def __init__(self, gateway: Gateway):
+    def __init__(self, gateway: Gateway, access: AccessTable):
         self.gateway = gateway
+        self.access = access
+        self.cors = CorsPolicy(gateway.settings.cors)
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
-        opt = scope["route_handler"].opt
-        family = opt.get("family", "openapi")
+        family = scope["route_handler"].opt.get("family", "openapi")
         status = 500
         started = time.perf_counter()
 
@@ -55,12 +58,10 @@ class GatewayMiddleware(ASGIMiddleware):
 
         with served.recording() as record:
             try:
-                actor = None
-                if not opt.get("public", False):
-                    actor = await self.gateway.authorize(
-                        Request(scope), opt.get("scope", DEFAULT_SCOPE)
-                    )
-                    scope["state"]["actor"] = actor
+                if scope.get("method") == "OPTIONS":
+                    await self._options(scope, receive, send_wrapper, next_app)
+                    return
+                actor = await self._admit(scope)
                 with acting(actor):
                     if scope["type"] != "http":
                         await next_app(scope, receive, send_wrapper)
@@ -73,3 +74,64 @@ class GatewayMiddleware(ASGIMiddleware):
                 if scope["type"] == "http":
                     elapsed = time.perf_counter() - started
                     self.gateway.metrics.observe_request(family, status, elapsed)
+
+    async def _admit(self, scope: Scope) -> Any:
+        """Check the request's origin and key against its route's row; return its actor."""
+        request: Request[Any, Any, Any] = Request(scope)
+        method = str(scope.get("method", "GET"))
+        path = str(scope.get("path_template", scope["path"]))
+        row = self.access.lookup(method, path)
+        access = row.access if row else ADMIN  # a route mounted after create_app: none are
+        origin = self._foreign_origin(request)
+        if origin is not None:
+            self.cors.check(origin, access, method, path)
+            scope["state"][CORS_HEADERS] = self.cors.response_headers(origin)
+        if access.scope is None:
+            return None
+        actor = await self.gateway.authorize(request, access.scope)
+        scope["state"]["actor"] = actor
+        return actor
+
+    async def _options(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        """A preflight for a mounted route's method is answered here (no key: browsers send
+        none); any other OPTIONS gets Litestar's `Allow` answer."""
+        request: Request[Any, Any, Any] = Request(scope)
+        requested = request.headers.get("access-control-request-method", "").upper()
+        origin = request.headers.get("origin")
+        path = scope["path_template"]
+        row = self.access.lookup(requested, path) if requested else None
+        if origin is None or row is None:
+            await next_app(scope, receive, send)
+            return
+        if self._foreign_origin(request) is not None:
+            self.cors.check(origin, row.access, requested, path)
+        headers = self.cors.preflight_headers(
+            origin,
+            self.access.methods(path),
+            request.headers.get("access-control-request-headers"),
+        )
+        start: HTTPResponseStartEvent = {
+            "type": "http.response.start",
+            "status": 204,
+            "headers": headers,
+        }
+        await send(start)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    @staticmethod
+    def _foreign_origin(request: Request[Any, Any, Any]) -> str | None:
+        origin = request.headers.get("origin")
+        headers = request.headers
+        if foreign_origin(origin, headers.get("host"), headers.get("x-forwarded-host")):
+            return origin
+        return None
+
+
+async def add_cors_headers(message: Message, scope: Scope) -> None:
+    """`before_send` hook: every response to an admitted cross-origin request, errors
+    raised before its route ran included, carries the CORS headers."""
+    if message["type"] != "http.response.start":
+        return
+    headers = scope.get("state", {}).get(CORS_HEADERS)
+    if headers:
+        message["headers"] = [*message.get("headers", []), *headers]

@@ -102,7 +102,9 @@ class KoboldSettings(Struct, kw_only=True, forbid_unknown_fields=True):
     model's context per slot); `queue_limit`: generations in flight beyond which
     generate answers 503; `save_slots`: `/api/extra/data` slots; `preload_story`: a JSON
     file for `/api/extra/preloadstory`; `admin` switches on `/api/admin/*` (admin scope),
-    whose `reload_config` may load the `.toml` files of `admin_dir`.
+    whose `reload_config` may load the `.toml` files of `admin_dir`; `shutdown` switches
+    on `/api/extra/shutdown` as KoboldCpp's `--singleinstance` does (admin scope when keys
+    are set, and only from loopback either way; off, it answers `{"success": false}`).
     """
 
     model: str | None = None
@@ -113,6 +115,37 @@ class KoboldSettings(Struct, kw_only=True, forbid_unknown_fields=True):
     preload_story: str | None = None
     admin: bool = False
     admin_dir: str | None = None
+    shutdown: bool = False
+
+
+class CorsSettings(Struct, kw_only=True, forbid_unknown_fields=True):
+    """`[cors]`: which browser pages on other origins may call the server (`gateway.cors`).
+
+    `origins` applies to the routes anyone with an inference key may use (generation,
+    tokenizing, models), `private_origins` to those that change state or read private
+    data (see `gateway.routes.access`). Each entry is `"*"` (any origin), `"localhost"`
+    (pages served from localhost, 127.0.0.0/8 or ::1, any port) or an origin such as
+    `"https://lite.koboldai.net"`. `methods` and `headers` are what preflights allow
+    (`"*"` in headers: whatever the browser asks for); `credentials` lets pages send
+    cookies and HTTP auth. The allowed origin is always echoed back, never `*`.
+    """
+
+    origins: list[str] = field(default_factory=lambda: ["*"])
+    private_origins: list[str] = field(default_factory=lambda: ["localhost"])
+    methods: list[str] = field(default_factory=lambda: ["GET", "POST", "DELETE", "OPTIONS"])
+    headers: list[str] = field(default_factory=lambda: ["*"])
+    credentials: bool = True
+    max_age: Annotated[int, Meta(ge=0)] = 600
+
+    def __post_init__(self) -> None:
+        for entry in (*self.origins, *self.private_origins):
+            if entry in ("*", "localhost"):
+                continue
+            scheme, sep, rest = entry.partition("://")
+            if not sep or scheme not in ("http", "https") or not rest or "/" in rest:
+                raise ValueError(
+                    f"`{entry}` is not an origin: use `*`, `localhost` or scheme://host[:port]"
+                )
 
 
 class GenerationSettings(Struct, kw_only=True, forbid_unknown_fields=True):
@@ -193,6 +226,7 @@ class Settings(Struct, kw_only=True, forbid_unknown_fields=True):
     routes: dict[str, bool] = field(default_factory=dict)
     models: list[ModelSpec] = field(default_factory=lambda: list(DEFAULT_MODELS))
     api_keys: list[ApiKey] = field(default_factory=list)
+    cors: CorsSettings = field(default_factory=CorsSettings)
     generation: GenerationSettings = field(default_factory=GenerationSettings)
     llamacpp: LlamaCppSettings = field(default_factory=LlamaCppSettings)
     kobold: KoboldSettings = field(default_factory=KoboldSettings)

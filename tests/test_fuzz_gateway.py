@@ -48,11 +48,7 @@ def _document() -> dict[str, Any]:
     return app.openapi_schema.to_schema()
 
 
-schema = (
-    schemathesis.openapi.from_dict(_document())
-    # From loopback, shutdown stops the server under test (test_kobold_wire tests it).
-    .exclude(path="/api/extra/shutdown")
-)
+schema = schemathesis.openapi.from_dict(_document())
 schema.config.generation.update(
     modes=[GenerationMode.POSITIVE], max_examples=EXAMPLES, deterministic=True
 )

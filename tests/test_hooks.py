@@ -20,6 +20,7 @@ from gateway.engine import ModelSpec
 from gateway.errors import ConfigError
 from gateway.gateway import Gateway
 from gateway.plugins import make_plugin_manager
+from gateway.routes.access import SERVE
 from gateway.routes.family import RouteFamily
 from gateway.settings import ApiKey, Settings
 from gateway.testing import EchoBackend
@@ -159,14 +160,15 @@ def test_hook_register_models():
 
 
 def test_hook_register_routes():
-    @get("/hello", opt={"family": "hello", "scope": "inference"})
+    @get("/hello", opt={"family": "hello"})
     async def hello() -> dict[str, str]:
         return {"hello": "world"}
 
     class Plugin:
         @hookimpl
         def register_routes(self, register, gateway):
-            register(RouteFamily("hello", Router(path="/", route_handlers=[hello])))
+            router = Router(path="/", route_handlers=[hello])
+            register(RouteFamily("hello", router, access={"GET /hello": SERVE}))
 
     with app_with(Plugin()) as client:
         assert client.get("/hello").json() == {"hello": "world"}

@@ -33,8 +33,6 @@ schema = (
     schemathesis.openapi.from_path(SPEC)
     # KoboldCpp's OpenAI-compatible routes belong to the OpenAI family, tested there.
     .exclude(path_regex=r"^/v1/")
-    # From loopback, shutdown stops the server under test (test_kobold_wire tests it).
-    .exclude(path="/api/extra/shutdown")
 )
 schema.config.generation.update(
     modes=[GenerationMode.POSITIVE], max_examples=EXAMPLES, deterministic=True

@@ -119,14 +119,43 @@ def test_admin_off_answers_like_koboldcpp_and_on_reload_config_switches_models(
     assert client.get("/api/v1/model").json() == {"result": "koboldcpp/other"}
 
 
-def test_shutdown_only_from_loopback(client, tmp_path):
-    refused = client.post("/api/extra/shutdown")  # the test client is not a loopback address
+def test_shutdown_is_off_by_default(client, tmp_path):
+    refused = client.post("/api/extra/shutdown")
     assert refused.status_code == 200 and refused.json() == {"success": False}
     config = tmp_path / "echo.toml"
     config.write_text('[[models]]\nname = "echo"\nbackend = "echo"\n')
     server = start_server(["--config", str(config)], {}, tmp_path / "server.log", timeout=60)
     try:
-        assert httpx.post(f"{server.url}/api/extra/shutdown").json() == {"success": True}
+        # From loopback too, as KoboldCpp without --singleinstance.
+        assert httpx.post(f"{server.url}/api/extra/shutdown").json() == {"success": False}
+        assert httpx.get(f"{server.url}/health").status_code == 200
+        # Under uvicorn too, a page on another origin gets the CORS headers.
+        page = {"Origin": "https://chat.example"}
+        models = httpx.get(f"{server.url}/api/v1/model", headers=page)
+        assert models.headers["access-control-allow-origin"] == "https://chat.example"
+    finally:
+        stop_server(server)
+
+
+def test_shutdown_when_on_needs_the_admin_scope_and_loopback(tmp_path):
+    config = tmp_path / "echo.toml"
+    config.write_text('[kobold]\nshutdown = true\n[[models]]\nname = "echo"\nbackend = "echo"\n')
+    keys = {"GATEWAY_API_KEYS": "inference-key-1:inference,admin-key-12:admin"}
+    server = start_server(["--config", str(config)], keys, tmp_path / "server.log", timeout=60)
+    url = f"{server.url}/api/extra/shutdown"
+    try:
+        assert httpx.post(url).status_code == 401
+        inference = httpx.post(url, headers={"Authorization": "Bearer inference-key-1"})
+        assert inference.status_code == 403
+        assert inference.json()["detail"]["type"] == "permission_error"
+        # Through a reverse proxy on this host the peer is loopback too: not trusted.
+        relayed = {"X-Api-Key": "admin-key-12", "X-Forwarded-For": "203.0.113.9"}
+        assert httpx.post(url, headers=relayed).json() == {"success": False}
+        # A page on another site cannot make a browser send it (no preflight needed).
+        page = {"X-Api-Key": "admin-key-12", "Origin": "https://evil.example"}
+        assert httpx.post(url, headers=page).status_code == 403
+        assert server.process.poll() is None
+        assert httpx.post(url, headers={"X-Api-Key": "admin-key-12"}).json() == {"success": True}
         assert server.process.wait(timeout=30) is not None
     finally:
         stop_server(server)

@@ -12,12 +12,13 @@ from gateway import __version__
 from gateway.engine import ModelState
 from gateway.gateway import Gateway
 from gateway.hookspecs import hookimpl
+from gateway.routes.access import TABLE
 from gateway.routes.family import RouteFamily
 
 FAMILY = "health"
 
 
-@get(["/health", "/v1/health"], opt={"public": True})
+@get(["/health", "/v1/health"])
 async def health(gateway: NamedDependency[Gateway]) -> Response[dict[str, Any]]:
     models = [handle.describe() for handle in gateway.models]
     failed = [m for m in models if m["state"] == ModelState.FAILED]
@@ -39,4 +40,4 @@ def register_routes(
     register: Callable[[RouteFamily], None], gateway: NamedDependency[Gateway]
 ) -> None:
     router = Router(path="/", route_handlers=[health], opt={"family": FAMILY}, tags=["health"])
-    register(RouteFamily(FAMILY, router, "Health and readiness"))
+    register(RouteFamily(FAMILY, router, "Health and readiness", access=TABLE[FAMILY]))

@@ -11,6 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from gateway.errors import NotSupported
 from gateway.gateway import Gateway
 from gateway.hookspecs import hookimpl
+from gateway.routes.access import TABLE
 from gateway.routes.family import RouteFamily
 from gateway.routes.openai.errors import EXCEPTION_HANDLERS
 
@@ -31,8 +32,8 @@ def register_routes(
     router = Router(
         path="/",
         route_handlers=[metrics],
-        opt={"family": FAMILY, "scope": "admin"},
+        opt={"family": FAMILY},
         exception_handlers=EXCEPTION_HANDLERS,
         tags=["observability"],
     )
-    register(RouteFamily(FAMILY, router, "Prometheus metrics"))
+    register(RouteFamily(FAMILY, router, "Prometheus metrics", access=TABLE[FAMILY]))

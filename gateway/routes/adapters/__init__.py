@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from litestar import Router
 
 from gateway.hookspecs import hookimpl
+from gateway.routes.access import TABLE
 from gateway.routes.family import RouteFamily
 
 if TYPE_CHECKING:
@@ -32,7 +33,14 @@ def register_routes(register: Callable[[RouteFamily], None], gateway: Gateway) -
         path="/",
         route_handlers=[AdapterController, BatchController],
         exception_handlers=EXCEPTION_HANDLERS,
-        opt={"family": FAMILY, "scope": "inference"},
+        opt={"family": FAMILY},
         tags=["adapters"],
     )
-    register(RouteFamily(FAMILY, router, "Kiln's LoRA adapter management and batch completions"))
+    register(
+        RouteFamily(
+            FAMILY,
+            router,
+            "Kiln's LoRA adapter management and batch completions",
+            access=TABLE[FAMILY],
+        )
+    )

@@ -43,7 +43,6 @@ from gateway.routes.adapters.bodies import (
 )
 from gateway.routes.adapters.target import adapter_backend, adapter_store
 
-ADAPTERS_SCOPE = {"scope": "adapters"}
 DOWNLOAD_CHUNK = 1024**2
 MERGE_CODE = "adapter_merge_invalid"
 ERRORS = {
@@ -127,7 +126,7 @@ class AdapterController(Controller):
             model=name,
         )
 
-    @post("/load", status_code=200, opt=ADAPTERS_SCOPE, responses=ERRORS)
+    @post("/load", status_code=200, responses=ERRORS)
     async def load(
         self, data: JSONBody[LoadRequest], gateway: NamedDependency[Gateway]
     ) -> LoadResponse:
@@ -144,7 +143,7 @@ class AdapterController(Controller):
             name=active_name(default) or "", adapters=_refs_out(default), model=name
         )
 
-    @post("/unload", status_code=200, opt=ADAPTERS_SCOPE, responses=ERRORS)
+    @post("/unload", status_code=200, responses=ERRORS)
     async def unload(
         self, gateway: NamedDependency[Gateway], data: JSONBody[UnloadRequest | None] = None
     ) -> UnloadResponse:
@@ -152,7 +151,7 @@ class AdapterController(Controller):
         await asyncio.to_thread(store.set_default, [])
         return UnloadResponse(model=name)
 
-    @delete("/{name:str}", status_code=200, opt=ADAPTERS_SCOPE, responses={**ERRORS, **CONFLICT})
+    @delete("/{name:str}", status_code=200, responses={**ERRORS, **CONFLICT})
     async def delete_adapter(
         self,
         gateway: NamedDependency[Gateway],
@@ -194,7 +193,6 @@ class AdapterController(Controller):
     @post(
         "/upload",
         status_code=200,
-        opt=ADAPTERS_SCOPE,
         request_max_body_size=up.MAX_UPLOAD_BYTES + up.FORM_OVERHEAD,
         operation_class=_UploadOperation,
         responses={**ERRORS, **CONFLICT, 413: ResponseSpec(ErrorResponse, description="Too large")},
@@ -210,7 +208,7 @@ class AdapterController(Controller):
     @post(
         "/merge",
         status_code=200,
-        opt={**ADAPTERS_SCOPE, "invalid_code": MERGE_CODE},
+        opt={"invalid_code": MERGE_CODE},
         responses={**ERRORS, **CONFLICT},
     )
     async def merge(

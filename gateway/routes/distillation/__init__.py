@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from litestar import Router
 
 from gateway.hookspecs import hookimpl
+from gateway.routes.access import TABLE
 from gateway.routes.family import RouteFamily
 
 if TYPE_CHECKING:
@@ -19,7 +20,6 @@ if TYPE_CHECKING:
     from gateway.gateway import Gateway
 
 FAMILY = "distillation"
-SCOPE = "train"
 
 
 @hookimpl
@@ -29,7 +29,11 @@ def register_routes(register: Callable[[RouteFamily], None], gateway: Gateway) -
     router = Router(
         path="/",
         route_handlers=[DistillationController],
-        opt={"family": FAMILY, "scope": SCOPE},
+        opt={"family": FAMILY},
         tags=["distillation"],
     )
-    register(RouteFamily(FAMILY, router, "Distillation jobs from a teacher (OpenTracy)"))
+    register(
+        RouteFamily(
+            FAMILY, router, "Distillation jobs from a teacher (OpenTracy)", access=TABLE[FAMILY]
+        )
+    )

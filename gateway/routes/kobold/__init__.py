@@ -1,5 +1,5 @@
 """The KoboldCpp dialect: `/api/v1` (again under `/api/latest`), `/api/extra`,
-`/api/admin` (admin scope, off unless `[kobold] admin = true`), `/.well-known/serviceinfo`,
+`/api/admin` (off unless `[kobold] admin = true`), `/.well-known/serviceinfo`,
 and the image, audio and web-search routes answered as KoboldCpp answers them with those
 features off (`probes`). Bodies are read as leniently as KoboldCpp reads them (`body`),
 values clamped as it clamps them (`translate`). Errors in KoboldAI's shape.
@@ -14,6 +14,7 @@ from litestar import Router
 from litestar.di import Provide
 
 from gateway.hookspecs import hookimpl
+from gateway.routes.access import TABLE
 from gateway.routes.family import RouteFamily
 
 if TYPE_CHECKING:
@@ -42,14 +43,17 @@ def register_routes(register: Callable[[RouteFamily], None], gateway: Gateway) -
         KoboldAdminController,
         ProbeController,
     ]
-    if not gateway.settings.family_enabled("llamacpp"):
+    access = dict(TABLE[FAMILY])
+    if gateway.settings.family_enabled("llamacpp"):
+        del access["GET /props"]  # the llama.cpp family's /props serves Kobold frontends too
+    else:
         handlers.append(KoboldPropsController)
     router = Router(
         path="/",
         route_handlers=handlers,
         exception_handlers=EXCEPTION_HANDLERS,
         dependencies={"kobold": Provide(lambda: state, sync_to_thread=False)},
-        opt={"family": FAMILY, "scope": "inference"},
+        opt={"family": FAMILY},
         tags=["kobold"],
     )
-    register(RouteFamily(FAMILY, router, "KoboldCpp / KoboldAI United API"))
+    register(RouteFamily(FAMILY, router, "KoboldCpp / KoboldAI United API", access=access))

@@ -47,7 +47,6 @@ def _state_slot(data: dict[str, Any] | None) -> int:
 
 class KoboldAdminController(Controller):
     path = "/api/admin"
-    opt = {"scope": "admin"}
 
     @get("/list_options")
     async def list_options(self, gateway: NamedDependency[Gateway]) -> list[str]:

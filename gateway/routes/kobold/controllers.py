@@ -9,8 +9,10 @@ Generation bodies may choose LoRA adapters with the gateway's `adapter` / `adapt
 the OpenAI routes); each `results[]` item says which served it in `adapters`
 (`[{"name", "scale"}]`, empty for the base model), as does the `X-Gateway-Adapters` header.
 
-`/api/extra/shutdown` answers `{"success": false}` unless it comes from loopback, as
-KoboldCpp answers any shutdown it refuses.
+`/api/extra/shutdown` stops the server only with `[kobold] shutdown = true` (KoboldCpp's
+`--singleinstance`), from loopback and not through a proxy; otherwise it answers
+`{"success": false}`, as KoboldCpp answers any shutdown it refuses. Its admin scope (when
+keys are set) is the access table's.
 """
 
 from __future__ import annotations
@@ -352,16 +354,25 @@ class KoboldController(Controller):
         return await embed(gateway, request)
 
     @post("/extra/shutdown", status_code=200)
-    async def shutdown(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
-        host = request.client.host if request.client else ""
-        try:
-            loopback = ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            loopback = host == "localhost"
-        if not loopback:
+    async def shutdown(
+        self, request: Request[Any, Any, Any], gateway: NamedDependency[Gateway]
+    ) -> dict[str, Any]:
+        if not gateway.settings.kobold.shutdown or not _from_this_machine(request):
             return {"success": False}
         asyncio.get_running_loop().call_later(0.2, os.kill, os.getpid(), signal.SIGINT)
         return {"success": True}
+
+
+def _from_this_machine(request: Request[Any, Any, Any]) -> bool:
+    """From loopback and not relayed: a reverse proxy on this host connects from loopback
+    too, so a request carrying `X-Forwarded-For` or `Forwarded` counts as remote."""
+    if "x-forwarded-for" in request.headers or "forwarded" in request.headers:
+        return False
+    host = request.client.host if request.client else ""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _no_embeddings(model: str, texts: list[str]) -> EmbeddingResponse:

@@ -77,7 +77,7 @@ class ProbeController(Controller):
     async def websearch(self) -> list[Any]:
         return []
 
-    @get("/.well-known/serviceinfo", opt={"public": True})
+    @get("/.well-known/serviceinfo")
     async def serviceinfo(self) -> dict[str, Any]:
         return {
             "version": "0.2",

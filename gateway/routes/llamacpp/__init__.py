@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from litestar import Router
 
 from gateway.hookspecs import hookimpl
+from gateway.routes.access import TABLE
 from gateway.routes.family import RouteFamily
 
 if TYPE_CHECKING:
@@ -33,7 +34,14 @@ def register_routes(register: Callable[[RouteFamily], None], gateway: Gateway) -
         path="/",
         route_handlers=[NativeController, TokenCountController, BareOpenAIController],
         exception_handlers=EXCEPTION_HANDLERS,
-        opt={"family": FAMILY, "scope": "inference"},
+        opt={"family": FAMILY},
         tags=["llama.cpp"],
     )
-    register(RouteFamily(FAMILY, router, "llama.cpp server API (native and un-prefixed OpenAI)"))
+    register(
+        RouteFamily(
+            FAMILY,
+            router,
+            "llama.cpp server API (native and un-prefixed OpenAI)",
+            access=TABLE[FAMILY],
+        )
+    )

@@ -164,7 +164,7 @@ class NativeController(Controller):
             "is_sleeping": False,
         }
 
-    @post("/props", status_code=200, responses=ERRORS, opt={"scope": "admin"})
+    @post("/props", status_code=200, responses=ERRORS)
     async def set_props(
         self, data: JSONBody[PropsUpdate], gateway: NamedDependency[Gateway]
     ) -> dict[str, Any]:
@@ -191,7 +191,7 @@ class NativeController(Controller):
         `path` its name, `scale` its scale in the server default (0: not applied)."""
         return lora.listing(gateway.models.get(_model(gateway, model, Capability.GENERATE)))
 
-    @post("/lora-adapters", status_code=200, responses=ERRORS, opt={"scope": "adapters"})
+    @post("/lora-adapters", status_code=200, responses=ERRORS)
     async def set_lora_adapters(
         self,
         data: JSONBody[list[LoraScale]],
@@ -231,7 +231,7 @@ class NativeController(Controller):
             )
         return Response([params.slot_view(s, knobs, name) for s in states])
 
-    @post("/slots/{id_slot:int}", status_code=200, responses=ERRORS, opt={"scope": "admin"})
+    @post("/slots/{id_slot:int}", status_code=200, responses=ERRORS)
     async def slot_action(
         self,
         id_slot: FromPath[int],

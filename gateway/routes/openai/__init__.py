@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from litestar import Router
 
 from gateway.hookspecs import hookimpl
+from gateway.routes.access import TABLE
 from gateway.routes.family import RouteFamily
 
 if TYPE_CHECKING:
@@ -28,7 +29,11 @@ def register_routes(register: Callable[[RouteFamily], None], gateway: Gateway) -
         path="/",
         route_handlers=[OpenAIController, AbsentCapabilityController],
         exception_handlers=EXCEPTION_HANDLERS,
-        opt={"family": FAMILY, "scope": "inference"},
+        opt={"family": FAMILY},
         tags=["openai"],
     )
-    register(RouteFamily(FAMILY, router, "OpenAI-compatible chat, completions, embeddings"))
+    register(
+        RouteFamily(
+            FAMILY, router, "OpenAI-compatible chat, completions, embeddings", access=TABLE[FAMILY]
+        )
+    )

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from litestar import Router
 
 from gateway.hookspecs import hookimpl
+from gateway.routes.access import TABLE
 from gateway.routes.family import RouteFamily
 
 if TYPE_CHECKING:
@@ -21,7 +22,6 @@ if TYPE_CHECKING:
     from gateway.gateway import Gateway
 
 FAMILY = "training"
-SCOPE = "train"
 
 
 @hookimpl
@@ -32,9 +32,14 @@ def register_routes(register: Callable[[RouteFamily], None], gateway: Gateway) -
     router = Router(
         path="/",
         route_handlers=[KilnTrainingController, FinetuneController],
-        opt={"family": FAMILY, "scope": SCOPE},
+        opt={"family": FAMILY},
         tags=["training"],
     )
     register(
-        RouteFamily(FAMILY, router, "Training jobs: Kiln's SFT and GRPO, NPU-STACK's fine-tunes")
+        RouteFamily(
+            FAMILY,
+            router,
+            "Training jobs: Kiln's SFT and GRPO, NPU-STACK's fine-tunes",
+            access=TABLE[FAMILY],
+        )
     )
