@@ -75,6 +75,7 @@ class OnnxRunner:
         self._row_of = list(range(slots))
         self._slot_at = list(range(slots))
         self._length = [0] * slots
+        self._bindings: dict[tuple[int, int], Any] = {}
 
     def forward(self, works: list[Work]) -> torch.Tensor:
         import torch
@@ -128,11 +129,23 @@ class OnnxRunner:
     def _run(self, first: int, tokens: list[list[int]], starts: list[int]) -> np.ndarray:
         """One session run over rows `first..first+len(tokens)-1` (equal token counts)."""
         rows, width = len(tokens), len(tokens[0])
-        binding = self.session.io_binding()
+        binding = self._binding(first, rows)
         binding.bind_cpu_input("input_ids", np.asarray(tokens, dtype=np.int64))
         seqlens = np.asarray([start + width - 1 for start in starts], dtype=np.int32)
         binding.bind_cpu_input("seqlens_k", seqlens)
         binding.bind_cpu_input("total_sequence_length", np.asarray(max(starts) + width, np.int32))
+        out = np.empty((rows, self.shape.vocab), dtype=np.float32)
+        binding.bind_output("logits", "cpu", 0, np.float32, list(out.shape), out.ctypes.data)
+        self.session.run_with_iobinding(binding)
+        return out
+
+    def _binding(self, first: int, rows: int) -> Any:
+        """The IO binding of cache rows `first..first+rows-1`: the caches' addresses never
+        change, so each range's 4 x layers cache bindings are made once and reused."""
+        binding = self._bindings.get((first, rows))
+        if binding is not None:
+            return binding
+        binding = self.session.io_binding()
         dims = [rows, self.shape.kv_heads, self.context, self.shape.head_dim]
         offset = first * self._row_bytes
         for i in range(self.shape.layers):
@@ -140,10 +153,8 @@ class OnnxRunner:
                 address = cache.ctypes.data + offset
                 binding.bind_input(f"past_{kind}_{i}", "cpu", 0, np.float32, dims, address)
                 binding.bind_output(f"present_{kind}_{i}", "cpu", 0, np.float32, dims, address)
-        out = np.empty((rows, self.shape.vocab), dtype=np.float32)
-        binding.bind_output("logits", "cpu", 0, np.float32, list(out.shape), out.ctypes.data)
-        self.session.run_with_iobinding(binding)
-        return out
+        self._bindings[(first, rows)] = binding
+        return binding
 
     def export_slot(self, slot: int, length: int) -> list[torch.Tensor]:
         import torch
