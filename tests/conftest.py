@@ -47,9 +47,15 @@ def client(make_client) -> TestClient:
 @pytest.fixture(scope="session")
 def live_server(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """`gateway serve` with no config: the real default chat and embedding models (and the
-    Kobold admin routes on, which are off by default)."""
+    Kobold admin routes on, which are off by default). Requests that set no token limit
+    (the seeds' own examples have some) stop at 512 tokens rather than at the end of the
+    context: sampled at temperature 1, a 135M model may ramble for minutes."""
     log = tmp_path_factory.mktemp("live") / "server.log"
-    env = {"GATEWAY_DATA_DIR": str(data_dir), "GATEWAY_KOBOLD__ADMIN": "true"}
+    env = {
+        "GATEWAY_DATA_DIR": str(data_dir),
+        "GATEWAY_KOBOLD__ADMIN": "true",
+        "GATEWAY_GENERATION__MAX_TOKENS": "512",
+    }
     server = start_server([], env, log)
     yield server
     stop_server(server)

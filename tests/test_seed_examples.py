@@ -53,9 +53,13 @@ NOT_MOUNTED_YET = {
 def lenient_server(
     data_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LiveServer]:
-    """`gateway serve` with `unknown_models = "default"`."""
+    """`gateway serve` with `unknown_models = "default"` (and `live_server`'s token cap)."""
     log = tmp_path_factory.mktemp("lenient") / "server.log"
-    env = {"GATEWAY_DATA_DIR": str(data_dir), "GATEWAY_UNKNOWN_MODELS": "default"}
+    env = {
+        "GATEWAY_DATA_DIR": str(data_dir),
+        "GATEWAY_UNKNOWN_MODELS": "default",
+        "GATEWAY_GENERATION__MAX_TOKENS": "512",
+    }
     server = start_server([], env, log)
     yield server
     stop_server(server)
