@@ -41,3 +41,23 @@ def test_unknown_route_family_is_refused_at_serve(tmp_path):
     result = CliRunner().invoke(cli, ["serve", "--config", str(config)])
     assert result.exit_code != 0
     assert "routes.kobolt" in result.output
+
+
+def test_routes_lists_each_route_with_its_scope_and_origins(tmp_path):
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        f'data_dir = "{tmp_path}"\n[routes]\ntraining = false\n'
+        '[[models]]\nname = "echo"\nbackend = "echo"\n'
+    )
+    result = CliRunner().invoke(cli, ["routes", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    shutdown = next(line for line in lines if "/api/extra/shutdown" in line).split()
+    assert shutdown == ["kobold", "POST", "/api/extra/shutdown", "admin", "private_origins"]
+    health = next(line for line in lines if line.split()[2:3] == ["/health"]).split()
+    assert health[3:] == ["public", "origins"]
+    assert not any("/v1/train" in line for line in lines)  # the family is off
+    markdown = CliRunner().invoke(cli, ["routes", "--config", str(config), "--markdown"])
+    assert "| kobold | `POST /api/extra/shutdown` | `admin` | `[cors] private_origins` |" in (
+        markdown.output
+    )
