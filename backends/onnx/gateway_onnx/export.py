@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 Precision = Literal["fp32", "int8", "int4"]
 PRECISIONS: tuple[Precision, ...] = ("fp32", "int8", "int4")
-BUILDER_VERSION = "1"
+BUILDER_VERSION = "2"
 BLOCK_SIZE = 32
 ACCURACY_LEVEL = 4
 MODEL_FILE = "model.onnx"

@@ -12,11 +12,14 @@ a traced export of the same model has thousands of small glue ops.
 - `SkipSimplifiedLayerNormalization` fuses each residual add with the next RMS norm.
 - q/k/v and gate/up are one `MatMul` each; the output head is a `MatMul` by a constant
   (the transposed, possibly tied, embedding), so weight-only quantization reaches it too.
-- Only the last position of each row goes through the head: the scheduler samples from it.
+- Only one position of each row goes through the head (`logit_index`, into the flattened
+  `[batch * seq]` positions): the last real token of a row, which a batch of prefill chunks
+  padded to the longest one needs.
 
 Inputs: `input_ids` `[batch, seq]` int64, `seqlens_k` `[batch]` int32,
-`total_sequence_length` `[]` int32, `past_key_{i}` / `past_value_{i}`. Outputs: `logits`
-`[batch, vocab]`, `present_key_{i}` / `present_value_{i}`.
+`total_sequence_length` `[]` int32, `logit_index` `[batch]` int64, `past_key_{i}` /
+`past_value_{i}`. Outputs: `logits` `[batch, vocab]`, `present_key_{i}` /
+`present_value_{i}`.
 """
 
 from __future__ import annotations
@@ -136,6 +139,7 @@ def build_graph(folder: Path) -> Any:
         helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
         helper.make_tensor_value_info("seqlens_k", TensorProto.INT32, ["batch"]),
         helper.make_tensor_value_info("total_sequence_length", TensorProto.INT32, []),
+        helper.make_tensor_value_info("logit_index", TensorProto.INT64, ["batch"]),
     ]
     outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", s.vocab])]
     qkv_sizes = g.constant(
@@ -217,9 +221,9 @@ def build_graph(folder: Path) -> Any:
         domain="com.microsoft",
         epsilon=eps,
     )
-    g.node("Gather", ["normed", g.constant("last", np.array([-1], np.int64))], ["last_row"], axis=1)
     rows = g.constant("rows", np.array([-1, s.hidden], np.int64))
-    g.node("Reshape", ["last_row", rows], ["last_hidden"])
+    g.node("Reshape", ["normed", rows], ["flat"])
+    g.node("Gather", ["flat", "logit_index"], ["last_hidden"], axis=0)
     g.node("MatMul", ["last_hidden", "head_t"], ["logits"])
     graph = helper.make_graph(g.nodes, "gateway-llama", inputs, outputs, g.initializers)
     model = helper.make_model(

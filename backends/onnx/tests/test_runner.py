@@ -133,3 +133,22 @@ def test_a_model_the_builder_cannot_write_is_refused(tmp_path):
     )
     with pytest.raises(UnsupportedModel, match="rope scaling"):
         read_shape(tmp_path)
+
+
+def test_fresh_prompts_share_a_padded_run_and_continuations_run_alone(
+    fp32_model, smol_folder, reference
+):
+    run = runner(fp32_model, smol_folder, slots=4, context=32)
+    a, b, c, d = ids(26, 7), ids(10, 8), ids(31, 9), ids(4, 10)
+    run.forward([Work(0, 0, a[:24], False), Work(2, 0, c[:27], False)])
+    out = run.forward(
+        [
+            Work(0, 24, a[24:], True),
+            Work(1, 0, b, True),
+            Work(2, 27, c[27:], True),
+            Work(3, 0, d, True),
+        ]
+    )
+    close = {"atol": 1e-3, "rtol": 1e-3}
+    for row, tokens in enumerate([a, b, c, d]):
+        torch.testing.assert_close(out[row], last_logits(reference, tokens), **close)

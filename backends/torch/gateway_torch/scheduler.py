@@ -235,6 +235,8 @@ class Scheduler:
     # The loop thread.
 
     def _run(self) -> None:
+        if self._runner.torch_threads is not None:
+            torch.set_num_threads(self._runner.torch_threads)  # this thread's only
         with torch.inference_mode():
             while True:
                 with self._cond:

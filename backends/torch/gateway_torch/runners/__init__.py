@@ -50,6 +50,10 @@ class Runner(Protocol):
     name: str
     lora: bool
     """Whether `forward` applies the works' `adapters`."""
+    torch_threads: int | None
+    """torch's threads for the scheduler thread's own work (sampling, masks); None: the
+    process's. A runner whose forward runs outside torch sets 1: torch's OpenMP workers
+    spinning between steps would take the cores its own thread pool needs."""
 
     def forward(self, works: list[Work]) -> torch.Tensor:
         """The float32 `[rows, vocab]` logits of the works that asked for them, in order."""

@@ -67,6 +67,7 @@ class FlatRunner:
 
     name = "flat"
     lora = True
+    torch_threads: int | None = None
 
     def __init__(self, lm: CausalModel, slots: int, context: int):
         model = lm.model

@@ -23,6 +23,7 @@ class GenericRunner:
 
     name = "generic"
     lora = False
+    torch_threads: int | None = None
 
     def __init__(self, lm: CausalModel, slots: int, context: int):
         self._lm = lm
