@@ -189,14 +189,9 @@ class OnnxRunner:
         return keys + values
 
     def import_slot(self, slot: int, state: list[torch.Tensor]) -> int:
-        half = len(self.keys)
-        if len(state) != 2 * half:
-            raise ValueError("the saved state does not match this model's layers")
-        length = int(state[0].shape[1])
-        if length > self.context:
-            raise ValueError(
-                f"the saved state holds {length} positions; this slot holds {self.context}"
-            )
+        from gateway_torch.runners import saved_length
+
+        length = saved_length(state, len(self.keys), self.context)
         row = self._row_of[slot]
         for cache, saved in zip((*self.keys, *self.values), state, strict=True):
             cache[row, :, :length] = saved.to("cpu").float().numpy()

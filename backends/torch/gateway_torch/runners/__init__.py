@@ -68,6 +68,17 @@ class Runner(Protocol):
         ...
 
 
+def saved_length(state: list[torch.Tensor], layers: int, context: int) -> int:
+    """The positions a saved slot state (`export_slot`'s keys then values, one per layer)
+    holds; raises ValueError when it cannot go into a slot of `layers` x `context`."""
+    if len(state) != 2 * layers:
+        raise ValueError("the saved state does not match this model's layers")
+    length = int(state[0].shape[1])
+    if length > context:
+        raise ValueError(f"the saved state holds {length} positions; a slot holds {context}")
+    return length
+
+
 def make_runner(lm: CausalModel, slots: int, context: int) -> Runner:
     """The fastest runner that supports `lm`'s architecture."""
     from gateway_torch.runners.flat import FlatRunner, supports

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from gateway_torch.lora.batch import AdapterSet, LoraPlan, StackCache
-from gateway_torch.runners import Work
+from gateway_torch.runners import Work, saved_length
 
 if TYPE_CHECKING:
     from gateway_torch.loading import CausalModel
@@ -255,14 +255,7 @@ class FlatRunner:
         return keys + values
 
     def import_slot(self, slot: int, state: list[torch.Tensor]) -> int:
-        half = len(self.keys)
-        if len(state) != 2 * half:
-            raise ValueError("the saved state does not match this model's layers")
-        length = int(state[0].shape[1])
-        if length > self.context:
-            raise ValueError(
-                f"the saved state holds {length} positions; a slot holds {self.context}"
-            )
+        length = saved_length(state, len(self.keys), self.context)
         for target, saved in zip(self.keys + self.values, state, strict=True):
             target[slot, :, :length] = saved.to(target.device, target.dtype)
         return length
