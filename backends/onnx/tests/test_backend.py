@@ -57,3 +57,13 @@ def test_an_unknown_precision_is_refused(data_dir: Path) -> None:
         ConfigError, match=r"Unknown onnx precision `int3` \(choose one of: fp32, int8, int4\)"
     ):
         asyncio.run(OnnxBackend(spec, data_dir).load())
+
+
+async def test_an_adapter_request_is_refused_with_the_reason(onnx_smol: OnnxBackend) -> None:
+    from gateway_schemas.canonical import AdapterRef
+
+    from gateway.errors import Unsupported
+
+    request = chat("Hello", "lora", adapters=[AdapterRef(name="mine", scale=1.0)])
+    with pytest.raises(Unsupported, match="runs on the `onnx-int8` runner, which has no LoRA"):
+        await text_of(onnx_smol, request)
