@@ -13,7 +13,7 @@ browsers send none, and are answered for every mounted route.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from urllib.parse import urlsplit
 
 from gateway.errors import PermissionDenied
@@ -36,14 +36,16 @@ def is_localhost(origin: str) -> bool:
         return False
 
 
-def foreign_origin(origin: str | None, host: str | None, forwarded_host: str | None) -> bool:
-    """Whether `origin` is another site's: a page of the server itself (same scheme-less
-    host and port as the `Host` the browser sent, or the proxy's `X-Forwarded-Host`) is
-    not cross-origin."""
+def foreign_origin(headers: Mapping[str, str]) -> str | None:
+    """The request's `Origin` when it is another site's; None for no `Origin` and for a
+    page of the server itself (same host and port as the `Host` the browser sent, or the
+    proxy's `X-Forwarded-Host`)."""
+    origin = headers.get("origin")
     if origin is None:
-        return False
+        return None
     netloc = urlsplit(origin).netloc.lower()
-    return not netloc or netloc not in {(host or "").lower(), (forwarded_host or "").lower()}
+    own = {headers.get("host", "").lower(), headers.get("x-forwarded-host", "").lower()}
+    return origin if not netloc or netloc not in own else None
 
 
 class CorsPolicy:

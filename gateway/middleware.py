@@ -82,7 +82,7 @@ class GatewayMiddleware(ASGIMiddleware):
         path = str(scope.get("path_template", scope["path"]))
         row = self.access.lookup(method, path)
         access = row.access if row else ADMIN  # a route mounted after create_app: none are
-        origin = self._foreign_origin(request)
+        origin = foreign_origin(request.headers)
         if origin is not None:
             self.cors.check(origin, access, method, path)
             scope["state"][CORS_HEADERS] = self.cors.response_headers(origin)
@@ -103,7 +103,7 @@ class GatewayMiddleware(ASGIMiddleware):
         if origin is None or row is None:
             await next_app(scope, receive, send)
             return
-        if self._foreign_origin(request) is not None:
+        if foreign_origin(request.headers) is not None:
             self.cors.check(origin, row.access, requested, path)
         headers = self.cors.preflight_headers(
             origin,
@@ -117,14 +117,6 @@ class GatewayMiddleware(ASGIMiddleware):
         }
         await send(start)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-    @staticmethod
-    def _foreign_origin(request: Request[Any, Any, Any]) -> str | None:
-        origin = request.headers.get("origin")
-        headers = request.headers
-        if foreign_origin(origin, headers.get("host"), headers.get("x-forwarded-host")):
-            return origin
-        return None
 
 
 async def add_cors_headers(message: Message, scope: Scope) -> None:
