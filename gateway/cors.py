@@ -12,13 +12,13 @@ browsers send none, and are answered for every mounted route.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Mapping, Sequence
 from urllib.parse import urlsplit
 
 from gateway.errors import PermissionDenied
 from gateway.routes.access import Access
 from gateway.settings import CorsSettings
+from gateway.utils import is_loopback_host
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -27,13 +27,7 @@ EXPOSED = "X-Gateway-Adapters"
 
 
 def is_localhost(origin: str) -> bool:
-    host = urlsplit(origin).hostname or ""
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return is_loopback_host(urlsplit(origin).hostname or "")
 
 
 def foreign_origin(headers: Mapping[str, str]) -> str | None:

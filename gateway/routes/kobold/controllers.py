@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import json
 import os
 import signal
@@ -57,6 +56,7 @@ from gateway.routes.kobold.body import documented, read_body
 from gateway.routes.kobold.state import KoboldGeneration, KoboldState
 from gateway.services.embeddings import embed
 from gateway.services.streams import SSE_HEADERS, primed
+from gateway.utils import is_loopback_host
 
 KOBOLDAI_VERSION = "1.2.5"
 KOBOLDCPP_VERSION = "1.95"
@@ -368,11 +368,7 @@ def _from_this_machine(request: Request[Any, Any, Any]) -> bool:
     too, so a request carrying `X-Forwarded-For` or `Forwarded` counts as remote."""
     if "x-forwarded-for" in request.headers or "forwarded" in request.headers:
         return False
-    host = request.client.host if request.client else ""
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
+    return is_loopback_host(request.client.host if request.client else "")
 
 
 def _no_embeddings(model: str, texts: list[str]) -> EmbeddingResponse:
