@@ -15,6 +15,7 @@ from gateway_schemas.canonical import (
 )
 from gateway_torch import gguf_cache
 from gateway_torch.causal import TorchBackend
+from gateway_torch.options import parse_options
 
 from gateway.engine import ModelSpec
 from gateway.errors import BackendFailure, InvalidRequest
@@ -253,6 +254,7 @@ async def test_tokenize_detokenize_round_trip(smol: TorchBackend) -> None:
 
 def test_health_reports_the_runtime(smol: TorchBackend) -> None:
     health = smol.health()
-    assert health["device"] == "cpu" and health["dtype"] == "float32"
+    options = parse_options(smol.option_values(), smol.option_keys)
+    assert health["device"] == "cpu" and health["dtype"] == str(options.dtype).split(".")[-1]
     assert health["context_length"] == 4096
     assert {"queued", "active"} <= set(health)
