@@ -2,9 +2,11 @@
 cache, slots) with its steps computed by ONNX Runtime (`gateway_onnx.runner`).
 
 Options: the torch backend's (`slots`, `context_length`, `prefill_chunk`, `threads`, ...)
-and `precision` (`int8`, the default; `int4`; `fp32`). The first start exports and
-quantizes the model into the data directory (`gateway_onnx.export`), about 10 seconds for
-SmolLM2-135M; later starts load the export.
+`precision` (`int8`, the default; `int4`; `fp32`) and `lora` (default true: per-request
+LoRA adapters, through a second graph with LoRA inputs that runs the steps which carry
+adapters; false saves that graph's memory, and adapter requests are refused). The first
+start exports and quantizes the model into the data directory (`gateway_onnx.export`),
+about 10 seconds per graph for SmolLM2-135M; later starts load the export.
 """
 
 from __future__ import annotations
@@ -22,7 +24,12 @@ DEFAULT_PRECISION: Precision = "int8"
 class OnnxBackend(TorchBackend):
     """A Llama-family causal LM on ONNX Runtime (CPU)."""
 
-    option_keys = frozenset({"precision"})
+    option_keys = frozenset({"precision", "lora"})
+
+    def option_values(self) -> dict[str, Any]:
+        # The torch model beside the graph holds the reference weights that adapters are
+        # read and merged against: float32, as the graph computes, unless asked otherwise.
+        return {"dtype": "float32", **self.spec.options}
 
     def precision(self) -> Precision:
         value = self.spec.options.get("precision", DEFAULT_PRECISION)
@@ -32,6 +39,12 @@ class OnnxBackend(TorchBackend):
             )
         return cast(Precision, value)
 
+    def serves_lora(self) -> bool:
+        value = self.spec.options.get("lora", True)
+        if not isinstance(value, bool):
+            raise ConfigError(f"Option `lora` must be true or false, not {value!r}.")
+        return value
+
     def make_runner(self, lm: Any) -> Any:
         from gateway_onnx.export import ensure_exported
         from gateway_onnx.graph import UnsupportedModel, read_shape
@@ -40,6 +53,7 @@ class OnnxBackend(TorchBackend):
         if lm.device.type != "cpu":
             raise ConfigError('The onnx backend runs on the CPU: set `device = "cpu"`.')
         precision = self.precision()
+        lora = self.serves_lora()
         try:
             shape = read_shape(lm.folder)
         except UnsupportedModel as exc:
@@ -48,6 +62,9 @@ class OnnxBackend(TorchBackend):
                 'serve it with `backend = "torch"`.'
             ) from None
         model = ensure_exported(lm.folder, self.data_dir, precision)
+        lora_model = (
+            ensure_exported(lm.folder, self.data_dir, precision, lora=True) if lora else None
+        )
         return OnnxRunner(
             model,
             shape,
@@ -56,4 +73,5 @@ class OnnxBackend(TorchBackend):
             name=f"onnx-{precision}",
             threads=lm.options.threads,
             vocab_limit=lm.tokenizer_size,
+            lora_model=lora_model,
         )

@@ -33,26 +33,29 @@ ACCURACY_LEVEL = 4
 MODEL_FILE = "model.onnx"
 
 
-def export_dir(folder: Path, data_dir: Path, precision: Precision) -> Path:
-    parts = [BUILDER_VERSION, precision]
+def export_dir(folder: Path, data_dir: Path, precision: Precision, lora: bool = False) -> Path:
+    kind = f"{precision}-lora" if lora else precision
+    parts = [BUILDER_VERSION, kind]
     for file in sorted([folder / "config.json", *folder.glob("*.safetensors")]):
         stat = file.stat()
         parts.append(f"{file.resolve()}|{stat.st_size}|{stat.st_mtime_ns}")
     digest = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:12]
-    return data_dir / "onnx" / f"{folder.name}-{precision}-{digest}"
+    return data_dir / "onnx" / f"{folder.name}-{kind}-{digest}"
 
 
-def ensure_exported(folder: Path, data_dir: Path, precision: Precision) -> Path:
-    """The `model.onnx` of `folder` at `precision`, exporting it first if not cached."""
-    target = export_dir(folder, data_dir, precision)
+def ensure_exported(folder: Path, data_dir: Path, precision: Precision, lora: bool = False) -> Path:
+    """The `model.onnx` of `folder` at `precision` (with LoRA inputs: `lora`), exporting
+    it first if not cached."""
+    target = export_dir(folder, data_dir, precision, lora)
     if (target / MODEL_FILE).is_file():
         return target / MODEL_FILE
     target.parent.mkdir(parents=True, exist_ok=True)
-    log.info("Exporting %s to ONNX (%s), once: %s", folder.name, precision, target)
+    kind = f"{precision}, LoRA inputs" if lora else precision
+    log.info("Exporting %s to ONNX (%s), once: %s", folder.name, kind, target)
     started = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        write_model(folder, tmp / MODEL_FILE, precision)
+        write_model(folder, tmp / MODEL_FILE, precision, lora)
         try:
             os.rename(tmp, target)
         except OSError:
@@ -61,16 +64,16 @@ def ensure_exported(folder: Path, data_dir: Path, precision: Precision) -> Path:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    log.info("Exported %s (%s) in %.1fs", folder.name, precision, time.perf_counter() - started)
+    log.info("Exported %s (%s) in %.1fs", folder.name, kind, time.perf_counter() - started)
     return target / MODEL_FILE
 
 
-def write_model(folder: Path, path: Path, precision: Precision) -> None:
+def write_model(folder: Path, path: Path, precision: Precision, lora: bool = False) -> None:
     import onnx
 
     from gateway_onnx.graph import build_graph
 
-    model = build_graph(folder)
+    model = build_graph(folder, lora)
     if precision != "fp32":
         model = quantize(model, bits=8 if precision == "int8" else 4)
     onnx.save_model(model, str(path), save_as_external_data=True, location=path.name + ".data")

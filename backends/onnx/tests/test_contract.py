@@ -1,5 +1,6 @@
 """The torch backend's behavioural tests of the engine (generation, stops, logprobs,
-seeds, aborts, token-id prompts, concurrency, grammar and JSON-schema constraints) run
+seeds, aborts, token-id prompts, concurrency, grammar and JSON-schema constraints, LoRA
+adapters against peft's merged model) run
 unchanged against the onnx backend: the same engine core over another runner.
 
 The test functions are taken from the torch backend's test modules; their `smol` fixture
@@ -28,7 +29,13 @@ def _load(name: str) -> ModuleType:
     return module
 
 
-for _name in ("test_causal", "test_constraints"):
+SHARED_FIXTURES = {"adapters"}
+"""Fixtures of those modules the tests need beside this folder's `smol`."""
+TORCH_ONLY = {"test_the_pool_keeps_the_most_recently_used"}
+"""Tests that build a torch backend of their own."""
+
+for _name in ("test_causal", "test_constraints", "test_lora_engine"):
     for _key, _value in vars(_load(_name)).items():
-        if _key.startswith("test_") and callable(_value):
+        wanted = _key.startswith("test_") and callable(_value) and _key not in TORCH_ONLY
+        if wanted or _key in SHARED_FIXTURES:
             globals()[_key] = _value

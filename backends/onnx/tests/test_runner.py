@@ -152,3 +152,46 @@ def test_fresh_prompts_share_a_padded_run_and_continuations_run_alone(
     close = {"atol": 1e-3, "rtol": 1e-3}
     for row, tokens in enumerate([a, b, c, d]):
         torch.testing.assert_close(out[row], last_logits(reference, tokens), **close)
+
+
+def test_lora_rows_match_the_torch_runner(smol_folder, data_dir, reference, tmp_path):
+    """One step mixing two adapters, a composition of both, scales, the base model and a
+    prefill chunk gives the torch runner's logits for the same work (the torch runner's
+    LoRA is checked against peft in its own tests)."""
+    from types import SimpleNamespace
+
+    from gateway_torch.lora.synthetic import write_random_adapter
+    from gateway_torch.lora.weights import read_adapter
+    from gateway_torch.runners.flat import FlatRunner
+
+    first = read_adapter(
+        write_random_adapter(reference, tmp_path / "a", rank=8, seed=1), reference, name="a"
+    )
+    second = read_adapter(
+        write_random_adapter(
+            reference, tmp_path / "b", rank=4, targets=("q_proj", "v_proj"), seed=2
+        ),
+        reference,
+        name="b",
+    )
+    lora_model = ensure_exported(smol_folder, data_dir, "fp32", lora=True)
+    plain_model = ensure_exported(smol_folder, data_dir, "fp32")
+    onnx = OnnxRunner(plain_model, read_shape(smol_folder), 5, 64, lora_model=lora_model)
+    loaded = SimpleNamespace(model=reference, device=torch.device("cpu"), tokenizer_size=49152)
+    flat = FlatRunner(loaded, 5, 64)  # type: ignore[arg-type]
+    sets = [((first, 1.0),), ((second, 1.0),), (), ((first, 0.5), (second, 2.0)), ((second, 1.5),)]
+    prompts = [ids(6 + slot, 30 + slot) for slot in range(5)]
+    steps = [
+        [Work(slot, 0, prompts[slot], True, sets[slot]) for slot in range(4)],
+        [Work(slot, len(prompts[slot]), [11 + slot], True, sets[slot]) for slot in range(4)]
+        + [Work(4, 0, prompts[4], True, sets[4])],
+    ]
+    with torch.inference_mode():
+        for works in steps:
+            got, expected = onnx.forward(works), flat.forward(works)
+            torch.testing.assert_close(got, expected, atol=2e-3, rtol=2e-3)
+        base = onnx.forward([Work(0, 7, [5], True)])
+        adapted = onnx.forward([Work(0, 7, [5], True, sets[0])])
+    # The adapters change the answer, and a run without them takes the plain graph.
+    assert not torch.allclose(adapted, base, atol=0.1)
+    assert {key[0] for key in onnx._bindings} == {True, False}

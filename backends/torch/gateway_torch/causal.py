@@ -58,7 +58,7 @@ class TorchBackend(Backend):
         from gateway_torch.sources import resolve_source
 
         def blocking() -> Any:
-            options = parse_options(self.spec.options, self.option_keys)
+            options = parse_options(self.option_values(), self.option_keys)
             source = resolve_source(self.spec.source or DEFAULT_SOURCE)
             return load_causal(source, self.data_dir, options)
 
@@ -76,6 +76,11 @@ class TorchBackend(Backend):
         )
         self._lora = runner.lora
         self._lm, self._worker = lm, worker
+
+    def option_values(self) -> dict[str, Any]:
+        """The model's options as `gateway_torch.options.parse_options` reads them:
+        subclasses may default some differently."""
+        return dict(self.spec.options)
 
     def make_runner(self, lm: Any) -> Any:
         """The runner computing `lm`'s steps (`gateway_torch.runners.Runner`); called in a
@@ -211,7 +216,7 @@ class TorchBackend(Backend):
             raise Unsupported(
                 f"Model `{self.spec.name}` runs on the `{runner}` runner, which has no LoRA "
                 "adapters (the torch backend's flat runner serves them for Llama-family "
-                "models).",
+                "models, and the onnx backend unless its option `lora` is false).",
                 param="adapters",
             )
         chosen = []
