@@ -90,6 +90,7 @@ def main() -> None:
         for p in PRECISIONS
     }
     runners["torch fp32"] = flat_runner(folder, 1, context)
+    runners["torch bf16"] = flat_runner(folder, 1, context, torch.bfloat16)
     with torch.inference_mode():
         scored = sequences(runners["fp32"], tokenizer, list(PROMPTS[: args.prompts]), args.tokens)
         reference = distributions(runners["fp32"], scored)

