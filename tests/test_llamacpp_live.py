@@ -10,7 +10,7 @@ import pytest
 
 FRANCE_CHAT = (
     "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face"
-    "<|im_end|>\n<|im_start|>user\nWhat is the capital of France?<|im_end|>\n"
+    "<|im_end|>\n<|im_start|>user\nWhat is the capital of France? Answer in one word.<|im_end|>\n"
     "<|im_start|>assistant\n"
 )
 
@@ -48,7 +48,11 @@ def test_parse_special_switch(api):
 def test_apply_template_then_complete_answers_paris(api):
     prompt = api.post(
         "/apply-template",
-        json={"messages": [{"role": "user", "content": "What is the capital of France?"}]},
+        json={
+            "messages": [
+                {"role": "user", "content": "What is the capital of France? Answer in one word."}
+            ]
+        },
     ).json()["prompt"]
     assert prompt == FRANCE_CHAT
     body = complete(api, prompt=prompt, temperature=0, n_predict=16)
@@ -170,7 +174,9 @@ def test_props_and_slots_describe_the_engine(api):
     assert props["default_generation_settings"]["n_ctx"] == 4096
 
 
-CHAT = {"messages": [{"role": "user", "content": "What is the capital of France?"}]}
+CHAT = {
+    "messages": [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
+}
 
 
 def test_readme_completion_example(api):

@@ -12,7 +12,7 @@ import pytest
 
 CHAT_MODEL = "smollm2-135m-instruct"
 EMBED_MODEL = "all-minilm-l6-v2"
-FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
+FRANCE = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
 NO_EOS = {"2": -100}  # SmolLM2's <|im_end|>: keeps the model talking
 
 

@@ -150,15 +150,16 @@ def weather_turn(n: int, city: str, result: str) -> list[dict[str, object]]:
     ]
 
 
-TWO_SHOT = [
+FEW_SHOT = [  # three examples: with two, the default model's int8 graph answers in prose
     *weather_turn(1, "Paris", "Sunny"),
     *weather_turn(2, "Oslo", "Snowing"),
+    *weather_turn(3, "Lima", "Cloudy"),
     {"role": "user", "content": "What's the weather in Rome?"},
 ]
 
 
 def test_auto_parses_the_call_the_model_writes(sdk):
-    reply = sdk.chat.completions.create(messages=TWO_SHOT, tools=TOOLS, temperature=0, **SHORT)
+    reply = sdk.chat.completions.create(messages=FEW_SHOT, tools=TOOLS, temperature=0, **SHORT)
     choice = reply.choices[0]
     assert choice.finish_reason == "tool_calls"
     assert check_calls(choice.message.tool_calls) == [{"city": "Rome"}]
@@ -167,7 +168,7 @@ def test_auto_parses_the_call_the_model_writes(sdk):
 
 def test_auto_streams_the_call_the_model_writes(sdk):
     with sdk.chat.completions.stream(
-        messages=TWO_SHOT, tools=TOOLS, temperature=0, **SHORT
+        messages=FEW_SHOT, tools=TOOLS, temperature=0, **SHORT
     ) as stream:
         final = stream.get_final_completion()
     assert final.choices[0].finish_reason == "tool_calls"

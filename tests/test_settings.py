@@ -70,7 +70,7 @@ def test_model_flag_narrows_or_replaces(tmp_path):
     [spec] = settings.served_models()
     assert (spec.name, spec.backend, spec.source) == (
         "other.Q8_0",
-        "torch",
+        "auto",
         "/models/other.Q8_0.gguf",
     )
 
@@ -132,13 +132,17 @@ def test_llamacpp_ctx_size_and_parallel_set_torch_slots():
             ModelSpec(name="a", backend="torch"),
             ModelSpec(name="b", backend="torch", options={"context_length": 512}),
             ModelSpec(name="c", backend="echo"),
+            ModelSpec(name="d", backend="auto"),
+            ModelSpec(name="e", backend="onnx", options={"slots": 2}),
         ],
         llamacpp=LlamaCppSettings(ctx_size=8192, parallel=4),
     )
-    a, b, c = settings.served_models()
+    a, b, c, d, e = settings.served_models()
     assert a.options == {"slots": 4, "context_length": 2048}
     assert b.options == {"slots": 4, "context_length": 512}  # an explicit option wins
     assert c.options == {}
+    assert d.options == a.options
+    assert e.options == {"slots": 2, "context_length": 2048}
 
 
 def test_the_example_config_loads():

@@ -1,4 +1,4 @@
-"""The gateway plugin: registers the `onnx` backend. Importing it stays light: ONNX
+"""The gateway plugin: registers the `onnx` and `auto` backends. Importing it stays light: ONNX
 Runtime is imported when a model on this backend loads."""
 
 from __future__ import annotations
@@ -19,6 +19,13 @@ def onnx_backend(spec: ModelSpec, data_dir: Path) -> Backend:
     return OnnxBackend(spec, data_dir)
 
 
+def auto_backend(spec: ModelSpec, data_dir: Path) -> Backend:
+    from gateway_onnx.backend import AutoBackend
+
+    return AutoBackend(spec, data_dir)
+
+
 @hookimpl
 def register_backends(register: Callable[[str, BackendFactory], None]) -> None:
     register("onnx", onnx_backend)
+    register("auto", auto_backend)

@@ -203,6 +203,7 @@ class OnnxRunner:
                 start, end = stacks.columns[id(weights)]
                 scale[k, 0, start:end] += factor
         bound.binding.bind_cpu_input(LORA_SCALE, scale)
+        bound.scale = scale  # alive until the run, wherever the binding points
         if bound.stacks is stacks:
             return  # the binding holds this set's weights already
         for layer in range(self.shape.layers):
@@ -264,6 +265,7 @@ class _Binding:
     def __init__(self, session: Any, binding: Any):
         self.session, self.binding = session, binding
         self.stacks: _Stacks | None = None
+        self.scale: np.ndarray | None = None
 
 
 class _Stacks:

@@ -1,8 +1,7 @@
 """Parsing of a model's `options` table into typed runtime settings.
 
 Options (all optional): `device` ("auto": cuda when available, else cpu), `dtype`
-("auto": bfloat16 on CUDA and on a CPU with native bfloat16 arithmetic, float32
-elsewhere; see `native_bf16`), `slots` (sequences decoded in parallel,
+("auto": bfloat16 on CUDA, float32 elsewhere), `slots` (sequences decoded in parallel,
 default 8), `context_length` (tokens per slot; default: the model's
 `max_position_embeddings`, capped at 4096), `prefill_chunk` (prompt tokens computed per
 step, default 256), `threads` (torch intra-op threads), `max_adapters` (LoRA adapters kept
@@ -116,23 +115,14 @@ def _dtype(value: str, device: torch.device) -> torch.dtype:
     import torch
 
     if value == "auto":
-        native = device.type == "cuda" or (device.type == "cpu" and native_bf16())
-        return torch.bfloat16 if native else torch.float32
+        # Not bfloat16 on a CPU, even one with native bfloat16 (1.6x the decode rate at 16
+        # rows, benchmarks/README.md): there a row's greedy text would depend on which
+        # rows share its batch, as the matmul kernels round differently per batch size.
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
     name = _DTYPES.get(value.lower())
     if name is None:
         raise ConfigError(f"Invalid dtype `{value}`; use one of auto, {', '.join(_DTYPES)}.")
     return getattr(torch, name)
-
-
-def native_bf16() -> bool:
-    """Whether this CPU multiplies bfloat16 natively (AVX-512 BF16, which AMX machines have
-    too). There oneDNN's bfloat16 matmuls are 1.6x faster than float32 for a batch of 16
-    decode rows and halve the weights' and KV cache's memory, at a mean KL of 0.001 nats
-    to float32 (`benchmarks/bench_precision.py`); without it they are emulated and slower."""
-    import torch
-
-    probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
-    return bool(probe is not None and probe())
 
 
 def positive_int(options: dict[str, Any], key: str) -> int | None:

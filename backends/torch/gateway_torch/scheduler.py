@@ -7,7 +7,9 @@ Each step the scheduler
    used one;
 2. plans one batch: a one-token decode for every sequence that is generating, and prefill
    chunks for sequences still reading their prompt, at most `prefill_chunk` prompt tokens
-   per step in all, so that a long prompt never stalls everyone's decode for long;
+   per step in all, so that a long prompt never stalls everyone's decode for long. A
+   prompt's last token runs as a one-token work in the step after its prefill, which is
+   what a cached prompt leaves to compute too: the prompt cache never changes an answer;
 3. runs it through the runner in one forward pass, samples the next token of every
    sequence that asked for logits (each with its own parameters and RNG), and streams
    chunks out;
@@ -348,7 +350,12 @@ class Scheduler:
         for sequence in self._active:
             pending = len(sequence.ids) - sequence.cached
             if pending > 1:
-                count = min(pending, budget)
+                # The prompt's last token is left for a step of its own, as a decode:
+                # reusing a cached prompt leaves exactly that token to compute, so a
+                # request gets the same logits whether or not its prompt was cached
+                # (prefill and one-token kernels round differently, and an int8 graph
+                # turns that into different text).
+                count = min(pending - 1, budget)
                 if count <= 0:
                     continue
                 budget -= count

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from gateway_torch.gguf_cache import cache_dir_for, read_tokenizer_meta
-from gateway_torch.options import native_bf16, parse_options
+from gateway_torch.options import parse_options
 from gateway_torch.sources import package_folder, resolve_source
 
 from gateway.errors import ConfigError
@@ -59,9 +59,7 @@ def test_options_are_validated() -> None:
     options = parse_options({})
     assert options.device.type in {"cpu", "cuda"}
     assert parse_options({"device": "cpu", "dtype": "bf16"}).dtype.is_floating_point
-    # "auto" on a CPU: bfloat16 where the CPU multiplies it natively, else float32.
-    auto = torch.bfloat16 if native_bf16() else torch.float32
-    assert parse_options({"device": "cpu"}).dtype == auto
+    assert parse_options({"device": "cpu"}).dtype == torch.float32  # "auto" on a CPU
     for bad in ({"dtype": "int3"}, {"context_length": 0}, {"threads": "2"}, {"colour": 1}):
         with pytest.raises(ConfigError):
             parse_options(bad)
