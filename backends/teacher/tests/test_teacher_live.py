@@ -18,7 +18,7 @@ from openai import OpenAI
 
 MODEL = "smollm2-135m-instruct"
 STUDENT_KEY = "student-secret-key"
-QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+QUESTION = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
 
 
 @pytest.fixture(scope="module")
