@@ -4,8 +4,8 @@ For every prompt of `bench_serving.PROMPTS` (chat-templated), the float32 export
 continues it (`--tokens` tokens); then every precision scores the same token sequence one
 position at a time, and the script compares each next-token distribution with float32's:
 KL(fp32 || precision) in nats (mean and max over all scored positions), and how often the
-top choice agrees. The torch runner (float32) is scored too, as a check that the ONNX
-graph computes the same model.
+top choice agrees. The torch runner is scored too: in float32, as a check that the ONNX
+graph computes the same model, and in bfloat16 (its `dtype = "bf16"` option).
 
     python benchmarks/bench_precision.py                  # fp32, int8, int4; 32 tokens
     python benchmarks/bench_precision.py --tokens 16 --prompts 4
