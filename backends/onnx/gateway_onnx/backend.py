@@ -89,8 +89,8 @@ class OnnxBackend(TorchBackend):
 class AutoBackend(OnnxBackend):
     """The `auto` backend, the default model's: the engine on whichever runner is fastest
     for the model on this machine. On a CPU, ONNX Runtime at `int8` for the models its
-    graph builder writes (Llama-family; `benchmarks/README.md`: 4x the torch runner's rate
-    at one request, 1.4x at 16, at a mean KL of 0.004 nats to float32); on CUDA, or for
+    graph builder writes (Llama-family; `benchmarks/README.md`: 4.7x the float32 torch
+    runner's rate at one request, 2.1x at 16, at a mean KL of 0.004 nats); on CUDA, or for
     any other model, the torch backend's runners. Takes both backends' options."""
 
     def on_cpu(self) -> bool:

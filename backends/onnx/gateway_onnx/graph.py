@@ -19,7 +19,8 @@ a traced export of the same model has thousands of small glue ops.
 Inputs: `input_ids` `[batch, seq]` int64, `seqlens_k` `[batch]` int32,
 `total_sequence_length` `[]` int32, `logit_index` `[batch]` int64, `past_key_{i}` /
 `past_value_{i}`. Outputs: `logits` `[batch, vocab]`, `present_key_{i}` /
-`present_value_{i}`.
+`present_value_{i}`. The LoRA variant (`build_graph(folder, lora=True)`) adds the
+inputs of `LORA_GROUPS`.
 """
 
 from __future__ import annotations
