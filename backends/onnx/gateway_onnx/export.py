@@ -20,6 +20,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -33,9 +34,9 @@ ACCURACY_LEVEL = 4
 MODEL_FILE = "model.onnx"
 
 
-def export_dir(folder: Path, data_dir: Path, precision: Precision, lora: bool = False) -> Path:
-    kind = f"{precision}-lora" if lora else precision
-    parts = [BUILDER_VERSION, kind]
+def export_dir(folder: Path, data_dir: Path, version: str, kind: str) -> Path:
+    """Where the `kind` export of `folder` by exporter `version` is cached."""
+    parts = [version, kind]
     for file in sorted([folder / "config.json", *folder.glob("*.safetensors")]):
         stat = file.stat()
         parts.append(f"{file.resolve()}|{stat.st_size}|{stat.st_mtime_ns}")
@@ -43,19 +44,39 @@ def export_dir(folder: Path, data_dir: Path, precision: Precision, lora: bool = 
     return data_dir / "onnx" / f"{folder.name}-{kind}-{digest}"
 
 
+def model_dir(folder: Path, data_dir: Path, precision: Precision, lora: bool = False) -> Path:
+    """Where the causal export of `folder` at `precision` (with LoRA inputs: `lora`) is
+    cached."""
+    return export_dir(folder, data_dir, BUILDER_VERSION, f"{precision}-lora" if lora else precision)
+
+
 def ensure_exported(folder: Path, data_dir: Path, precision: Precision, lora: bool = False) -> Path:
     """The `model.onnx` of `folder` at `precision` (with LoRA inputs: `lora`), exporting
     it first if not cached."""
-    target = export_dir(folder, data_dir, precision, lora)
+    kind = f"{precision}-lora" if lora else precision
+    return cached_export(
+        folder,
+        data_dir,
+        BUILDER_VERSION,
+        kind,
+        lambda path: write_model(folder, path, precision, lora),
+    )
+
+
+def cached_export(
+    folder: Path, data_dir: Path, version: str, kind: str, write: Callable[[Path], None]
+) -> Path:
+    """The cached `model.onnx` of `folder`'s `kind` export, written first by `write(path)`
+    if there is none: into a temporary folder, then renamed into place."""
+    target = export_dir(folder, data_dir, version, kind)
     if (target / MODEL_FILE).is_file():
         return target / MODEL_FILE
     target.parent.mkdir(parents=True, exist_ok=True)
-    kind = f"{precision}, LoRA inputs" if lora else precision
     log.info("Exporting %s to ONNX (%s), once: %s", folder.name, kind, target)
     started = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        write_model(folder, tmp / MODEL_FILE, precision, lora)
+        write(tmp / MODEL_FILE)
         try:
             os.rename(tmp, target)
         except OSError:

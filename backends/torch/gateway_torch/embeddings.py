@@ -30,6 +30,7 @@ DEFAULT_BATCH = 32
 @dataclass
 class _Encoder:
     model: Any
+    folder: Path
     tokenizer: Any
     device: Any
     max_length: int
@@ -72,6 +73,7 @@ class TorchEmbeddingBackend(Backend):
         pooling, normalize = _pooling_settings(folder)
         return _Encoder(
             model=model,
+            folder=folder,
             tokenizer=tokenizer,
             device=options.device,
             max_length=options.context_length or _max_length(folder, tokenizer, model.config),
@@ -142,6 +144,11 @@ class TorchEmbeddingBackend(Backend):
             return EmbeddingResult(vectors=[], prompt_tokens=0)
         return await asyncio.to_thread(self._embed_blocking, encoder, list(texts))
 
+    def encode(self, encoder: _Encoder, batch: Any) -> Any:
+        """The float32 `[batch, tokens, hidden]` last hidden states of a tokenized batch
+        (`input_ids`, `attention_mask`, ...); subclasses compute it elsewhere."""
+        return encoder.model(**batch).last_hidden_state.float()
+
     def _embed_blocking(self, encoder: _Encoder, texts: list[str]) -> EmbeddingResult:
         import torch
 
@@ -158,7 +165,7 @@ class TorchEmbeddingBackend(Backend):
                 ).to(encoder.device)
                 mask = batch["attention_mask"]
                 tokens += int(mask.sum())
-                hidden = encoder.model(**batch).last_hidden_state.float()
+                hidden = self.encode(encoder, batch)
                 pooled = _pool(hidden, mask, encoder.pooling)
                 if encoder.normalize:
                     pooled = torch.nn.functional.normalize(pooled, p=2, dim=-1)
