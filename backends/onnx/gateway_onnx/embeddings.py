@@ -1,6 +1,6 @@
 """`OnnxEmbeddingBackend`: the torch embeddings backend (tokenizer, pooling, batching,
 truncation, normalisation) with the encoder's forward computed by ONNX Runtime from a
-fused export (`gateway_onnx.encoder`). CPU only; float32, so its vectors are the torch
+traced export (`gateway_onnx.encoder`). CPU only; float32, so its vectors are the torch
 backend's to about 1e-6.
 
 Options: the torch embeddings backend's (`context_length`, `batch_size`, `threads`). The
