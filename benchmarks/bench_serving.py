@@ -50,13 +50,16 @@ ENGINES = (
     "torch",
     "torch-bf16",
     "onnx-int8",
+    "onnx-int8-b128",
     "onnx-int4",
     "onnx-fp32",
     "transformers",
     "llama.cpp",
 )
 """The gateway on its torch runner (float32, its CPU default, and bfloat16), on its onnx
-runner at each precision; the transformers baseline; llama-server."""
+runner at each precision (and int8 in blocks of 128 besides its default 32); the
+transformers baseline;
+llama-server."""
 BASELINE = "transformers"
 REFERENCE = "llama.cpp"
 """The engine the speed goals are stated against: every engine's tok/s over its own."""
@@ -273,14 +276,17 @@ def engine_specs(args: argparse.Namespace, gguf: Path) -> dict[str, EngineSpec]:
     """The engines, configured from the command line and the environment."""
     data_dir = args.data_dir.expanduser()
     return {
-        "torch": _gateway_spec(data_dir, gguf, args, "torch"),
-        "torch-bf16": _gateway_spec(data_dir, gguf, args, "torch", ("dtype", "bf16")),
+        "torch": _gateway_spec(data_dir, gguf, args, "torch", {}),
+        "torch-bf16": _gateway_spec(data_dir, gguf, args, "torch-bf16", {"dtype": "bf16"}),
         **{
             f"onnx-{precision}": _gateway_spec(
-                data_dir, gguf, args, "onnx", ("precision", precision)
+                data_dir, gguf, args, f"onnx-{precision}", {"precision": precision}
             )
             for precision in ("int8", "int4", "fp32")
         },
+        "onnx-int8-b128": _gateway_spec(
+            data_dir, gguf, args, "onnx-int8-b128", {"precision": "int8", "block_size": 128}
+        ),
         "transformers": _baseline_spec(data_dir, gguf, args.threads),
         "llama.cpp": _llama_spec(gguf, args.threads, args.ctx_per_slot),
     }
@@ -290,17 +296,17 @@ def _gateway_spec(
     data_dir: Path,
     gguf: Path,
     args: argparse.Namespace,
-    backend: str,
-    option: tuple[str, str] | None = None,
+    name: str,
+    options: dict[str, str | int],
 ) -> EngineSpec:
     env = dict(os.environ, GATEWAY_DATA_DIR=str(data_dir))
     env.setdefault("GATEWAY_LOG_LEVEL", "warning")  # no access log per request
     # As many slots as the highest concurrency level, each with llama-server's context.
     slots = max(args.concurrency)
     args.log_dir.mkdir(parents=True, exist_ok=True)
-    name = backend if option is None else f"{backend}-{option[1]}"
+    backend = name.split("-")[0]  # "torch" or "onnx"
     config = args.log_dir / f"gateway-{name}.toml"
-    extra = "" if option is None else f', {option[0]} = "{option[1]}"'
+    extra = "".join(f", {key} = {json.dumps(value)}" for key, value in options.items())
     config.write_text(
         "[[models]]\n"
         f'name = "{MODEL_NAME}"\n'

