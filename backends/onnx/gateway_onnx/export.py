@@ -1,7 +1,7 @@
 """The exported (and quantized) ONNX model of a weights folder, built once and cached.
 
 `<data_dir>/onnx/<folder name>-<variant>-<hash>/model.onnx` (+ `model.onnx.data`; the
-variant: `fp32`, `int8-b128`, `int8-b128-lora`, ..., `model_kind`): the
+variant: `fp32`, `int8-b32`, `int8-b32-lora`, ..., `model_kind`): the
 hash covers the weights' paths, sizes and modification times and the builder's version,
 so changed weights or a new builder export again. The export is written to a temporary
 folder and renamed: a crash never leaves a half-written model where a later start would
