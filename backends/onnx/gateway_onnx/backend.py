@@ -114,12 +114,9 @@ class AutoBackend(OnnxBackend):
     any other model, the torch backend's runners. Takes both backends' options."""
 
     def on_cpu(self) -> bool:
-        import torch
+        from gateway_torch.options import resolve_device
 
-        device = str(self.spec.options.get("device", "auto"))
-        if device == "auto":
-            return not torch.cuda.is_available()
-        return device.split(":")[0] == "cpu"
+        return resolve_device(str(self.spec.options.get("device", "auto"))).type == "cpu"
 
     def option_values(self) -> dict[str, Any]:
         return super().option_values() if self.on_cpu() else dict(self.spec.options)

@@ -19,7 +19,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from gateway_onnx.export import cached_export
+from gateway_onnx.export import cached_export, export_dir
 
 EXPORTER_VERSION = "encoder-2"
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -29,10 +29,8 @@ OPSET = 17
 def ensure_encoder_exported(model: Any, folder: Path, data_dir: Path) -> Path:
     """The `model.onnx` of the transformers encoder `model` (loaded from `folder`),
     exporting it first if not cached."""
-
-    return cached_export(
-        folder, data_dir, EXPORTER_VERSION, "encoder", lambda path: write_encoder(model, path)
-    )
+    target = export_dir(folder, data_dir, EXPORTER_VERSION, "encoder")
+    return cached_export(target, lambda path: write_encoder(model, path))
 
 
 def write_encoder(model: Any, path: Path) -> None:

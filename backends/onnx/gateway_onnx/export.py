@@ -89,24 +89,18 @@ def ensure_exported(
     """The `model.onnx` of `folder` at `precision` (with LoRA inputs: `lora`; int8 and
     int4 quantized in blocks of `block_size`), exporting it first if not cached."""
     return cached_export(
-        folder,
-        data_dir,
-        BUILDER_VERSION,
-        model_kind(precision, lora, block_size),
+        model_dir(folder, data_dir, precision, lora, block_size),
         lambda path: write_model(folder, path, precision, lora, block_size),
     )
 
 
-def cached_export(
-    folder: Path, data_dir: Path, version: str, kind: str, write: Callable[[Path], None]
-) -> Path:
-    """The cached `model.onnx` of `folder`'s `kind` export, written first by `write(path)`
-    if there is none: into a temporary folder, then renamed into place."""
-    target = export_dir(folder, data_dir, version, kind)
+def cached_export(target: Path, write: Callable[[Path], None]) -> Path:
+    """The `model.onnx` in the cache folder `target` (an `export_dir`), written first by
+    `write(path)` if there is none: into a temporary folder, then renamed into place."""
     if (target / MODEL_FILE).is_file():
         return target / MODEL_FILE
     target.parent.mkdir(parents=True, exist_ok=True)
-    log.info("Exporting %s to ONNX (%s), once: %s", folder.name, kind, target)
+    log.info("Exporting to ONNX, once: %s", target)
     started = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
@@ -119,7 +113,7 @@ def cached_export(
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    log.info("Exported %s (%s) in %.1fs", folder.name, kind, time.perf_counter() - started)
+    log.info("Exported %s in %.1fs", target.name, time.perf_counter() - started)
     return target / MODEL_FILE
 
 

@@ -1,5 +1,5 @@
-"""The gateway plugin: registers the `onnx`, `auto` and `onnx-embeddings` backends. Importing it stays light: ONNX
-Runtime is imported when a model on this backend loads."""
+"""The gateway plugin: registers the `onnx`, `auto` and `onnx-embeddings` backends.
+Importing it stays light: ONNX Runtime is imported when a model on these backends loads."""
 
 from __future__ import annotations
 

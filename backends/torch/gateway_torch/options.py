@@ -68,7 +68,7 @@ def parse_options(options: dict[str, Any], extra: frozenset[str] = frozenset()) 
     unknown = sorted(set(options) - known)
     if unknown:
         raise ConfigError(f"Unknown torch backend option(s): {', '.join(unknown)}.")
-    device = _device(str(options.get("device", "auto")))
+    device = resolve_device(str(options.get("device", "auto")))
     dtype = _dtype(str(options.get("dtype", "auto")), device)
     context = positive_int(options, "context_length")
     threads = positive_int(options, "threads")
@@ -95,7 +95,8 @@ def resolve_context_length(requested: int | None, config: Any) -> int:
     return DEFAULT_MAX_CONTEXT
 
 
-def _device(value: str) -> torch.device:
+def resolve_device(value: str) -> torch.device:
+    """The torch device a `device` option names ("auto": cuda when available, else cpu)."""
     import torch
 
     if value == "auto":
