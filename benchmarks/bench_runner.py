@@ -1,7 +1,7 @@
 """Decode speed of the engine's runners alone, without the server around them.
 
-Each runner (the torch backend's flat runner, the onnx runner at each precision) holds 16
-slots of 1024 tokens; `--rows` slots get a 64-token prompt, then the script times
+Each runner (the torch backend's flat runner in float32 and bfloat16, the onnx runner at
+each precision) holds 32 slots of 1024 tokens; `--rows` slots get a 64-token prompt, then the script times
 `--steps` decode steps of all of them, three times interleaved between runners, and
 reports the median in tokens per second. Greedy sampling is not included: this is the
 forward pass the scheduler calls. Compare with `bench_serving.py` to see what the engine
@@ -36,9 +36,9 @@ SLOTS, CONTEXT, PROMPT = 32, 1024, 64
 
 
 def decode_rate(runner: Any, rows: int, steps: int, adapters: list[Any] | None = None) -> float:
-    """Decode tokens per second of `rows` sequences; with `adapters`, row r runs with
-    adapter r mod len(adapters) (rows of one adapter adjacent, as the scheduler orders
-    them)."""
+    """Decode tokens per second of `rows` sequences; with `adapters`, the rows are split
+    into `len(adapters)` runs of adjacent rows, one adapter each (as the scheduler orders
+    a step's works by adapter set)."""
     sets = [()] * rows
     if adapters:
         sets = [((adapters[r * len(adapters) // rows], 1.0),) for r in range(rows)]
