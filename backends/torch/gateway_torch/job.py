@@ -59,14 +59,39 @@ class Job:
         self.aborted.set()
 
 
-def sender(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[Item]) -> Callable[[Item], None]:
-    """A thread-safe `send` that hands items to `queue` on `loop`; a closed loop drops them."""
+class Outbox:
+    """Items on their way from the worker thread to the requests' queues, handed to each
+    event loop once per `flush` (once per step): one wake-up of the loop per step rather
+    than one per token and stream (each wake-up is a write to the loop's self-pipe)."""
 
-    def send(item: Item) -> None:
-        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is listening
-            loop.call_soon_threadsafe(queue.put_nowait, item)
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue[Item], Item]]]
+        self._pending = {}
 
-    return send
+    def sender(
+        self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[Item]
+    ) -> Callable[[Item], None]:
+        """A thread-safe `send` of items for `queue` on `loop`, delivered at the next flush."""
+
+        def send(item: Item) -> None:
+            with self._lock:
+                self._pending.setdefault(loop, []).append((queue, item))
+
+        return send
+
+    def flush(self) -> None:
+        """Hand every pending item to its loop; a closed loop drops them (nobody listens)."""
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        for loop, items in pending.items():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_deliver, items)
+
+
+def _deliver(items: list[tuple[asyncio.Queue[Item], Item]]) -> None:
+    for queue, item in items:
+        queue.put_nowait(item)
 
 
 class ChunkEmitter:

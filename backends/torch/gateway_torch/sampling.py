@@ -292,6 +292,15 @@ def transform(
     )
 
 
+def argmax_rows(logits: torch.Tensor) -> torch.Tensor:
+    """Each row's first highest index (`[batch]` long). On the CPU through NumPy: torch's
+    `argmax` is not vectorized there and took 1.0 ms for 16 rows of SmolLM2's 49k
+    vocabulary on one thread, against NumPy's 0.09 ms."""
+    if logits.device.type == "cpu" and logits.dtype == torch.float32:
+        return torch.from_numpy(logits.numpy().argmax(axis=-1))
+    return logits.argmax(dim=-1)
+
+
 def sample(
     logits: torch.Tensor,
     params: Sequence[SamplingParams],
@@ -309,7 +318,7 @@ def sample(
         raise ValueError("logits must be [batch, vocab] with one SamplingParams per row")
     states = states if states is not None else [RowState() for _ in params]
     filtered = transform(logits, params, histories, generators, states)
-    chosen = filtered.argmax(dim=-1)
+    chosen = argmax_rows(filtered)
     drawn = [row for row, p in enumerate(params) if p.temperature > 0.0]
     if not drawn:
         return chosen

@@ -43,7 +43,7 @@ from gateway_schemas.canonical import (
 )
 
 from gateway.errors import BackendFailure, GatewayError, InvalidRequest
-from gateway_torch.job import AdapterKey, ChunkEmitter, Job
+from gateway_torch.job import AdapterKey, ChunkEmitter, Job, Outbox
 from gateway_torch.loading import CausalModel
 from gateway_torch.logprobs import post_sampling_logprob, token_logprob
 from gateway_torch.runners import Runner, Work
@@ -103,6 +103,8 @@ class Scheduler:
         self._controls: deque[tuple[Callable[[], Any], Future[Any]]] = deque()
         self._cond = threading.Condition()
         self._stopping = False
+        self.outbox = Outbox()
+        """Where jobs' chunks wait for the end of the step (`Job.send` puts them there)."""
         self._active: list[_Sequence] = []
         self._slot_ids: list[list[int]] = [[] for _ in range(runner.slots)]
         self._slot_adapters: list[AdapterKey] = [() for _ in range(runner.slots)]
@@ -231,6 +233,7 @@ class Scheduler:
             controls, self._controls = list(self._controls), deque()
         for job in left:
             job.send(BackendFailure("The model was unloaded."))
+        self.outbox.flush()
         for _, future in controls:
             future.set_exception(BackendFailure("The model was unloaded."))
 
@@ -245,6 +248,7 @@ class Scheduler:
                     while not (self._waiting or self._active or self._stopping or self._controls):
                         self._cond.wait()
                     if self._stopping and not (self._waiting or self._active):
+                        self.outbox.flush()
                         return
                     controls, self._controls = list(self._controls), deque()
                     admitted = self._take_admissions()
@@ -257,6 +261,7 @@ class Scheduler:
                     self._admit(job, slot)
                 if self._active:
                     self._step_safely()
+                self.outbox.flush()
 
     def _take_admissions(self) -> list[tuple[Job, int]]:
         """Pop the waiting jobs that can have a slot now (called under the lock)."""
@@ -421,7 +426,9 @@ class Scheduler:
         constrained = [i for i, s in enumerate(sequences) if s.job.grammar is not None]
         if not (banned and self._lm.eos_ids) and not constrained:
             return logits
-        draw = logits.clone()
+        # Masked in place unless a row reports logprobs of the raw distribution.
+        raw = any(s.job.top_logprobs is not None and not s.job.post_sampling for s in sequences)
+        draw = logits.clone() if raw else logits
         if banned and self._lm.eos_ids:
             eos = torch.tensor(sorted(self._lm.eos_ids), device=logits.device)
             rows = torch.tensor(banned, device=logits.device)

@@ -15,6 +15,7 @@ from gateway_torch.sampling import (
     apply_top_k,
     apply_top_p,
     apply_typical_p,
+    argmax_rows,
     make_generator,
     sample,
 )
@@ -61,6 +62,20 @@ def test_greedy_takes_the_argmax() -> None:
     greedy = SamplingParams(temperature=0.0)
     chosen = sample(logits, [greedy, greedy], [[], []], [None, None])
     assert chosen.tolist() == [1, 0]
+
+
+def test_argmax_rows_agrees_with_torch_on_ties_and_masked_rows() -> None:
+    """NumPy's argmax on the CPU: the first of tied maxima, and index 0 for a row of -inf,
+    as torch answers; other dtypes go to torch."""
+    logits = torch.randn(5, 49152, generator=torch.Generator().manual_seed(3))
+    logits[1] = float("-inf")
+    logits[2, [7, 40000]] = 100.0
+    logits[3, : logits.shape[1] // 2] = float("-inf")
+    assert argmax_rows(logits).tolist() == logits.argmax(-1).tolist()
+    assert argmax_rows(logits)[2] == 7
+    assert argmax_rows(logits).dtype == torch.int64
+    half = logits.to(torch.bfloat16)
+    assert argmax_rows(half).tolist() == half.argmax(-1).tolist()
 
 
 def test_logit_bias_can_ban_and_force() -> None:

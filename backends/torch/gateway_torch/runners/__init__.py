@@ -56,7 +56,8 @@ class Runner(Protocol):
     spinning between steps would take the cores its own thread pool needs."""
 
     def forward(self, works: list[Work]) -> torch.Tensor:
-        """The float32 `[rows, vocab]` logits of the works that asked for them, in order."""
+        """The float32 `[rows, vocab]` logits of the works that asked for them, in order: a
+        tensor of the caller's own, which it may change in place."""
         ...
 
     def export_slot(self, slot: int, length: int) -> list[torch.Tensor]:
