@@ -76,6 +76,11 @@ def main() -> None:
     parser.add_argument(
         "--data-dir", type=Path, default=Path("~/.cache/gateway-bench"), help="export cache"
     )
+    parser.add_argument(
+        "--int8-blocks",
+        default="64,128",
+        help="int8 block sizes to score besides the default one (comma-separated)",
+    )
     parser.add_argument("--out", type=Path, help="JSON results file")
     args = parser.parse_args()
     data_dir = args.data_dir.expanduser()
@@ -89,6 +94,9 @@ def main() -> None:
         p: OnnxRunner(ensure_exported(folder, data_dir, p), shape, 1, context, name=p)
         for p in PRECISIONS
     }
+    for block in [int(b) for b in args.int8_blocks.split(",") if b]:
+        model = ensure_exported(folder, data_dir, "int8", block_size=block)
+        runners[f"int8-b{block}"] = OnnxRunner(model, shape, 1, context, name=f"b{block}")
     runners["torch fp32"] = flat_runner(folder, 1, context)
     runners["torch bf16"] = flat_runner(folder, 1, context, torch.bfloat16)
     with torch.inference_mode():

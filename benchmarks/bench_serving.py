@@ -50,6 +50,7 @@ ENGINES = (
     "torch",
     "torch-bf16",
     "onnx-int8",
+    "onnx-int8-b64",
     "onnx-int8-b128",
     "onnx-int4",
     "onnx-fp32",
@@ -57,9 +58,8 @@ ENGINES = (
     "llama.cpp",
 )
 """The gateway on its torch runner (float32, its CPU default, and bfloat16), on its onnx
-runner at each precision (and int8 in blocks of 128 besides its default 32); the
-transformers baseline;
-llama-server."""
+runner at each precision (and int8 in blocks of 64 and 128 besides 32); the transformers
+baseline; llama-server."""
 BASELINE = "transformers"
 REFERENCE = "llama.cpp"
 """The engine the speed goals are stated against: every engine's tok/s over its own."""
@@ -284,9 +284,16 @@ def engine_specs(args: argparse.Namespace, gguf: Path) -> dict[str, EngineSpec]:
             )
             for precision in ("int8", "int4", "fp32")
         },
-        "onnx-int8-b128": _gateway_spec(
-            data_dir, gguf, args, "onnx-int8-b128", {"precision": "int8", "block_size": 128}
-        ),
+        **{
+            f"onnx-int8-b{block}": _gateway_spec(
+                data_dir,
+                gguf,
+                args,
+                f"onnx-int8-b{block}",
+                {"precision": "int8", "block_size": block},
+            )
+            for block in (64, 128)
+        },
         "transformers": _baseline_spec(data_dir, gguf, args.threads),
         "llama.cpp": _llama_spec(gguf, args.threads, args.ctx_per_slot),
     }

@@ -3,7 +3,8 @@ cache, slots) with its steps computed by ONNX Runtime (`gateway_onnx.runner`).
 
 Options: the torch backend's (`slots`, `context_length`, `prefill_chunk`, `threads`, ...)
 `precision` (`int8`, the default; `int4`; `fp32`), `block_size` (int8 and int4: values per
-quantization block, 16 to 256, default 32; larger is faster and less exact, see
+quantization block, 16 to 256, default 64 for int8 and 32 for int4; larger is faster and
+less exact, see
 `gateway_onnx.export.DEFAULT_BLOCK`) and `lora` (default true: per-request
 LoRA adapters, through a second graph with LoRA inputs that runs the steps which carry
 adapters; false saves that graph's memory, and adapter requests are refused). The first
@@ -109,9 +110,9 @@ class OnnxBackend(TorchBackend):
 class AutoBackend(OnnxBackend):
     """The `auto` backend, the default model's: the engine on whichever runner is fastest
     for the model on this machine. On a CPU, ONNX Runtime at `int8` for the models its
-    graph builder writes (Llama-family; `benchmarks/README.md`: 4.7x the float32 torch
-    runner's rate at one request, 2.1x at 16, at a mean KL of 0.004 nats); on CUDA, or for
-    any other model, the torch backend's runners. Takes both backends' options."""
+    graph builder writes (Llama-family; `benchmarks/README.md`: about 5x the float32 torch
+    runner's rate at one request and 2.5x at 16, at a mean KL of 0.007 nats); on CUDA, or
+    for any other model, the torch backend's runners. Takes both backends' options."""
 
     def on_cpu(self) -> bool:
         from gateway_torch.options import resolve_device

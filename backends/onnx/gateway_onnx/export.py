@@ -1,7 +1,7 @@
 """The exported (and quantized) ONNX model of a weights folder, built once and cached.
 
 `<data_dir>/onnx/<folder name>-<variant>-<hash>/model.onnx` (+ `model.onnx.data`; the
-variant: `fp32`, `int8-b32`, `int8-b32-lora`, ..., `model_kind`): the
+variant: `fp32`, `int8-b64`, `int8-b64-lora`, ..., `model_kind`): the
 hash covers the weights' paths, sizes and modification times and the builder's version,
 so changed weights or a new builder export again. The export is written to a temporary
 folder and renamed: a crash never leaves a half-written model where a later start would
@@ -33,12 +33,13 @@ PRECISIONS: tuple[Precision, ...] = ("fp32", "int8", "int4")
 BUILDER_VERSION = "2"
 BLOCK_SIZES = (16, 32, 64, 128, 256)
 """What `MatMulNBits` takes: powers of two from 16."""
-DEFAULT_BLOCK = {"int8": 32, "int4": 32}
+DEFAULT_BLOCK = {"int8": 64, "int4": 32}
 """Values per quantization block unless the `block_size` option says otherwise. int8 in
-blocks of 128 serves 16 streams 1.3x faster (2.1x llama.cpp, against 1.6x) for a mean KL
-of 0.011 nats to float32 instead of 0.004, but a row's greedy text then depends on how
-many rows share its step (ONNX Runtime's kernel rounds differently per batch size), as in
-bfloat16 on torch; in blocks of 32 it does not. benchmarks/README.md has the figures."""
+blocks of 64 served 16 streams 1.2x faster than in blocks of 32 (1.94x llama.cpp against
+1.61x) and one stream 1.2x faster, for a mean KL of 0.0067 nats to float32 instead of
+0.0043; blocks of 128 were no faster at 16 streams and slower at one (the runner pads a
+lone token there, `gateway_onnx.runner`), at a KL of 0.011. benchmarks/README.md has the
+figures."""
 ACCURACY_LEVEL = 4
 MODEL_FILE = "model.onnx"
 

@@ -22,6 +22,14 @@ side along the rank axis (stacked once per set of adapters and kept while the se
 and each row's scale for each adapter's columns (0 where the row does not use it), so rows
 with different adapter sets, compositions and no adapter share one run. Runs without
 adapters take the plain graph: the LoRA graph's extra ops would cost them time for nothing.
+
+Batch invariance: a row's logits must not depend on which rows share its run, or a
+request's greedy text would change with the server's load. ONNX Runtime's `MatMulNBits`
+takes another kernel for a single row than for several, and at some block sizes (128 and
+up with int8 on an AVX-512 CPU) the two round differently. The runner checks this when it
+starts: if one token alone gives other logits than the same token beside another row, every
+run of a single token gets a second, scratch row (a cache row no slot owns), so all runs
+take the many-row kernel.
 """
 
 from __future__ import annotations
@@ -31,11 +39,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from gateway_torch.runners import Work
 
 if TYPE_CHECKING:
     import torch
     from gateway_torch.lora.weights import LoraWeights
-    from gateway_torch.runners import Work
 
     from gateway_onnx.graph import Shape
 
@@ -88,15 +96,27 @@ class OnnxRunner:
             else None
         )
         self._stacks: dict[tuple[int, ...], _Stacks] = {}
-        dims = (slots, shape.kv_heads, context, shape.head_dim)
+        self._scratch = slots
+        """The slot id of the scratch row (its length stays 0: it holds nothing)."""
+        dims = (slots + 1, shape.kv_heads, context, shape.head_dim)
         # np.zeros maps zeroed pages lazily: an unused slot costs no memory.
         self.keys = [np.zeros(dims, np.float32) for _ in range(shape.layers)]
         self.values = [np.zeros(dims, np.float32) for _ in range(shape.layers)]
         self._row_bytes = shape.kv_heads * context * shape.head_dim * 4
-        self._row_of = list(range(slots))
-        self._slot_at = list(range(slots))
-        self._length = [0] * slots
+        self._row_of = list(range(slots + 1))
+        self._slot_at = list(range(slots + 1))
+        self._length = [0] * (slots + 1)
         self._bindings: dict[tuple[bool, int, int], _Binding] = {}
+        self.pads_single_tokens = False
+        self.pads_single_tokens = self._single_token_rounds_apart()
+
+    def _single_token_rounds_apart(self) -> bool:
+        """Whether a one-token run's logits differ from the same token's beside a second
+        row (module docstring); the probe's cache writes are past every slot's length."""
+        token = [min(1, self.shape.vocab - 1)]
+        alone = self._run(0, [Work(0, 0, token, True)])
+        beside = self._run(0, [Work(0, 0, token, True), Work(self._scratch, 0, token, False)])
+        return not np.array_equal(alone[0], beside[0])
 
     def forward(self, works: list[Work]) -> torch.Tensor:
         import torch
@@ -125,13 +145,19 @@ class OnnxRunner:
 
     def _batch(self, works: list[Work], indices: list[int], first: int) -> dict[int, np.ndarray]:
         """Run `works[indices]` in one session run at rows `first..`; their logits."""
-        self._place([works[i].slot for i in indices], first)
-        ordered = sorted(indices, key=lambda i: self._row_of[works[i].slot])
-        out = self._run(first, [works[i] for i in ordered])
-        for i in ordered:
-            work = works[i]
-            self._length[work.slot] = work.start + len(work.tokens)
-        return {i: out[k] for k, i in enumerate(ordered)}
+        batch = [works[i] for i in indices]
+        if self.pads_single_tokens and len(batch) == 1 and len(batch[0].tokens) == 1:
+            batch.append(Work(self._scratch, 0, batch[0].tokens, False))
+        self._place([work.slot for work in batch], first)
+        order = sorted(range(len(batch)), key=lambda k: self._row_of[batch[k].slot])
+        out = self._run(first, [batch[k] for k in order])
+        logits: dict[int, np.ndarray] = {}
+        for row, k in enumerate(order):
+            if k < len(indices):
+                work = batch[k]
+                self._length[work.slot] = work.start + len(work.tokens)
+                logits[indices[k]] = out[row]
+        return logits
 
     def _place(self, slots: list[int], first: int) -> None:
         """Move `slots` into rows `first..first+len(slots)-1`, swapping out the rows of
