@@ -26,6 +26,7 @@ INPUTS = [
     "requirements-weights.txt",
     "pyproject.toml",
     "schemas/pyproject.toml",
+    "backends/engine/pyproject.toml",
     "backends/torch/pyproject.toml",
     "backends/onnx/pyproject.toml",
     "backends/teacher/pyproject.toml",

@@ -22,11 +22,11 @@ from typing import Any
 import torch
 from bench_runner import flat_runner
 from bench_serving import PROMPTS, default_out, machine_info, write_json
+from gateway_engine.runner import Work
 from gateway_onnx.export import PRECISIONS, ensure_exported
 from gateway_onnx.graph import read_shape
 from gateway_onnx.runner import OnnxRunner
 from gateway_torch.gguf_cache import ensure_converted
-from gateway_torch.runners import Work
 from gateway_torch.sources import resolve_source
 
 

@@ -25,11 +25,11 @@ from typing import Any
 
 import torch
 from bench_serving import default_out, machine_info, write_json
+from gateway_engine.runner import Work
 from gateway_onnx.export import PRECISIONS, ensure_exported
 from gateway_onnx.graph import read_shape
 from gateway_onnx.runner import OnnxRunner
 from gateway_torch.gguf_cache import ensure_converted
-from gateway_torch.runners import Work
 from gateway_torch.sources import resolve_source
 
 SLOTS, CONTEXT, PROMPT = 32, 1024, 64
@@ -54,8 +54,8 @@ def decode_rate(runner: Any, rows: int, steps: int, adapters: list[Any] | None =
 def random_adapters(folder: Path, count: int, scratch: Path) -> dict[torch.dtype, list[Any]]:
     """`count` random rank-8 adapters on every linear layer, read for runners computing in
     float32 and in bfloat16."""
+    from gateway_engine.lora.weights import read_adapter
     from gateway_torch.lora.synthetic import write_random_adapter
-    from gateway_torch.lora.weights import read_adapter
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)

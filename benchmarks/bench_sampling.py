@@ -1,4 +1,4 @@
-"""The torch engine's sampling per decode step (`gateway_torch.sampling.sample`: top-k and
+"""The torch engine's sampling per decode step (`gateway_engine.sampling.sample`: top-k and
 top-p by `topk`, the draw among the tokens left possible) against what it did before (both
 filters by a sort of the whole vocabulary, the draw over the whole vocabulary), in one run:
 llama.cpp's default sampling (`top_k` 40, `top_p` 0.95, `min_p` 0.05, `temperature` 0.8,
@@ -20,8 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from gateway_engine import sampling
 from gateway_schemas.canonical import SamplingParams
-from gateway_torch import sampling
 
 VOCAB = 49152
 LLAMA_DEFAULTS = SamplingParams(

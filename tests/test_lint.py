@@ -34,6 +34,7 @@ def test_mypy_on_the_host_schemas_and_backends():
             "mypy",
             "gateway",
             "schemas/gateway_schemas",
+            "backends/engine/gateway_engine",
             "backends/torch/gateway_torch",
             "backends/onnx/gateway_onnx",
             "backends/teacher/gateway_teacher",

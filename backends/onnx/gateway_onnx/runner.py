@@ -1,4 +1,4 @@
-"""`OnnxRunner`: the engine's runner (`gateway_torch.runners.Runner`) over ONNX Runtime.
+"""`OnnxRunner`: the engine's runner (`gateway_engine.runner.Runner`) over ONNX Runtime.
 
 The scheduler, sampler pipeline, constraints, prompt cache and slot save/restore are the
 engine's own; this runner only computes a step's logits with the graph of
@@ -39,11 +39,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from gateway_torch.runners import Work
+from gateway_engine.runner import Work
 
 if TYPE_CHECKING:
     import torch
-    from gateway_torch.lora.weights import LoraWeights
+    from gateway_engine.lora.weights import LoraWeights
 
     from gateway_onnx.graph import Shape
 
@@ -271,7 +271,7 @@ class OnnxRunner:
         return keys + values
 
     def import_slot(self, slot: int, state: list[torch.Tensor]) -> int:
-        from gateway_torch.runners import saved_length
+        from gateway_engine.runner import saved_length
 
         length = saved_length(state, len(self.keys), self.context)
         row = self._row_of[slot]

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from gateway_engine.runner import Work
 from gateway_onnx.export import ensure_exported, model_dir
 from gateway_onnx.graph import UnsupportedModel, read_shape
 from gateway_onnx.runner import OnnxRunner
-from gateway_torch.runners import Work
 
 
 @pytest.fixture(scope="module")
@@ -191,8 +191,8 @@ def test_lora_rows_match_the_torch_runner(smol_folder, data_dir, reference, tmp_
     LoRA is checked against peft in its own tests)."""
     from types import SimpleNamespace
 
+    from gateway_engine.lora.weights import read_adapter
     from gateway_torch.lora.synthetic import write_random_adapter
-    from gateway_torch.lora.weights import read_adapter
     from gateway_torch.runners.flat import FlatRunner
 
     first = read_adapter(

@@ -8,10 +8,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway_engine.tokens import PromptEncoder, TokenPieces
+
 from gateway_torch.gguf_cache import ensure_converted
 from gateway_torch.options import RuntimeOptions, resolve_context_length
 from gateway_torch.sources import ModelSource
-from gateway_torch.tokens import PromptEncoder, TokenPieces
 
 log = logging.getLogger(__name__)
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from gateway_engine.runner import Work
 from gateway_schemas.canonical import ChatMessage, GenerationRequest, SamplingParams
 from gateway_torch.causal import TorchBackend
-from gateway_torch.runners import Work
 from gateway_torch.runners.flat import FlatRunner
 from gateway_torch.runners.generic import GenericRunner
 from test_causal import FRANCE, STORY, chat, collect

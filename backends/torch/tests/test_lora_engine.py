@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 import torch
+from gateway_engine.lora.weights import read_adapter
 from gateway_schemas.canonical import AdapterRef, ChatMessage, GenerationRequest, SamplingParams
 from gateway_torch.causal import TorchBackend
 from gateway_torch.lora.synthetic import write_random_adapter
-from gateway_torch.lora.weights import read_adapter
 from test_causal import FRANCE, chat, collect
 
 from gateway.engine import ModelSpec

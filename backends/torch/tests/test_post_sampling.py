@@ -7,9 +7,9 @@ import math
 
 import pytest
 import torch
+from gateway_engine.logprobs import post_sampling_candidates
 from gateway_schemas.canonical import GenerationRequest, SamplingParams
 from gateway_torch.causal import TorchBackend
-from gateway_torch.logprobs import post_sampling_candidates
 
 INF = float("inf")
 

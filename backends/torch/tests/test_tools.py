@@ -8,6 +8,7 @@ import json
 
 import jsonschema
 import pytest
+from gateway_engine.tokens import PromptEncoder
 from gateway_schemas.canonical import (
     ChatMessage,
     GrammarConstraint,
@@ -16,7 +17,6 @@ from gateway_schemas.canonical import (
     ToolDefinition,
 )
 from gateway_torch.causal import TorchBackend
-from gateway_torch.tokens import PromptEncoder
 from test_causal import chat, collect
 
 from gateway.engine.tools import call_grammar, split_calls

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from gateway_torch.lora.weights import read_adapter
+from gateway_engine.lora.weights import read_adapter
 from gateway_trainers.common.base import BaseModel
 from gateway_trainers.common.batch import collate, masked_loss, masked_loss_and_match
 from gateway_trainers.common.chat import encode_chat, encode_text

@@ -1,2 +1,3 @@
-"""LoRA adapters in the torch engine: reading PEFT files, the resident pool, the batched
-multi-adapter delta, and merges."""
+"""LoRA in the torch backend: merges of adapters (peft), and synthetic adapters for tests
+and benchmarks; reading, pooling and batching adapters are the engine's
+(`gateway_engine.lora`)."""

@@ -15,7 +15,7 @@ q/k/v and gate/up concatenated into one matrix each (one matmul instead of three
 Logits are computed only for the rows that asked for them.
 
 LoRA adapters ride along: each work may carry its own adapter set, and every projection's
-delta is computed for the whole step at once (`gateway_torch.lora.batch`).
+delta is computed for the whole step at once (`gateway_engine.lora.batch`).
 """
 
 from __future__ import annotations
@@ -25,9 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
-
-from gateway_torch.lora.batch import AdapterSet, LoraPlan, StackCache
-from gateway_torch.runners import Work, saved_length
+from gateway_engine.lora.batch import AdapterSet, LoraPlan, StackCache
+from gateway_engine.runner import Work, saved_length
 
 if TYPE_CHECKING:
     from gateway_torch.loading import CausalModel

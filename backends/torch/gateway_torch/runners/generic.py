@@ -11,8 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import torch
-
-from gateway_torch.runners import Work
+from gateway_engine.runner import Work
 
 if TYPE_CHECKING:
     from gateway_torch.loading import CausalModel

@@ -29,7 +29,7 @@ def end_of_turn_ids(tokenizer: Any) -> frozenset[int]:
 
 def special_prefix(tokenizer: Any) -> list[int]:
     """What the tokenizer itself puts before a text (BOS, or nothing)."""
-    from gateway_torch.tokens import PromptEncoder
+    from gateway_engine.tokens import PromptEncoder
 
     return PromptEncoder(tokenizer, len(tokenizer)).special_prefix
 

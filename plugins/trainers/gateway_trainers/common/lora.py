@@ -41,7 +41,7 @@ def attach_lora(base: BaseModel, config: dict[str, Any], context: TrainingContex
 def _attach_stored(base: BaseModel, path: Path) -> Any:
     """Attach the adapter at `path` as trainable; the base is left clean if it does not
     fit (the torch engine's reader says what differs)."""
-    from gateway_torch.lora.weights import read_adapter
+    from gateway_engine.lora.weights import read_adapter
     from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
     from safetensors.torch import load_file
 

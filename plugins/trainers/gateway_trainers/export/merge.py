@@ -23,8 +23,8 @@ def merge(base_dir: Path, adapter_dir: Path, output: Path) -> Path:
     InvalidRequest (`adapter_mismatch`) saying what differs. Returns `output`.
     """
     import torch
+    from gateway_engine.lora.weights import read_adapter
     from gateway_torch.imports import LOADING, transformers_module
-    from gateway_torch.lora.weights import read_adapter
     from peft import PeftModel
 
     transformers = transformers_module()

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
-from gateway_torch.lora.weights import GROUPS, GroupLora, LoraWeights
+from gateway_engine.lora.weights import GROUPS, GroupLora, LoraWeights
 
 AdapterSet = tuple[tuple[LoraWeights, float], ...]
 """A sequence's adapters with their scales; empty: the base model."""

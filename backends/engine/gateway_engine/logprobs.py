@@ -7,10 +7,10 @@ import math
 import torch
 from gateway_schemas.canonical import TokenLogprob, TopLogprob
 
-from gateway_torch.loading import CausalModel
+from gateway_engine.model import LanguageModel
 
 
-def token_logprob(lm: CausalModel, logits: torch.Tensor, token: int, top: int) -> TokenLogprob:
+def token_logprob(lm: LanguageModel, logits: torch.Tensor, token: int, top: int) -> TokenLogprob:
     """The chosen token's logprob under the raw distribution and the `top` best ones."""
     log_probs = torch.log_softmax(logits[0], dim=-1)
     text, data = lm.pieces.piece(token)
@@ -52,7 +52,7 @@ def post_sampling_candidates(filtered: torch.Tensor, greedy: bool) -> tuple[list
 
 
 def post_sampling_logprob(
-    lm: CausalModel, filtered: torch.Tensor, token: int, top: int, greedy: bool
+    lm: LanguageModel, filtered: torch.Tensor, token: int, top: int, greedy: bool
 ) -> TokenLogprob:
     """The chosen token and at most `top` candidates with the probabilities they had after
     the sampler chain (`post_sampling_candidates`), as log-probabilities (`-inf` for 0).

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import threading
 
+from gateway_engine.job import Item, Outbox
 from gateway_schemas.canonical import GenerationChunk
-from gateway_torch.job import Item, Outbox
 
 
 async def test_items_wait_for_the_flush_and_keep_their_order() -> None:

@@ -12,8 +12,8 @@ from typing import TypeAlias
 from gateway_schemas.canonical import GenerationChunk, SamplingParams, TokenLogprob
 
 from gateway.engine.stops import IncrementalDetokenizer, StopMatcher
-from gateway_torch.constraints import GrammarState
-from gateway_torch.lora.batch import AdapterSet
+from gateway_engine.constraints import GrammarState
+from gateway_engine.lora.batch import AdapterSet
 
 AdapterKey: TypeAlias = tuple[tuple[str, str, float], ...]
 """`(name, version, scale)` of each adapter of a sequence: what its KV cache depends on."""

@@ -5,9 +5,8 @@ from __future__ import annotations
 import math
 
 import torch
-from gateway_schemas.canonical import SamplingParams
-from gateway_torch.sampling import make_generator, sample, transform
-from gateway_torch.sampling_extra import (
+from gateway_engine.sampling import make_generator, sample, transform
+from gateway_engine.sampling_extra import (
     RowState,
     apply_banned_sequences,
     apply_dry,
@@ -19,6 +18,7 @@ from gateway_torch.sampling_extra import (
     dry_lengths,
     mirostat_draw,
 )
+from gateway_schemas.canonical import SamplingParams
 
 # Softmax: about [0.64, 0.24, 0.09, 0.03, 0.004, 0.002]
 LOGITS = torch.tensor([[4.0, 3.0, 2.0, 1.0, -1.0, -2.0]])

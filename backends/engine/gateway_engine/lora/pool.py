@@ -1,7 +1,7 @@
 """The resident adapters of one model: loaded once per version, least recently used evicted.
 
 Requests name adapters; the pool turns `(name, version)` into fused weights
-(`gateway_torch.lora.weights`), reading the files in a worker thread so that the event
+(`gateway_engine.lora.weights`), reading the files in a worker thread so that the event
 loop and the step loop never wait on a disk. Concurrent requests for an adapter that is not
 resident share one load. A new version of an adapter (the store replaced it) is a new key:
 requests already running keep the version they started with, new ones get the new one, and
@@ -16,7 +16,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
-from gateway_torch.lora.weights import LoraWeights
+from gateway_engine.lora.weights import LoraWeights
 
 Loader = Callable[[Path, str, str], LoraWeights]
 """Reads the adapter at a path as `(path, name, version)` (blocking)."""

@@ -1,4 +1,4 @@
-"""Unit tests of gateway_torch.sampling on fixed logits."""
+"""Unit tests of gateway_engine.sampling on fixed logits."""
 
 from __future__ import annotations
 
@@ -6,9 +6,8 @@ import math
 
 import pytest
 import torch
-from gateway_schemas.canonical import SamplingParams
-from gateway_torch import sampling
-from gateway_torch.sampling import (
+from gateway_engine import sampling
+from gateway_engine.sampling import (
     apply_logit_bias,
     apply_min_p,
     apply_penalties,
@@ -19,6 +18,7 @@ from gateway_torch.sampling import (
     make_generator,
     sample,
 )
+from gateway_schemas.canonical import SamplingParams
 
 # Softmax of these logits: about [0.64, 0.24, 0.09, 0.03, 0.004, ...]
 LOGITS = torch.tensor([[4.0, 3.0, 2.0, 1.0, -1.0, -2.0]])
@@ -187,7 +187,7 @@ def test_top_k_and_top_p_by_topk_equal_a_full_sort_per_row():
     """`apply_top_k` takes the widest k by `topk` and `apply_top_p` orders only what top-k
     left possible; both keep exactly what sorting the whole vocabulary keeps, row by row
     (mixed k and p, rows with the filter off, and ties at the cut)."""
-    from gateway_torch.sampling import apply_top_k, apply_top_p
+    from gateway_engine.sampling import apply_top_k, apply_top_p
 
     def by_sort_k(logits: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         out = logits.clone()

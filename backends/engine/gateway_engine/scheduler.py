@@ -43,12 +43,12 @@ from gateway_schemas.canonical import (
 )
 
 from gateway.errors import BackendFailure, GatewayError, InvalidRequest
-from gateway_torch.job import AdapterKey, ChunkEmitter, Job, Outbox
-from gateway_torch.loading import CausalModel
-from gateway_torch.logprobs import post_sampling_logprob, token_logprob
-from gateway_torch.runners import Runner, Work
-from gateway_torch.sampling import make_generator, sample, transform
-from gateway_torch.sampling_extra import RowState
+from gateway_engine.job import AdapterKey, ChunkEmitter, Job, Outbox
+from gateway_engine.logprobs import post_sampling_logprob, token_logprob
+from gateway_engine.model import LanguageModel
+from gateway_engine.runner import Runner, Work
+from gateway_engine.sampling import make_generator, sample, transform
+from gateway_engine.sampling_extra import RowState
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class Scheduler:
 
     def __init__(
         self,
-        lm: CausalModel,
+        lm: LanguageModel,
         runner: Runner,
         *,
         prefill_chunk: int = 256,
@@ -380,7 +380,7 @@ class Scheduler:
         if not works:
             return
         # Decodes first, grouped by adapter set: the LoRA plan then multiplies each
-        # adapter's rows as a view of the step's rows (`gateway_torch.lora.batch`).
+        # adapter's rows as a view of the step's rows (`gateway_engine.lora.batch`).
         order = sorted(
             range(len(works)),
             key=lambda i: (len(works[i].tokens) > 1, planned[i][0].job.adapter_key),

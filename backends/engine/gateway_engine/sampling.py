@@ -23,7 +23,7 @@ import msgspec
 import torch
 from gateway_schemas.canonical import SamplerName, SamplingParams
 
-from gateway_torch.sampling_extra import (
+from gateway_engine.sampling_extra import (
     RowState,
     apply_banned_sequences,
     apply_dry,
