@@ -4,8 +4,9 @@
 variant: `fp32`, `int8-b64`, `int8-b64-lora`, ..., `model_kind`): the
 hash covers the weights' paths, sizes and modification times and the builder's version,
 so changed weights or a new builder export again. The export is written to a temporary
-folder and renamed: a crash never leaves a half-written model where a later start would
-load it.
+folder and renamed, one process at a time (`gateway.utils.built_once`): a crash never
+leaves a half-written model where a later start would load it, and the next export
+removes what a killed one left.
 
 Precisions (CPU): `fp32` (the weights as they are), `int8` and `int4`: weight-only,
 block-wise asymmetric `MatMulNBits` for every matmul (blocks of `DEFAULT_BLOCK` values
@@ -18,13 +19,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
+
+from gateway.utils import built_once
 
 log = logging.getLogger(__name__)
 
@@ -97,25 +97,18 @@ def ensure_exported(
 
 def cached_export(target: Path, write: Callable[[Path], None]) -> Path:
     """The `model.onnx` in the cache folder `target` (an `export_dir`), written first by
-    `write(path)` if there is none: into a temporary folder, then renamed into place."""
+    `write(path)` if there is none (`gateway.utils.built_once`: in a temporary folder
+    renamed into place, one process at a time)."""
     if (target / MODEL_FILE).is_file():
         return target / MODEL_FILE
-    target.parent.mkdir(parents=True, exist_ok=True)
-    log.info("Exporting to ONNX, once: %s", target)
-    started = time.perf_counter()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        write(tmp / MODEL_FILE)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            # Another process finished the same export first: keep its copy.
-            if not (target / MODEL_FILE).is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    log.info("Exported %s in %.1fs", target.name, time.perf_counter() - started)
-    return target / MODEL_FILE
+
+    def build(folder: Path) -> None:
+        log.info("Exporting to ONNX, once: %s", target)
+        started = time.perf_counter()
+        write(folder / MODEL_FILE)
+        log.info("Exported %s in %.1fs", target.name, time.perf_counter() - started)
+
+    return built_once(target, MODEL_FILE, build) / MODEL_FILE
 
 
 def write_model(

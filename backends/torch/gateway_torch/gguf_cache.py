@@ -13,11 +13,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from gateway.utils import built_once
 
 log = logging.getLogger(__name__)
 
@@ -47,21 +47,12 @@ def ensure_converted(gguf_path: Path, data_dir: Path) -> Path:
     target = cache_dir_for(gguf_path, data_dir)
     if (target / "config.json").is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        convert(gguf_path, tmp)
-        _make_readable(tmp)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            # Another process finished the same conversion first: keep its copy.
-            if not (target / "config.json").is_file():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
+
+    def build(folder: Path) -> None:
+        convert(gguf_path, folder)
+        _make_readable(folder)
+
+    return built_once(target, "config.json", build)
 
 
 def _make_readable(folder: Path) -> None:
