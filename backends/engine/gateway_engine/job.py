@@ -21,6 +21,9 @@ AdapterKey: TypeAlias = tuple[tuple[str, str, float], ...]
 Item: TypeAlias = GenerationChunk | BaseException
 """What travels from the worker to the request's stream: a chunk, or an error to raise."""
 
+Delivery: TypeAlias = tuple[asyncio.Queue[Item], Item]
+"""An item and the queue of the request it goes to."""
+
 
 @dataclass
 class Job:
@@ -66,8 +69,7 @@ class Outbox:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._pending: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue[Item], Item]]]
-        self._pending = {}
+        self._pending: dict[asyncio.AbstractEventLoop, list[Delivery]] = {}
 
     def sender(
         self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[Item]
@@ -89,7 +91,7 @@ class Outbox:
                 loop.call_soon_threadsafe(_deliver, items)
 
 
-def _deliver(items: list[tuple[asyncio.Queue[Item], Item]]) -> None:
+def _deliver(items: list[Delivery]) -> None:
     for queue, item in items:
         queue.put_nowait(item)
 

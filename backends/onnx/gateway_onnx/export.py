@@ -99,8 +99,6 @@ def cached_export(target: Path, write: Callable[[Path], None]) -> Path:
     """The `model.onnx` in the cache folder `target` (an `export_dir`), written first by
     `write(path)` if there is none (`gateway.utils.built_once`: in a temporary folder
     renamed into place, one process at a time)."""
-    if (target / MODEL_FILE).is_file():
-        return target / MODEL_FILE
 
     def build(folder: Path) -> None:
         log.info("Exporting to ONNX, once: %s", target)

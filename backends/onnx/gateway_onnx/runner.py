@@ -107,7 +107,6 @@ class OnnxRunner:
         self._slot_at = list(range(slots + 1))
         self._length = [0] * (slots + 1)
         self._bindings: dict[tuple[bool, int, int], _Binding] = {}
-        self.pads_single_tokens = False
         self.pads_single_tokens = self._single_token_rounds_apart()
 
     def _single_token_rounds_apart(self) -> bool:

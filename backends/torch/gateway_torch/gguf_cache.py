@@ -45,8 +45,6 @@ def cache_dir_for(gguf_path: Path, data_dir: Path) -> Path:
 def ensure_converted(gguf_path: Path, data_dir: Path) -> Path:
     """The safetensors folder of `gguf_path`, converting it first if it is not cached."""
     target = cache_dir_for(gguf_path, data_dir)
-    if (target / "config.json").is_file():
-        return target
 
     def build(folder: Path) -> None:
         convert(gguf_path, folder)
