@@ -5,9 +5,11 @@ continues it (`--tokens` tokens); then every precision scores the same token seq
 position at a time, and the script compares each next-token distribution with float32's:
 KL(fp32 || precision) in nats (mean and max over all scored positions), and how often the
 top choice agrees. The torch runner is scored too: in float32, as a check that the ONNX
-graph computes the same model, and in bfloat16 (its `dtype = "bf16"` option).
+graph computes the same model, and in bfloat16 (its `dtype = "bf16"` option). Besides
+the precisions' defaults: int8 weight-only (`int8-weights`, and in other blocks,
+`--int8-blocks`) and with every projection integer (`int8-all`).
 
-    python benchmarks/bench_precision.py                  # fp32, int8, int4; 32 tokens
+    python benchmarks/bench_precision.py                  # every precision; 32 tokens
     python benchmarks/bench_precision.py --tokens 16 --prompts 4
 
 Prints a table and writes JSON (benchmarks/results/precision-<timestamp>.json).
@@ -23,8 +25,8 @@ import torch
 from bench_runner import flat_runner
 from bench_serving import PROMPTS, default_out, machine_info, write_json
 from gateway_engine.runner import Work
-from gateway_onnx.export import PRECISIONS, ensure_exported
-from gateway_onnx.graph import read_shape
+from gateway_onnx.export import PRECISIONS, Variant, ensure_exported
+from gateway_onnx.graph import PROJECTIONS, read_shape
 from gateway_onnx.runner import OnnxRunner
 from gateway_torch.gguf_cache import ensure_converted
 from gateway_torch.sources import resolve_source
@@ -78,8 +80,8 @@ def main() -> None:
     )
     parser.add_argument(
         "--int8-blocks",
-        default="64,128",
-        help="int8 block sizes to score besides the default one (comma-separated)",
+        default="32,128",
+        help="weight-only int8 block sizes to score besides the default (comma-separated)",
     )
     parser.add_argument("--out", type=Path, help="JSON results file")
     args = parser.parse_args()
@@ -90,13 +92,15 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    runners: dict[str, Any] = {
-        p: OnnxRunner(ensure_exported(folder, data_dir, p), shape, 1, context, name=p)
-        for p in PRECISIONS
-    }
+    variants = {p: Variant(p) for p in PRECISIONS}
+    variants["int8-weights"] = Variant("int8", integer=())
+    variants["int8-all"] = Variant("int8", integer=PROJECTIONS)
     for block in [int(b) for b in args.int8_blocks.split(",") if b]:
-        model = ensure_exported(folder, data_dir, "int8", block_size=block)
-        runners[f"int8-b{block}"] = OnnxRunner(model, shape, 1, context, name=f"b{block}")
+        variants[f"int8-b{block}"] = Variant("int8", block_size=block, integer=())
+    runners: dict[str, Any] = {
+        name: OnnxRunner(ensure_exported(folder, data_dir, v), shape, 1, context, name=name)
+        for name, v in variants.items()
+    }
     runners["torch fp32"] = flat_runner(folder, 1, context)
     runners["torch bf16"] = flat_runner(folder, 1, context, torch.bfloat16)
     with torch.inference_mode():

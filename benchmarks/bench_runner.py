@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from bench_serving import default_out, machine_info, write_json
 from gateway_engine.runner import Work
-from gateway_onnx.export import PRECISIONS, ensure_exported
+from gateway_onnx.export import PRECISIONS, Variant, ensure_exported
 from gateway_onnx.graph import read_shape
 from gateway_onnx.runner import OnnxRunner
 from gateway_torch.gguf_cache import ensure_converted
@@ -93,8 +93,10 @@ def main() -> None:
     }
     lora = bool(args.adapters)
     for precision in PRECISIONS:
-        path = ensure_exported(folder, data_dir, precision)
-        lora_path = ensure_exported(folder, data_dir, precision, lora=True) if lora else None
+        path = ensure_exported(folder, data_dir, Variant(precision))
+        lora_path = (
+            ensure_exported(folder, data_dir, Variant(precision, lora=True)) if lora else None
+        )
         runners[f"onnx {precision}"] = OnnxRunner(
             path, shape, SLOTS, CONTEXT, name=precision, lora_model=lora_path
         )

@@ -50,16 +50,19 @@ ENGINES = (
     "torch",
     "torch-bf16",
     "onnx-int8",
-    "onnx-int8-b64",
-    "onnx-int8-b128",
+    "onnx-int8-weights",
+    "onnx-int8-all",
     "onnx-int4",
     "onnx-fp32",
     "transformers",
     "llama.cpp",
 )
 """The gateway on its torch runner (float32, its CPU default, and bfloat16), on its onnx
-runner at each precision (and int8 in blocks of 64 and 128 besides 32); the transformers
+runner at each precision (int8 as the default, with out, gate/up and the head as integer
+matmuls; `-weights`: weight-only; `-all`: every projection integer); the transformers
 baseline; llama-server."""
+ALL_PROJECTIONS = ("qkv", "out", "gate_up", "down", "head")
+"""`gateway_onnx.graph.PROJECTIONS`: the onnx runner's projections."""
 BASELINE = "transformers"
 REFERENCE = "llama.cpp"
 """The engine the speed goals are stated against: every engine's tok/s over its own."""
@@ -285,14 +288,14 @@ def engine_specs(args: argparse.Namespace, gguf: Path) -> dict[str, EngineSpec]:
             for precision in ("int8", "int4", "fp32")
         },
         **{
-            f"onnx-int8-b{block}": _gateway_spec(
+            f"onnx-int8-{name}": _gateway_spec(
                 data_dir,
                 gguf,
                 args,
-                f"onnx-int8-b{block}",
-                {"precision": "int8", "block_size": block},
+                f"onnx-int8-{name}",
+                {"precision": "int8", "integer_projections": projections},
             )
-            for block in (64, 128)
+            for name, projections in (("weights", []), ("all", list(ALL_PROJECTIONS)))
         },
         "transformers": _baseline_spec(data_dir, gguf, args.threads),
         "llama.cpp": _llama_spec(gguf, args.threads, args.ctx_per_slot),
@@ -304,7 +307,7 @@ def _gateway_spec(
     gguf: Path,
     args: argparse.Namespace,
     name: str,
-    options: dict[str, str | int],
+    options: dict[str, Any],
 ) -> EngineSpec:
     env = dict(os.environ, GATEWAY_DATA_DIR=str(data_dir))
     env.setdefault("GATEWAY_LOG_LEVEL", "warning")  # no access log per request

@@ -4,8 +4,9 @@ cache, slots) with its steps computed by ONNX Runtime (`gateway_onnx.runner`).
 Options: the torch backend's (`slots`, `context_length`, `prefill_chunk`, `threads`, ...)
 `precision` (`int8`, the default; `int4`; `fp32`), `block_size` (int8 and int4: values per
 quantization block, 16 to 256, default 64 for int8 and 32 for int4; larger is faster and
-less exact, see
-`gateway_onnx.export.DEFAULT_BLOCK`) and `lora` (default true: per-request
+less exact, see `gateway_onnx.export.DEFAULT_BLOCK`), `integer_projections` (int8: which
+of `qkv`, `out`, `gate_up`, `down`, `head` multiply int8 activations by int8 weights;
+default `gateway_onnx.export.DEFAULT_INTEGER`; `[]`: weight-only) and `lora` (default true: per-request
 LoRA adapters, through a second graph with LoRA inputs that runs the steps which carry
 adapters; false saves that graph's memory, and adapter requests are refused). The first
 start exports and quantizes the model into the data directory (`gateway_onnx.export`),
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 class OnnxBackend(TorchBackend):
     """A Llama-family causal LM on ONNX Runtime (CPU)."""
 
-    option_keys = frozenset({"precision", "lora", "block_size"})
+    option_keys = frozenset({"precision", "lora", "block_size", "integer_projections"})
 
     def option_values(self) -> dict[str, Any]:
         # The torch model beside the graph holds the reference weights that adapters are
@@ -58,6 +59,28 @@ class OnnxBackend(TorchBackend):
             raise ConfigError("Option `block_size` applies to int8 and int4, not fp32.")
         return int(value)
 
+    def integer_projections(self) -> tuple[str, ...] | None:
+        """The `integer_projections` option (None: the precision's default)."""
+        from gateway_onnx.graph import PROJECTIONS
+
+        value = self.spec.options.get("integer_projections")
+        if value is None:
+            return None
+        names = ", ".join(PROJECTIONS)
+        if not isinstance(value, list) or not set(value) <= set(PROJECTIONS):
+            raise ConfigError(
+                f"Option `integer_projections` must be a list of: {names}; not {value!r}."
+            )
+        if value and self.precision() != "int8":
+            raise ConfigError("Option `integer_projections` applies to int8 only.")
+        return tuple(value)
+
+    def variant(self, lora: bool = False) -> Any:
+        """The export (`gateway_onnx.export.Variant`) the options ask for."""
+        from gateway_onnx.export import Variant
+
+        return Variant(self.precision(), lora, self.block_size(), self.integer_projections())
+
     def serves_lora(self) -> bool:
         value = self.spec.options.get("lora", True)
         if not isinstance(value, bool):
@@ -80,18 +103,16 @@ class OnnxBackend(TorchBackend):
     def onnx_runner(self, lm: Any) -> Any:
         """The ONNX Runtime runner of `lm`, exporting its graphs first if they are not
         cached; `UnsupportedModel` if the graph builder cannot write it."""
-        from gateway_onnx.export import DEFAULT_BLOCK, ensure_exported
+        from gateway_onnx.export import Variant, ensure_exported
         from gateway_onnx.graph import read_shape
         from gateway_onnx.runner import OnnxRunner
 
-        precision = self.precision()
-        block = self.block_size()
-        lora = self.serves_lora()
+        variant = self.variant()
         shape = read_shape(lm.folder)
-        model = ensure_exported(lm.folder, self.data_dir, precision, block_size=block)
+        model = ensure_exported(lm.folder, self.data_dir, variant)
         lora_model = (
-            ensure_exported(lm.folder, self.data_dir, precision, lora=True, block_size=block)
-            if lora
+            ensure_exported(lm.folder, self.data_dir, self.variant(lora=True))
+            if self.serves_lora()
             else None
         )
         return OnnxRunner(
@@ -99,12 +120,23 @@ class OnnxBackend(TorchBackend):
             shape,
             lm.options.slots,
             lm.context_length,
-            name=f"onnx-{precision}"
-            + ("" if block in (None, DEFAULT_BLOCK.get(precision)) else f"-b{block}"),
+            name=runner_name(variant, Variant(variant.precision)),
             threads=lm.options.threads,
             vocab_limit=lm.tokenizer_size,
             lora_model=lora_model,
         )
+
+
+def runner_name(variant: Any, default: Any) -> str:
+    """`onnx-<precision>`, and what differs from the precision's `default` variant:
+    `onnx-int8`, `onnx-int8-b128`, `onnx-int8-b64-i.out.gate_up`..."""
+    name = f"onnx-{variant.precision}"
+    if (variant.block, variant.integer_projections) != (
+        default.block,
+        default.integer_projections,
+    ):
+        name += variant.kind.removeprefix(variant.precision)
+    return name
 
 
 class AutoBackend(OnnxBackend):

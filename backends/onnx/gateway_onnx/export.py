@@ -1,7 +1,7 @@
 """The exported (and quantized) ONNX model of a weights folder, built once and cached.
 
 `<data_dir>/onnx/<folder name>-<variant>-<hash>/model.onnx` (+ `model.onnx.data`; the
-variant: `fp32`, `int8-b64`, `int8-b64-lora`, ..., `model_kind`): the
+variant: `fp32`, `int8-b64-i.out.gate_up.head`, `int4-b32-lora`, ..., `Variant.kind`): the
 hash covers the weights' paths, sizes and modification times and the builder's version,
 so changed weights or a new builder export again. The export is written to a temporary
 folder and renamed, one process at a time (`gateway.utils.built_once`): a crash never
@@ -9,10 +9,13 @@ leaves a half-written model where a later start would load it, and the next expo
 removes what a killed one left.
 
 Precisions (CPU): `fp32` (the weights as they are), `int8` and `int4`: weight-only,
-block-wise asymmetric `MatMulNBits` for every matmul (blocks of `DEFAULT_BLOCK` values
+block-wise asymmetric `MatMulNBits` for the matmuls (blocks of `DEFAULT_BLOCK` values
 unless the model's `block_size` option says otherwise), the output head included, with
 `accuracy_level = 4` (activations quantized per block to int8 inside the kernel, the
-fast integer path of ONNX Runtime's MLAS). Embeddings stay float32.
+fast integer path of ONNX Runtime's MLAS). At int8, the projections of `DEFAULT_INTEGER`
+(or the `integer` option's) are integer matmuls instead: int8 weights per column times
+int8 activations per row, their inputs smoothed from a calibration
+(`gateway_onnx.graph`, `gateway_onnx.calibrate`). Embeddings stay float32.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -30,16 +34,23 @@ log = logging.getLogger(__name__)
 
 Precision = Literal["fp32", "int8", "int4"]
 PRECISIONS: tuple[Precision, ...] = ("fp32", "int8", "int4")
-BUILDER_VERSION = "2"
+BUILDER_VERSION = "3"
 BLOCK_SIZES = (16, 32, 64, 128, 256)
 """What `MatMulNBits` takes: powers of two from 16."""
 DEFAULT_BLOCK = {"int8": 64, "int4": 32}
-"""Values per quantization block unless the `block_size` option says otherwise. int8 in
-blocks of 64 served 16 streams 1.2x faster than in blocks of 32 (1.94x llama.cpp against
-1.61x) and one stream 1.2x faster, for a mean KL of 0.0067 nats to float32 instead of
-0.0043; blocks of 128 were no faster at 16 streams and slower at one (the runner pads a
-lone token there, `gateway_onnx.runner`), at a KL of 0.011. benchmarks/README.md has the
-figures."""
+"""Values per `MatMulNBits` block unless the `block_size` option says otherwise. Measured
+weight-only and unsmoothed, int8 in blocks of 64 served 16 streams 1.2x faster than in
+blocks of 32 (1.94x llama.cpp against 1.61x) and one stream 1.2x faster, for a mean KL of
+0.0067 nats to float32 instead of 0.0043; blocks of 128 were no faster at 16 streams and
+slower at one (the runner pads a lone token there, `gateway_onnx.runner`), at a KL of
+0.011. benchmarks/README.md has the figures."""
+DEFAULT_INTEGER: tuple[str, ...] = ("out", "gate_up")
+"""The int8 projections that run as integer matmuls unless the `integer_projections`
+option says otherwise. Measured on the benchmark machine (which has AMX), 16 streams:
+these two served about 1.2x weight-only's tokens/s, for a mean KL to float32 of 0.0054
+nats (weight-only: 0.0035; both smoothed); adding the head, 1.25x for 0.0093; every
+projection, 1.5x for 0.020. q/k/v, down and the head lose the most from int8
+activations. benchmarks/README.md has the figures."""
 ACCURACY_LEVEL = 4
 MODEL_FILE = "model.onnx"
 
@@ -54,44 +65,61 @@ def export_dir(folder: Path, data_dir: Path, version: str, kind: str) -> Path:
     return data_dir / "onnx" / f"{folder.name}-{kind}-{digest}"
 
 
-def block_of(precision: Precision, block_size: int | None = None) -> int:
-    """The quantization block of `precision` (0 for fp32): `block_size` or the default."""
-    if precision == "fp32":
-        return 0
-    return block_size or DEFAULT_BLOCK[precision]
+@dataclass(frozen=True)
+class Variant:
+    """Which export of a model: its precision, LoRA inputs, quantization block and
+    integer projections (None: `DEFAULT_INTEGER` at int8, none otherwise)."""
+
+    precision: Precision = "int8"
+    lora: bool = False
+    block_size: int | None = None
+    integer: tuple[str, ...] | None = None
+
+    @property
+    def block(self) -> int:
+        """Values per `MatMulNBits` block (0 for fp32)."""
+        if self.precision == "fp32":
+            return 0
+        return self.block_size or DEFAULT_BLOCK[self.precision]
+
+    @property
+    def integer_projections(self) -> tuple[str, ...]:
+        """The projections written as integer matmuls, in `PROJECTIONS` order."""
+        from gateway_onnx.graph import PROJECTIONS
+
+        chosen = DEFAULT_INTEGER if self.integer is None else self.integer
+        if self.precision != "int8":
+            if self.integer:
+                raise ValueError(f"integer projections are int8; this is {self.precision}")
+            return ()
+        return tuple(p for p in PROJECTIONS if p in chosen)
+
+    @property
+    def smoothed(self) -> frozenset[str]:
+        """The projections whose inputs are smoothed: the norm-fed ones, when quantized."""
+        from gateway_onnx.graph import SMOOTHED
+
+        return frozenset() if self.precision == "fp32" else SMOOTHED
+
+    @property
+    def kind(self) -> str:
+        """The variant's name: `fp32`, `int8-b64-i.out.gate_up.head`, `int4-b32-lora`..."""
+        kind = f"{self.precision}-b{self.block}" if self.block else self.precision
+        if self.integer_projections:
+            kind += "-i." + ".".join(self.integer_projections)
+        return f"{kind}-lora" if self.lora else kind
 
 
-def model_kind(precision: Precision, lora: bool = False, block_size: int | None = None) -> str:
-    """The name of a causal export's variant: `fp32`, `int8-b128`, `int4-b32-lora`, ..."""
-    block = block_of(precision, block_size)
-    kind = f"{precision}-b{block}" if block else precision
-    return f"{kind}-lora" if lora else kind
+def model_dir(folder: Path, data_dir: Path, variant: Variant) -> Path:
+    """Where `variant` of the model in `folder` is cached."""
+    return export_dir(folder, data_dir, BUILDER_VERSION, variant.kind)
 
 
-def model_dir(
-    folder: Path,
-    data_dir: Path,
-    precision: Precision,
-    lora: bool = False,
-    block_size: int | None = None,
-) -> Path:
-    """Where the causal export of `folder` at `precision` (with LoRA inputs: `lora`;
-    quantized in blocks of `block_size`) is cached."""
-    return export_dir(folder, data_dir, BUILDER_VERSION, model_kind(precision, lora, block_size))
-
-
-def ensure_exported(
-    folder: Path,
-    data_dir: Path,
-    precision: Precision,
-    lora: bool = False,
-    block_size: int | None = None,
-) -> Path:
-    """The `model.onnx` of `folder` at `precision` (with LoRA inputs: `lora`; int8 and
-    int4 quantized in blocks of `block_size`), exporting it first if not cached."""
+def ensure_exported(folder: Path, data_dir: Path, variant: Variant) -> Path:
+    """The `model.onnx` of `variant` of the model in `folder`, exported first if it is
+    not cached."""
     return cached_export(
-        model_dir(folder, data_dir, precision, lora, block_size),
-        lambda path: write_model(folder, path, precision, lora, block_size),
+        model_dir(folder, data_dir, variant), lambda path: write_model(folder, path, variant)
     )
 
 
@@ -109,21 +137,21 @@ def cached_export(target: Path, write: Callable[[Path], None]) -> Path:
     return built_once(target, MODEL_FILE, build) / MODEL_FILE
 
 
-def write_model(
-    folder: Path,
-    path: Path,
-    precision: Precision,
-    lora: bool = False,
-    block_size: int | None = None,
-) -> None:
+def write_model(folder: Path, path: Path, variant: Variant) -> None:
     import onnx
 
     from gateway_onnx.graph import build_graph
 
-    model = build_graph(folder, lora)
-    if precision != "fp32":
-        bits = 8 if precision == "int8" else 4
-        model = quantize(model, bits=bits, block_size=block_of(precision, block_size))
+    peaks = None
+    if variant.smoothed:
+        from gateway_onnx.calibrate import input_peaks
+
+        log.info("Calibrating the smoothing of the projections' inputs")
+        peaks = input_peaks(folder)
+    model = build_graph(folder, variant.lora, variant.integer_projections, peaks, variant.smoothed)
+    if variant.precision != "fp32":
+        bits = 8 if variant.precision == "int8" else 4
+        model = quantize(model, bits=bits, block_size=variant.block)
     onnx.save_model(model, str(path), save_as_external_data=True, location=path.name + ".data")
 
 

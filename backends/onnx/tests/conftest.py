@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from gateway_onnx.backend import OnnxBackend
 from gateway_onnx.embeddings import OnnxEmbeddingBackend
-from gateway_onnx.export import ensure_exported
+from gateway_onnx.export import Variant, ensure_exported
 from gateway_torch.gguf_cache import ensure_converted
 from gateway_torch.sources import resolve_source
 
@@ -26,12 +26,12 @@ def smol_folder(data_dir: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def fp32_model(smol_folder: Path, data_dir: Path) -> Path:
-    return ensure_exported(smol_folder, data_dir, "fp32")
+    return ensure_exported(smol_folder, data_dir, Variant("fp32"))
 
 
 @pytest.fixture(scope="session")
 def int8_model(smol_folder: Path, data_dir: Path) -> Path:
-    return ensure_exported(smol_folder, data_dir, "int8")
+    return ensure_exported(smol_folder, data_dir, Variant("int8"))
 
 
 def _served(data_dir: Path, **options: object) -> Iterator[OnnxBackend]:

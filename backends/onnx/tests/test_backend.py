@@ -66,6 +66,12 @@ def test_an_unknown_precision_is_refused(data_dir: Path) -> None:
         ({"block_size": True}, r"`block_size` must be one of .*not True"),
         ({"precision": "fp32", "block_size": 64}, "applies to int8 and int4, not fp32"),
         ({"lora": "yes"}, "`lora` must be true or false"),
+        (
+            {"integer_projections": ["out", "mlp"]},
+            r"`integer_projections` must be a list of: qkv, out, gate_up, down, head; not",
+        ),
+        ({"integer_projections": "out"}, r"`integer_projections` must be a list of: .*'out'"),
+        ({"precision": "int4", "integer_projections": ["out"]}, "applies to int8 only"),
     ],
 )
 def test_bad_onnx_options_are_refused(data_dir: Path, options: dict, message: str) -> None:
@@ -136,3 +142,23 @@ def test_auto_runs_onnx_int8_on_a_cpu_and_torch_for_a_model_onnx_cannot_write(
             raise graph.UnsupportedModel("model type `bert` (a stand-in)")
 
         monkeypatch.setattr(graph, "read_shape", unwritable)
+
+
+def test_export_variants_name_what_differs() -> None:
+    from gateway_onnx.backend import runner_name
+    from gateway_onnx.export import Variant
+
+    assert Variant("int8").kind == "int8-b64-i.out.gate_up"
+    assert Variant("int8", integer=("head", "qkv")).kind == "int8-b64-i.qkv.head"
+    assert Variant("int8", block_size=128, integer=()).kind == "int8-b128"
+    assert Variant("int4", lora=True).kind == "int4-b32-lora"
+    assert Variant("fp32").kind == "fp32"
+    assert Variant("fp32").smoothed == frozenset()
+    assert Variant("int4").smoothed == {"qkv", "gate_up", "head"}
+    with pytest.raises(ValueError, match="integer projections are int8; this is int4"):
+        _ = Variant("int4", integer=("out",)).kind
+    default = Variant("int8")
+    assert runner_name(Variant("int8", lora=True), default) == "onnx-int8"
+    assert runner_name(Variant("int8", integer=()), default) == "onnx-int8-b64"
+    assert runner_name(Variant("int8", integer=("out",)), default) == "onnx-int8-b64-i.out"
+    assert runner_name(Variant("int4"), Variant("int4")) == "onnx-int4"

@@ -1,5 +1,6 @@
 """The ONNX runner on the real SmolLM2: its logits against transformers', rows moving
-between steps, prefix reuse, slot state, the int8 export's distance from fp32."""
+between steps, prefix reuse, slot state, the quantized exports' distance from fp32 and
+their batch invariance, smoothing's exactness."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from gateway_engine.runner import Work
-from gateway_onnx.export import ensure_exported, model_dir
+from gateway_onnx.export import Variant, ensure_exported, model_dir
 from gateway_onnx.graph import UnsupportedModel, read_shape
 from gateway_onnx.runner import OnnxRunner
 
@@ -92,15 +93,27 @@ def test_slot_state_round_trips(fp32_model, smol_folder):
     torch.testing.assert_close(resumed, original)
 
 
-@pytest.mark.parametrize("block", [64, 128])
-def test_int8_stays_close_to_fp32(fp32_model, smol_folder, data_dir, block):
-    """Teacher-forced over one sequence: the mean KL of the int8 export's next-token
-    distribution from fp32's is small, and the top choice mostly the same, with the
-    default blocks of 64 and with the coarser 128."""
+VARIANTS = {
+    "default": (Variant("int8"), 0.02),
+    "weight-only, blocks of 128": (Variant("int8", block_size=128, integer=()), 0.02),
+    "every projection integer": (
+        Variant("int8", integer=("qkv", "out", "gate_up", "down", "head")),
+        0.05,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_int8_stays_close_to_fp32(fp32_model, smol_folder, data_dir, name):
+    """Teacher-forced over one sequence: the mean KL of an int8 export's next-token
+    distribution from fp32's is small, and the top choice mostly the same: the default
+    (out and gate/up as integer matmuls, the rest weight-only in blocks of 64), weight-only
+    in coarser blocks, and every projection integer (the least exact)."""
     from transformers import AutoTokenizer
 
-    int8_model = ensure_exported(smol_folder, data_dir, "int8", block_size=block)
-    assert int8_model.parent == model_dir(smol_folder, data_dir, "int8", block_size=block)
+    variant, bound = VARIANTS[name]
+    int8_model = ensure_exported(smol_folder, data_dir, variant)
+    assert int8_model.parent == model_dir(smol_folder, data_dir, variant)
     exact, quantized = runner(fp32_model, smol_folder, 1), runner(int8_model, smol_folder, 1)
     text = (
         "The water cycle describes how water evaporates from the surface of the earth, "
@@ -114,16 +127,20 @@ def test_int8_stays_close_to_fp32(fp32_model, smol_folder, data_dir, block):
         q = torch.log_softmax(quantized.forward(work)[0], -1)
         kls.append(float((p.exp() * (p - q)).sum()))
         agree.append(int(p.argmax()) == int(q.argmax()))
-    assert sum(kls) / len(kls) < 0.02
+    assert sum(kls) / len(kls) < bound
     assert sum(agree) / len(agree) >= 0.85
-    assert max(kls) < 0.2
+    assert max(kls) < 10 * bound
 
 
-@pytest.mark.parametrize(("block", "pads"), [(64, False), (128, True)])
-def test_a_rows_logits_do_not_depend_on_its_neighbours(smol_folder, data_dir, block, pads):
-    """Bit for bit, whether a sequence decodes alone or beside others. At int8 in blocks of
-    128 that takes the scratch row (ONNX Runtime's one-row kernel rounds differently)."""
-    model = ensure_exported(smol_folder, data_dir, "int8", block_size=block)
+@pytest.mark.parametrize(
+    ("name", "pads"),
+    [("default", False), ("weight-only, blocks of 128", True), ("every projection integer", False)],
+)
+def test_a_rows_logits_do_not_depend_on_its_neighbours(smol_folder, data_dir, name, pads):
+    """Bit for bit, whether a sequence decodes alone or beside others: integer matmuls
+    quantize each row on its own; weight-only int8 in blocks of 128 takes the scratch row
+    (ONNX Runtime's one-row kernel rounds differently there)."""
+    model = ensure_exported(smol_folder, data_dir, VARIANTS[name][0])
     prompts = [ids(12 + slot, 40 + slot) for slot in range(4)]
 
     def decode(rows: int) -> list[torch.Tensor]:
@@ -146,11 +163,11 @@ def test_a_rows_logits_do_not_depend_on_its_neighbours(smol_folder, data_dir, bl
 
 
 def test_the_export_is_cached_per_precision(smol_folder, data_dir, fp32_model):
-    assert ensure_exported(smol_folder, data_dir, "fp32") == fp32_model
+    assert ensure_exported(smol_folder, data_dir, Variant("fp32")) == fp32_model
     written = fp32_model.stat().st_mtime_ns
-    assert ensure_exported(smol_folder, data_dir, "fp32").stat().st_mtime_ns == written
-    assert model_dir(smol_folder, data_dir, "int8") != fp32_model.parent
-    assert model_dir(smol_folder, data_dir, "fp32") == fp32_model.parent
+    assert ensure_exported(smol_folder, data_dir, Variant("fp32")).stat().st_mtime_ns == written
+    assert model_dir(smol_folder, data_dir, Variant("int8")) != fp32_model.parent
+    assert model_dir(smol_folder, data_dir, Variant("fp32")) == fp32_model.parent
     leftovers = [p for p in fp32_model.parent.parent.iterdir() if p.name.startswith(".")]
     assert leftovers == []
 
@@ -185,10 +202,32 @@ def test_fresh_prompts_share_a_padded_run_and_continuations_run_alone(
         torch.testing.assert_close(out[row], last_logits(reference, tokens), **close)
 
 
-def test_lora_rows_match_the_torch_runner(smol_folder, data_dir, reference, tmp_path):
+@pytest.fixture(scope="module")
+def smoothed_fp32(smol_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """The plain and LoRA float32 graphs with every norm-fed input smoothed."""
+    import onnx
+    from gateway_onnx.calibrate import input_peaks
+    from gateway_onnx.graph import SMOOTHED, build_graph
+
+    peaks = input_peaks(smol_folder)
+    paths = []
+    for lora in (False, True):
+        path = tmp_path_factory.mktemp("smoothed") / "model.onnx"
+        model = build_graph(smol_folder, lora, peaks=peaks, smoothed=SMOOTHED)
+        onnx.save_model(model, str(path), save_as_external_data=True, location="model.data")
+        paths.append(path)
+    return paths
+
+
+@pytest.mark.parametrize("smoothed", [False, True])
+def test_lora_rows_match_the_torch_runner(
+    smol_folder, data_dir, reference, tmp_path, request, smoothed
+):
     """One step mixing two adapters, a composition of both, scales, the base model and a
     prefill chunk gives the torch runner's logits for the same work (the torch runner's
-    LoRA is checked against peft in its own tests)."""
+    LoRA is checked against peft in its own tests). Smoothed, too: folding the factors
+    into the norms and the projections computes the same model, and the adapters read
+    the unsmoothed inputs."""
     from types import SimpleNamespace
 
     from gateway_engine.lora.weights import read_adapter
@@ -205,8 +244,10 @@ def test_lora_rows_match_the_torch_runner(smol_folder, data_dir, reference, tmp_
         reference,
         name="b",
     )
-    lora_model = ensure_exported(smol_folder, data_dir, "fp32", lora=True)
-    plain_model = ensure_exported(smol_folder, data_dir, "fp32")
+    lora_model = ensure_exported(smol_folder, data_dir, Variant("fp32", lora=True))
+    plain_model = ensure_exported(smol_folder, data_dir, Variant("fp32"))
+    if smoothed:
+        plain_model, lora_model = request.getfixturevalue("smoothed_fp32")
     onnx = OnnxRunner(plain_model, read_shape(smol_folder), 5, 64, lora_model=lora_model)
     loaded = SimpleNamespace(model=reference, device=torch.device("cpu"), tokenizer_size=49152)
     flat = FlatRunner(loaded, 5, 64)  # type: ignore[arg-type]
@@ -226,3 +267,61 @@ def test_lora_rows_match_the_torch_runner(smol_folder, data_dir, reference, tmp_
     # The adapters change the answer, and a run without them takes the plain graph.
     assert not torch.allclose(adapted, base, atol=0.1)
     assert {key[0] for key in onnx._bindings} == {True, False}
+
+
+def test_integer_matmuls_quantize_each_row_on_its_own(tmp_path):
+    """`quantize_rows` + `MatMulIntegerToFloat` on a toy graph: close to the float
+    product, an all-zero row gives zeros (not NaN), and a row's result is the same
+    whatever the other rows hold."""
+    import numpy as np
+    import onnxruntime as ort
+    from gateway_onnx.graph import _Graph, quantize_columns, quantize_rows
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    matrix = rng.normal(size=(64, 24)).astype(np.float32)
+    g = _Graph()
+    g.constant("inv127", np.array(1 / 127, np.float32))
+    g.constant("one", np.array(1.0, np.float32))
+    g.constant("last_axis", np.array([-1], np.int64))
+    codes, scale = quantize_rows(g, "x", 64, "zero")
+    w_codes, w_scale = quantize_columns(matrix)
+    g.node(
+        "MatMulIntegerToFloat",
+        [codes, g.constant("w", w_codes), "one", g.constant("w_scale", w_scale), "zp"],
+        ["unscaled"],
+        domain="com.microsoft",
+    )
+    g.node("Mul", ["unscaled", scale], ["y"])
+    g.constant("zp", np.array(128, np.uint8))
+    graph = helper.make_graph(
+        g.nodes,
+        "toy",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["rows", 64]),
+            helper.make_tensor_value_info("zero", TensorProto.UINT8, ["rows", 1]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["rows", 24])],
+        g.initializers,
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)]
+    )
+    model.ir_version = 10
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+    def run(x: np.ndarray) -> np.ndarray:
+        zero = np.full((len(x), 1), 128, np.uint8)
+        return session.run(None, {"x": x, "zero": zero})[0]
+
+    x = rng.normal(size=(5, 64)).astype(np.float32)
+    x[1] *= 100  # a row far larger than the others
+    x[3] = 0
+    y = run(x)
+    exact = x @ matrix
+    for row in (0, 1, 2, 4):
+        error = np.abs(y[row] - exact[row]).max() / np.abs(exact[row]).max()
+        assert error < 0.03
+    assert np.array_equal(y[3], np.zeros(24, np.float32))
+    for row in range(5):
+        assert np.array_equal(run(x[row : row + 1])[0], y[row])
