@@ -1,9 +1,9 @@
-"""Calibration for the integer projections' smoothing (`gateway_onnx.graph.smoothing`):
-how large each input channel of the norm-fed projections gets on real text.
+"""Calibration for the quantized projections' smoothing (`gateway_onnx.graph.smoothing`):
+how large each input channel of the smoothed projections gets on real text.
 
 The float32 torch model reads a fixed set of chat exchanges (`EXCHANGES`, chat-templated,
 so the template's special tokens, which drive the largest activations, are in them); hooks
-on the RMS norms record each channel's largest magnitude. The set ships with the package:
+on the RMS norms and the down projections record each channel's largest magnitude. The set ships with the package:
 nothing is downloaded, and the same weights always calibrate the same way. It is distinct
 from the prompts the precision benchmark scores.
 """
@@ -59,14 +59,14 @@ EXCHANGES: tuple[tuple[str, str], ...] = (
 
 
 def input_peaks(folder: Path) -> dict[str, np.ndarray]:
-    """Each norm-fed projection input's per-channel largest magnitude over `EXCHANGES`,
-    keyed as `gateway_onnx.graph.build_graph` reads them: `{layer}.qkv`, `{layer}.gate_up`
-    and `head`."""
+    """Each smoothed projection input's per-channel largest magnitude over `EXCHANGES`,
+    keyed as `gateway_onnx.graph.build_graph` reads them: `{layer}.qkv`, `{layer}.gate_up`,
+    `{layer}.down` and `head`."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, torch_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     peaks: dict[str, np.ndarray] = {}
 
     def record(key: str) -> Any:
@@ -79,6 +79,9 @@ def input_peaks(folder: Path) -> dict[str, np.ndarray]:
     for i, layer in enumerate(model.model.layers):
         layer.input_layernorm.register_forward_hook(record(f"{i}.qkv"))
         layer.post_attention_layernorm.register_forward_hook(record(f"{i}.gate_up"))
+        layer.mlp.down_proj.register_forward_pre_hook(
+            lambda module, inputs, key=f"{i}.down": record(key)(module, None, inputs[0])
+        )
     model.model.norm.register_forward_hook(record("head"))
     with torch.inference_mode():
         for question, answer in EXCHANGES:

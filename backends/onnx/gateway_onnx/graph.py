@@ -21,10 +21,11 @@ a traced export of the same model has thousands of small glue ops.
   which uses AMX or VNNI where the CPU has them). Each row of the input is quantized on
   its own (`quantize_rows`: its largest magnitude over 127), so a row's result never
   depends on the other rows of a run; weights are quantized per output column. Inputs
-  that come out of an RMS norm (q/k/v, gate/up, the head) are first smoothed (SmoothQuant:
-  per-channel factors from calibration `peaks`, `smoothing`) by folding the factors into
-  the norm's weight and the projection's rows: the model computes the same function, with
-  its activation outliers moved into the weights, where per-column scales absorb them.
+  are first smoothed (SmoothQuant: per-channel factors from calibration `peaks`,
+  `smoothing`) by folding the factors into what produces the input (an RMS norm's weight
+  for q/k/v, gate/up and the head; the up projection's columns for down) and into the
+  projection's rows: the model computes the same function, with its activation outliers
+  moved into the weights, where per-column scales absorb them.
   Smoothing helps the weight-only `MatMulNBits` too, which quantizes activations per block
   inside the kernel: int8 weight-only measured a mean KL of 0.0035 nats smoothed against
   0.0067 not, int4 0.31 against 0.39 (`gateway_onnx.export` smooths every quantized
@@ -62,13 +63,15 @@ LORA_SCALE = "lora_scale"
 
 PROJECTIONS = ("qkv", "out", "gate_up", "down", "head")
 """The projections that can run as integer matmuls: `LORA_GROUPS` and the output head."""
-SMOOTHED = frozenset({"qkv", "gate_up", "head"})
-"""The projections whose input can be smoothed: each reads an RMS norm's output, whose
-weight takes the factors."""
-SMOOTHING_ALPHA = 0.65
-"""SmoothQuant's migration strength: a channel's factor is peak^a / weight peak^(1-a).
-0.5, 0.65 and 0.8 measured a mean KL of 0.0087, 0.0077 and 0.0084 nats with gate/up,
-out and the head integer (benchmarks/bench_precision.py)."""
+SMOOTHING_ALPHA = {"qkv": 0.65, "gate_up": 0.65, "head": 0.65, "down": 0.5}
+"""The projections whose input can be smoothed, and SmoothQuant's migration strength for
+each: a channel's factor is peak^a / weight peak^(1-a). q/k/v, gate/up and the head read
+an RMS norm's output, whose weight takes the factors; down reads the gated product, whose
+up projection's columns take them. For the norm-fed inputs 0.5, 0.65 and 0.8 measured a
+mean KL of 0.0087, 0.0077 and 0.0084 nats (gate/up, out and the head integer); for down,
+0.5 brought every-projection-integer from 0.020 to 0.015 and 0.65 did nothing
+(benchmarks/bench_precision.py)."""
+SMOOTHED = frozenset(SMOOTHING_ALPHA)
 
 
 def lora_names(layer: int, group: str) -> tuple[str, str]:
@@ -137,7 +140,7 @@ def read_shape(folder: Path) -> Shape:
     return Shape.from_config(json.loads((folder / "config.json").read_text()))
 
 
-def smoothing(peak: np.ndarray, matrix: np.ndarray, alpha: float = SMOOTHING_ALPHA) -> np.ndarray:
+def smoothing(peak: np.ndarray, matrix: np.ndarray, alpha: float) -> np.ndarray:
     """SmoothQuant's per-input-channel factors for `x @ matrix` (`[in, out]`), given each
     input channel's largest magnitude `peak`: `x / f` and `f * matrix` rows compute the
     same product with the channels' ranges evened out between activations and weights."""
@@ -260,7 +263,7 @@ def build_graph(
         """The smoothing factors of projection `group` (its input is `key` in `peaks`)."""
         if group not in smoothed or peaks is None:
             return None
-        return smoothing(peaks[key], matrix)
+        return smoothing(peaks[key], matrix, SMOOTHING_ALPHA[group])
 
     def matmul(x: str, name: str, matrix: np.ndarray, out: str, group: str) -> None:
         """`out = x @ matrix`: a float MatMul (which `gateway_onnx.export` may quantize
@@ -289,9 +292,12 @@ def build_graph(
         weight_name: str,
         matrix: np.ndarray,
         smoothed: np.ndarray | None = None,
+        rescaled: np.ndarray | None = None,
     ) -> str:
-        """`x @ matrix`, plus the LoRA delta of `group` when the graph has adapters;
-        `smoothed`: the factors `x` was divided by (the adapters read the unsmoothed x)."""
+        """`x @ matrix`, plus the LoRA delta of `group` when the graph has adapters.
+        `smoothed`: the factors `x` was divided by; `rescaled`: the factors `matrix`'s
+        columns were multiplied by. Adapters are trained on the model as it is: they read
+        the unsmoothed x, and their deltas are rescaled like the columns."""
         base = f"l{i}.{group}_base" if lora else f"l{i}.{group}_out"
         matmul(x, weight_name, matrix, base, group)
         if not lora:
@@ -310,7 +316,12 @@ def build_graph(
         g.node("MatMul", [x, a], [f"l{i}.{group}_shrunk"])
         g.node("Mul", [f"l{i}.{group}_shrunk", LORA_SCALE], [f"l{i}.{group}_scaled"])
         g.node("MatMul", [f"l{i}.{group}_scaled", b], [f"l{i}.{group}_delta"])
-        g.node("Add", [base, f"l{i}.{group}_delta"], [f"l{i}.{group}_out"])
+        delta = f"l{i}.{group}_delta"
+        if rescaled is not None:
+            factors = g.constant(f"l{i}.{group}.rescaling", rescaled)
+            g.node("Mul", [delta, factors], [f"l{i}.{group}_delta_rescaled"])
+            delta = f"l{i}.{group}_delta_rescaled"
+        g.node("Add", [base, delta], [f"l{i}.{group}_out"])
         return f"l{i}.{group}_out"
 
     g.node("Gather", ["embed", "input_ids"], ["embedded"])
@@ -340,6 +351,12 @@ def build_graph(
             norm1, qkv = norm1 / qkv_f, qkv * qkv_f[:, None]
         if gate_up_f is not None:
             norm2, gate_up = norm2 / gate_up_f, gate_up * gate_up_f[:, None]
+        down = weight(p + "mlp.down_proj.weight").T
+        down_f = smooth(f"{i}.down", "down", down)
+        up_rescaled = None
+        if down_f is not None:
+            up_rescaled = np.concatenate([np.ones(s.intermediate, np.float32), 1 / down_f])
+            gate_up, down = gate_up * up_rescaled, down * down_f[:, None]
         g.constant(f"l{i}.norm1", norm1)
         if not pending:
             g.node(
@@ -385,13 +402,12 @@ def build_graph(
             epsilon=eps,
         )
         residual = f"l{i}.r2"
-        gu = project(i, "gate_up", f"l{i}.h2", f"l{i}.gate_up", gate_up, gate_up_f)
+        gu = project(i, "gate_up", f"l{i}.h2", f"l{i}.gate_up", gate_up, gate_up_f, up_rescaled)
         g.node("Split", [gu, gate_up_sizes], [f"l{i}.gate", f"l{i}.up"], axis=-1)
         g.node("Sigmoid", [f"l{i}.gate"], [f"l{i}.sig"])
         g.node("Mul", [f"l{i}.gate", f"l{i}.sig"], [f"l{i}.silu"])
         g.node("Mul", [f"l{i}.silu", f"l{i}.up"], [f"l{i}.act"])
-        down = weight(p + "mlp.down_proj.weight").T
-        pending = project(i, "down", f"l{i}.act", f"l{i}.down", down)
+        pending = project(i, "down", f"l{i}.act", f"l{i}.down", down, down_f)
     final = weight("model.norm.weight")
     head_f = smooth("head", "head", head_t)
     if head_f is not None:

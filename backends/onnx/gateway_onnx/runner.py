@@ -29,7 +29,8 @@ takes another kernel for a single row than for several, and at some block sizes 
 up with int8 on an AVX-512 CPU) the two round differently. The runner checks this when it
 starts: if one token alone gives other logits than the same token beside another row, every
 run of a single token gets a second, scratch row (a cache row no slot owns), so all runs
-take the many-row kernel.
+take the many-row kernel. Integer projections (`gateway_onnx.graph.quantize_rows`) are
+invariant by construction: each row is quantized on its own and integer sums are exact.
 """
 
 from __future__ import annotations

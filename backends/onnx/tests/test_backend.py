@@ -148,13 +148,13 @@ def test_export_variants_name_what_differs() -> None:
     from gateway_onnx.backend import runner_name
     from gateway_onnx.export import Variant
 
-    assert Variant("int8").kind == "int8-b64-i.out.gate_up"
+    assert Variant("int8").kind == "int8-b64-i.qkv.out.gate_up.down.head"
     assert Variant("int8", integer=("head", "qkv")).kind == "int8-b64-i.qkv.head"
     assert Variant("int8", block_size=128, integer=()).kind == "int8-b128"
     assert Variant("int4", lora=True).kind == "int4-b32-lora"
     assert Variant("fp32").kind == "fp32"
     assert Variant("fp32").smoothed == frozenset()
-    assert Variant("int4").smoothed == {"qkv", "gate_up", "head"}
+    assert Variant("int4").smoothed == {"qkv", "gate_up", "down", "head"}
     with pytest.raises(ValueError, match="integer projections are int8; this is int4"):
         _ = Variant("int4", integer=("out",)).kind
     default = Variant("int8")
