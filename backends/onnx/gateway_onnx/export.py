@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -128,15 +130,33 @@ def ensure_exported(folder: Path, data_dir: Path, variant: Variant) -> Path:
 def cached_export(target: Path, write: Callable[[Path], None]) -> Path:
     """The `model.onnx` in the cache folder `target` (an `export_dir`), written first by
     `write(path)` if there is none (`gateway.utils.built_once`: in a temporary folder
-    renamed into place, one process at a time)."""
+    renamed into place, one process at a time). A new export replaces the same variant's
+    older ones (`stale_exports`), which a new builder version or changed weights leave."""
 
     def build(folder: Path) -> None:
         log.info("Exporting to ONNX, once: %s", target)
         started = time.perf_counter()
         write(folder / MODEL_FILE)
         log.info("Exported %s in %.1fs", target.name, time.perf_counter() - started)
+        for stale in stale_exports(target):
+            log.info("Removing the outdated export %s", stale.name)
+            shutil.rmtree(stale, ignore_errors=True)
+            stale.with_name(stale.name + ".lock").unlink(missing_ok=True)
 
     return built_once(target, MODEL_FILE, build) / MODEL_FILE
+
+
+def stale_exports(target: Path) -> list[Path]:
+    """The other exports of `target`'s weights and variant: the folders beside it whose
+    name differs only in the hash (`export_dir`)."""
+    prefix, _, _ = target.name.rpartition("-")
+    return [
+        path
+        for path in target.parent.glob(f"{prefix}-*")
+        if path != target
+        and path.is_dir()
+        and re.fullmatch(r"[0-9a-f]{12}", path.name.removeprefix(prefix + "-"))
+    ]
 
 
 def write_model(folder: Path, path: Path, variant: Variant) -> None:

@@ -322,3 +322,26 @@ def test_integer_matmuls_quantize_each_row_on_its_own(tmp_path):
     assert np.array_equal(y[3], np.zeros(24, np.float32))
     for row in range(5):
         assert np.array_equal(run(x[row : row + 1])[0], y[row])
+
+
+def test_a_new_export_replaces_the_same_variants_outdated_ones(tmp_path):
+    from gateway_onnx.export import cached_export
+
+    def folder(name: str) -> Path:
+        path = tmp_path / name
+        path.mkdir()
+        (path / "model.onnx").write_text("old")
+        return path
+
+    outdated = folder("w-int8-b64-0123456789ab")
+    (tmp_path / "w-int8-b64-0123456789ab.lock").touch()
+    kept = [
+        folder("w-int8-b64-lora-0123456789ab"),
+        folder("w-int8-b64-i.out-0123456789ab"),
+        folder("v-int8-b64-0123456789ab"),
+    ]
+    model = cached_export(tmp_path / "w-int8-b64-ba9876543210", lambda p: p.write_text("new"))
+    assert model.read_text() == "new"
+    assert not outdated.exists()
+    assert not (tmp_path / "w-int8-b64-0123456789ab.lock").exists()
+    assert all(path.is_dir() for path in kept)
