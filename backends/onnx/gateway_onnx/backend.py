@@ -142,8 +142,8 @@ def runner_name(variant: Any, default: Any) -> str:
 class AutoBackend(OnnxBackend):
     """The `auto` backend, the default model's: the engine on whichever runner is fastest
     for the model on this machine. On a CPU, ONNX Runtime at `int8` for the models its
-    graph builder writes (Llama-family; `benchmarks/README.md`: about 5x the float32 torch
-    runner's rate at one request and 2.5x at 16, at a mean KL of 0.007 nats); on CUDA, or
+    graph builder writes (Llama-family; `benchmarks/README.md`: 1.2x llama-server's
+    tokens/s at one request and 3.0x at 16, at a mean KL of 0.015 nats); on CUDA, or
     for any other model, the torch backend's runners. Takes both backends' options."""
 
     def on_cpu(self) -> bool:
