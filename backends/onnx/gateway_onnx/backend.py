@@ -7,10 +7,11 @@ quantization block, 16 to 256, default 64 for int8 and 32 for int4; larger is fa
 less exact, see `gateway_onnx.export.DEFAULT_BLOCK`), `integer_projections` (int8: which
 of `qkv`, `out`, `gate_up`, `down`, `head` multiply int8 activations by int8 weights;
 default all, `gateway_onnx.export.DEFAULT_INTEGER`; `[]`: weight-only) and `lora`
-(default true: per-request LoRA adapters, through a second graph with LoRA inputs that runs the steps which carry
-adapters; false saves that graph's memory, and adapter requests are refused). The first
-start exports and quantizes the model into the data directory (`gateway_onnx.export`),
-about 10 seconds per graph for SmolLM2-135M; later starts load the export.
+(default true: per-request LoRA adapters, through a second graph with LoRA inputs that
+runs the steps which carry adapters; false saves that graph's memory, and adapter
+requests are refused). The first start exports and quantizes the model into the data
+directory (`gateway_onnx.export`), about 10 seconds per graph for SmolLM2-135M; later
+starts load the export.
 """
 
 from __future__ import annotations

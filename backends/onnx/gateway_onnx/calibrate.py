@@ -3,9 +3,9 @@ how large each input channel of the smoothed projections gets on real text.
 
 The float32 torch model reads a fixed set of chat exchanges (`EXCHANGES`, chat-templated,
 so the template's special tokens, which drive the largest activations, are in them); hooks
-on the RMS norms and the down projections record each channel's largest magnitude. The set ships with the package:
-nothing is downloaded, and the same weights always calibrate the same way. It is distinct
-from the prompts the precision benchmark scores.
+on the RMS norms and the down projections record each channel's largest magnitude. The
+set ships with the package: nothing is downloaded, and the same weights always calibrate
+the same way. It is distinct from the prompts the precision benchmark scores.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ block-wise asymmetric `MatMulNBits` for the matmuls (blocks of `DEFAULT_BLOCK` v
 unless the model's `block_size` option says otherwise), the output head included, with
 `accuracy_level = 4` (activations quantized per block to int8 inside the kernel, the
 fast integer path of ONNX Runtime's MLAS). At int8, the projections of `DEFAULT_INTEGER`
-(or the `integer` option's) are integer matmuls instead: int8 weights per column times
+(or the `integer_projections` option's) are integer matmuls instead: int8 weights per column times
 int8 activations per row, their inputs smoothed from a calibration
 (`gateway_onnx.graph`, `gateway_onnx.calibrate`). Embeddings stay float32.
 """
@@ -49,10 +49,10 @@ slower at one (the runner pads a lone token there, `gateway_onnx.runner`), at a 
 DEFAULT_INTEGER: tuple[str, ...] = ("qkv", "out", "gate_up", "down", "head")
 """The int8 projections that run as integer matmuls unless the `integer_projections`
 option says otherwise: all of them. Measured on the benchmark machine (which has AMX), one
-run, 16 streams: 681 tokens/s (3.1x llama-server) against 400 weight-only (1.8x); one
-stream 134 against 121. The cost is accuracy: a mean KL to float32 of 0.015 nats (top
-choice the same 94% of the time) against 0.0035 (97%) weight-only, both smoothed; `out`
-and `gate_up` alone measured 0.0045, at about weight-only's speed with 16 streams (q/k/v,
+run, 16 streams: 640 tokens/s (3.0x llama-server) against 412 weight-only (1.9x); one
+stream 137 against 122. The cost is accuracy: a mean KL to float32 of 0.015 nats (top
+choice the same 93.5% of the time) against 0.0029 (97%) weight-only, both smoothed; `out`
+and `gate_up` alone measured 0.0049, at about weight-only's speed with 16 streams (q/k/v,
 down and the head are where int8 activations lose the most, and where `MatMulNBits`
 costs the most). benchmarks/README.md has the figures."""
 ACCURACY_LEVEL = 4
@@ -100,7 +100,8 @@ class Variant:
 
     @property
     def smoothed(self) -> frozenset[str]:
-        """The projections whose inputs are smoothed: the norm-fed ones, when quantized."""
+        """The projections whose inputs are smoothed: all that can be (`SMOOTHED`), when
+        quantized."""
         from gateway_onnx.graph import SMOOTHED
 
         return frozenset() if self.precision == "fp32" else SMOOTHED
