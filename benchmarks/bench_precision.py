@@ -6,9 +6,9 @@ position at a time, and the script compares each next-token distribution with fl
 KL(fp32 || precision) in nats (mean and max over all scored positions), and how often the
 top choice agrees. The torch runner is scored too: in float32, as a check that the ONNX
 graph computes the same model, and in bfloat16 (its `dtype = "bf16"` option). Besides
-the precisions' defaults (int8: every projection an integer matmul): int8 weight-only
-(`int8-weights`, and in other blocks, `--int8-blocks`) and with only out and gate/up
-integer (`int8-out-gate_up`).
+the precisions' defaults (int8: out and gate/up integer matmuls): int8 weight-only
+(`int8-weights`, and in other blocks, `--int8-blocks`) and with every projection integer
+(`int8-all`).
 
     python benchmarks/bench_precision.py                  # every precision; 32 tokens
     python benchmarks/bench_precision.py --tokens 16 --prompts 4
@@ -95,7 +95,7 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(folder)
     variants = {p: Variant(p) for p in PRECISIONS}
     variants["int8-weights"] = Variant("int8", integer=())
-    variants["int8-out-gate_up"] = Variant("int8", integer=("out", "gate_up"))
+    variants["int8-all"] = Variant("int8", integer=("qkv", "out", "gate_up", "down", "head"))
     for block in [int(b) for b in args.int8_blocks.split(",") if b]:
         variants[f"int8-b{block}"] = Variant("int8", block_size=block, integer=())
     runners: dict[str, Any] = {

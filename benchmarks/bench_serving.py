@@ -51,16 +51,16 @@ ENGINES = (
     "torch-bf16",
     "onnx-int8",
     "onnx-int8-weights",
-    "onnx-int8-out-gate_up",
+    "onnx-int8-all",
     "onnx-int4",
     "onnx-fp32",
     "transformers",
     "llama.cpp",
 )
 """The gateway on its torch runner (float32, its CPU default, and bfloat16), on its onnx
-runner at each precision (int8 as the default, every projection an integer matmul;
-`-weights`: weight-only; `-out-gate_up`: those two integer, the rest weight-only); the
-transformers baseline; llama-server."""
+runner at each precision (int8 as the default, out and gate/up integer matmuls;
+`-weights`: weight-only; `-all`: every projection integer); the transformers baseline;
+llama-server."""
 BASELINE = "transformers"
 REFERENCE = "llama.cpp"
 """The engine the speed goals are stated against: every engine's tok/s over its own."""
@@ -293,7 +293,10 @@ def engine_specs(args: argparse.Namespace, gguf: Path) -> dict[str, EngineSpec]:
                 f"onnx-int8-{name}",
                 {"precision": "int8", "integer_projections": projections},
             )
-            for name, projections in (("weights", []), ("out-gate_up", ["out", "gate_up"]))
+            for name, projections in (
+                ("weights", []),
+                ("all", ["qkv", "out", "gate_up", "down", "head"]),
+            )
         },
         "transformers": _baseline_spec(data_dir, gguf, args.threads),
         "llama.cpp": _llama_spec(gguf, args.threads, args.ctx_per_slot),

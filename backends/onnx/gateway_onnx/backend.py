@@ -6,7 +6,8 @@ Options: the torch backend's (`slots`, `context_length`, `prefill_chunk`, `threa
 quantization block, 16 to 256, default 64 for int8 and 32 for int4; larger is faster and
 less exact, see `gateway_onnx.export.DEFAULT_BLOCK`), `integer_projections` (int8: which
 of `qkv`, `out`, `gate_up`, `down`, `head` multiply int8 activations by int8 weights;
-default all, `gateway_onnx.export.DEFAULT_INTEGER`; `[]`: weight-only) and `lora`
+default `["out", "gate_up"]`, `gateway_onnx.export.DEFAULT_INTEGER`; `[]`:
+weight-only) and `lora`
 (default true: per-request LoRA adapters, through a second graph with LoRA inputs that
 runs the steps which carry adapters; false saves that graph's memory, and adapter
 requests are refused). The first start exports and quantizes the model into the data
@@ -143,8 +144,8 @@ def runner_name(variant: Any, default: Any) -> str:
 class AutoBackend(OnnxBackend):
     """The `auto` backend, the default model's: the engine on whichever runner is fastest
     for the model on this machine. On a CPU, ONNX Runtime at `int8` for the models its
-    graph builder writes (Llama-family; `benchmarks/README.md`: 1.2x llama-server's
-    tokens/s at one request and 3.0x at 16, at a mean KL of 0.015 nats); on CUDA, or
+    graph builder writes (Llama-family; `benchmarks/README.md`: 1.09x llama-server's
+    tokens/s at one request and 2.0x at 16, at a mean KL of 0.0049 nats); on CUDA, or
     for any other model, the torch backend's runners. Takes both backends' options."""
 
     def on_cpu(self) -> bool:

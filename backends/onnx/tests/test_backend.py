@@ -148,7 +148,7 @@ def test_export_variants_name_what_differs() -> None:
     from gateway_onnx.backend import runner_name
     from gateway_onnx.export import Variant
 
-    assert Variant("int8").kind == "int8-b64-i.qkv.out.gate_up.down.head"
+    assert Variant("int8").kind == "int8-b64-i.out.gate_up"
     assert Variant("int8", integer=("head", "qkv")).kind == "int8-b64-i.qkv.head"
     assert Variant("int8", block_size=128, integer=()).kind == "int8-b128"
     assert Variant("int4", lora=True).kind == "int4-b32-lora"
@@ -161,4 +161,5 @@ def test_export_variants_name_what_differs() -> None:
     assert runner_name(Variant("int8", lora=True), default) == "onnx-int8"
     assert runner_name(Variant("int8", integer=()), default) == "onnx-int8-b64"
     assert runner_name(Variant("int8", integer=("out",)), default) == "onnx-int8-b64-i.out"
+    assert runner_name(Variant("int8", integer=("gate_up", "out")), default) == "onnx-int8"
     assert runner_name(Variant("int4"), Variant("int4")) == "onnx-int4"
