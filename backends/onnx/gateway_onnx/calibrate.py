@@ -10,6 +10,7 @@ the same way. It is distinct from the prompts the precision benchmark scores.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,15 @@ EXCHANGES: tuple[tuple[str, str], ...] = (
 def input_peaks(folder: Path) -> dict[str, np.ndarray]:
     """Each smoothed projection input's per-channel largest magnitude over `EXCHANGES`,
     keyed as `gateway_onnx.graph.build_graph` reads them: `{layer}.qkv`, `{layer}.gate_up`,
-    `{layer}.down` and `head`."""
+    `{layer}.down` and `head`. Kept while the folder's weights files are unchanged, so a
+    model's plain and LoRA exports share one calibration; callers only read the arrays."""
+    files = sorted(folder.glob("*.safetensors"))
+    return _peaks(folder, tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+
+
+@functools.lru_cache(maxsize=2)
+def _peaks(folder: Path, files: tuple[tuple[str, int, int], ...]) -> dict[str, np.ndarray]:
+    """`input_peaks`, computed; `files` (names, sizes, modification times) keys the cache."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
