@@ -7,10 +7,9 @@ quantization block, 16 to 256, default 64 for int8 and 32 for int4; larger is fa
 less exact, see `gateway_onnx.export.DEFAULT_BLOCK`), `integer_projections` (int8: which
 of `qkv`, `out`, `gate_up`, `down`, `head` multiply int8 activations by int8 weights;
 default `["out", "gate_up"]`, `gateway_onnx.export.DEFAULT_INTEGER`; `[]`:
-weight-only) and `lora`
-(default true: per-request LoRA adapters, through a second graph with LoRA inputs that
-runs the steps which carry adapters; false saves that graph's memory, and adapter
-requests are refused). The first start exports and quantizes the model into the data
+weight-only) and `lora` (default true: per-request LoRA adapters, through a second graph
+with LoRA inputs that runs the steps which carry adapters; false saves that graph's
+memory, and adapter requests are refused). The first start exports and quantizes the model into the data
 directory (`gateway_onnx.export`), about 10 seconds per graph for SmolLM2-135M; later
 starts load the export.
 """
@@ -23,7 +22,7 @@ from typing import Any, cast
 from gateway_torch.causal import TorchBackend
 
 from gateway.errors import ConfigError
-from gateway_onnx.export import PRECISIONS, Precision
+from gateway_onnx.export import PRECISIONS, Precision, Variant
 
 DEFAULT_PRECISION: Precision = "int8"
 log = logging.getLogger(__name__)
@@ -77,10 +76,8 @@ class OnnxBackend(TorchBackend):
             raise ConfigError("Option `integer_projections` applies to int8 only.")
         return tuple(value)
 
-    def variant(self, lora: bool = False) -> Any:
+    def variant(self, lora: bool = False) -> Variant:
         """The export (`gateway_onnx.export.Variant`) the options ask for."""
-        from gateway_onnx.export import Variant
-
         return Variant(self.precision(), lora, self.block_size(), self.integer_projections())
 
     def serves_lora(self) -> bool:
@@ -105,7 +102,7 @@ class OnnxBackend(TorchBackend):
     def onnx_runner(self, lm: Any) -> Any:
         """The ONNX Runtime runner of `lm`, exporting its graphs first if they are not
         cached; `UnsupportedModel` if the graph builder cannot write it."""
-        from gateway_onnx.export import Variant, ensure_exported
+        from gateway_onnx.export import ensure_exported
         from gateway_onnx.graph import read_shape
         from gateway_onnx.runner import OnnxRunner
 
@@ -122,16 +119,17 @@ class OnnxBackend(TorchBackend):
             shape,
             lm.options.slots,
             lm.context_length,
-            name=runner_name(variant, Variant(variant.precision)),
+            name=runner_name(variant),
             threads=lm.options.threads,
             vocab_limit=lm.tokenizer_size,
             lora_model=lora_model,
         )
 
 
-def runner_name(variant: Any, default: Any) -> str:
-    """`onnx-<precision>`, and what differs from the precision's `default` variant:
-    `onnx-int8`, `onnx-int8-b128`, `onnx-int8-b64-i.out.gate_up`..."""
+def runner_name(variant: Variant) -> str:
+    """`onnx-<precision>`, and what differs from the precision's default variant:
+    `onnx-int8`, `onnx-int8-b128`, `onnx-int8-b64-i.out`..."""
+    default = Variant(variant.precision)
     name = f"onnx-{variant.precision}"
     if (variant.block, variant.integer_projections) != (
         default.block,

@@ -157,9 +157,8 @@ def test_export_variants_name_what_differs() -> None:
     assert Variant("int4").smoothed == {"qkv", "gate_up", "down", "head"}
     with pytest.raises(ValueError, match="integer projections are int8; this is int4"):
         _ = Variant("int4", integer=("out",)).kind
-    default = Variant("int8")
-    assert runner_name(Variant("int8", lora=True), default) == "onnx-int8"
-    assert runner_name(Variant("int8", integer=()), default) == "onnx-int8-b64"
-    assert runner_name(Variant("int8", integer=("out",)), default) == "onnx-int8-b64-i.out"
-    assert runner_name(Variant("int8", integer=("gate_up", "out")), default) == "onnx-int8"
-    assert runner_name(Variant("int4"), Variant("int4")) == "onnx-int4"
+    assert runner_name(Variant("int8", lora=True)) == "onnx-int8"
+    assert runner_name(Variant("int8", integer=())) == "onnx-int8-b64"
+    assert runner_name(Variant("int8", integer=("out",))) == "onnx-int8-b64-i.out"
+    assert runner_name(Variant("int8", integer=("gate_up", "out"))) == "onnx-int8"
+    assert runner_name(Variant("int4")) == "onnx-int4"
