@@ -1,7 +1,7 @@
 """The exported (and quantized) ONNX model of a weights folder, built once and cached.
 
 `<data_dir>/onnx/<folder name>-<variant>-<hash>/model.onnx` (+ `model.onnx.data`; the
-variant: `fp32`, `int8-b64-i.out.gate_up.head`, `int4-b32-lora`, ..., `Variant.kind`): the
+variant: `fp32`, `int8-b64-i.out.gate_up`, `int4-b32-lora`, ..., `Variant.kind`): the
 hash covers the weights' paths, sizes and modification times and the builder's version,
 so changed weights or a new builder export again. The export is written to a temporary
 folder and renamed, one process at a time (`gateway.utils.built_once`): a crash never
@@ -13,9 +13,10 @@ block-wise asymmetric `MatMulNBits` for the matmuls (blocks of `DEFAULT_BLOCK` v
 unless the model's `block_size` option says otherwise), the output head included, with
 `accuracy_level = 4` (activations quantized per block to int8 inside the kernel, the
 fast integer path of ONNX Runtime's MLAS). At int8, the projections of `DEFAULT_INTEGER`
-(or the `integer_projections` option's) are integer matmuls instead: int8 weights per column times
-int8 activations per row, their inputs smoothed from a calibration
-(`gateway_onnx.graph`, `gateway_onnx.calibrate`). Embeddings stay float32.
+(or the `integer_projections` option's) are integer matmuls instead: int8 weights per
+column times int8 activations per row. Every quantized export's projection inputs are
+smoothed from a calibration (`gateway_onnx.graph`, `gateway_onnx.calibrate`). Embeddings
+stay float32.
 """
 
 from __future__ import annotations
@@ -109,7 +110,7 @@ class Variant:
 
     @property
     def kind(self) -> str:
-        """The variant's name: `fp32`, `int8-b64-i.out.gate_up.head`, `int4-b32-lora`..."""
+        """The variant's name: `fp32`, `int8-b64-i.out.gate_up`, `int4-b32-lora`..."""
         kind = f"{self.precision}-b{self.block}" if self.block else self.precision
         if self.integer_projections:
             kind += "-i." + ".".join(self.integer_projections)
