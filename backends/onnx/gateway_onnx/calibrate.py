@@ -72,10 +72,14 @@ def input_peaks(folder: Path) -> dict[str, np.ndarray]:
 def _peaks(folder: Path, files: tuple[tuple[str, int, int], ...]) -> dict[str, np.ndarray]:
     """`input_peaks`, computed; `files` (names, sizes, modification times) keys the cache."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from gateway_torch.imports import LOADING, transformers_module
 
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    # Models load in parallel threads (the embedding model beside this one): building
+    # this one outside `LOADING` gave the other meta tensors (`gateway_torch.imports`).
+    transformers = transformers_module()
+    with LOADING:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+        model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     peaks: dict[str, np.ndarray] = {}
 
     def record(key: str) -> Any:
