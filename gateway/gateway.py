@@ -13,7 +13,8 @@ import pluggy
 from gateway.auth import Actor
 from gateway.collect import collect_backends, collect_sections
 from gateway.distillation.service import DistillationService
-from gateway.engine import Capability, ModelManager, ModelSpec
+from gateway.engine import Capability, ModelManager, ModelSpec, ModelState
+from gateway.engine.stats import EngineStats
 from gateway.errors import AuthenticationFailed, PermissionDenied
 from gateway.metrics import Metrics
 from gateway.plugins import make_plugin_manager
@@ -34,7 +35,7 @@ class Gateway:
         self.settings = settings
         self.pm = pm or make_plugin_manager()
         self.hook = self.pm.hook
-        self.metrics = Metrics()
+        self.metrics = Metrics(self._engine_stats)
         settings.check_sections(collect_sections(self.pm))
         self.backends = collect_backends(self.pm, settings)
         self.models = ModelManager(self._collect_models(), self.backends, settings.data_path())
@@ -42,6 +43,15 @@ class Gateway:
         self.training = TrainingService(self)
         self.recording = PromptRecorder(settings.recording, settings.data_path())
         self.distillation = DistillationService(self)
+
+    def _engine_stats(self) -> dict[str, EngineStats]:
+        """Each ready model's engine figures (`/metrics`)."""
+        figures = {}
+        for handle in self.models:
+            stats = handle.backend.stats() if handle.state is ModelState.READY else None
+            if stats is not None:
+                figures[handle.spec.name] = stats
+        return figures
 
     def _collect_models(self) -> list[ModelSpec]:
         specs = self.settings.served_models()

@@ -1,17 +1,31 @@
-"""Prometheus metrics of one gateway, in a registry of its own (no process globals)."""
+"""Prometheus metrics of one gateway, in a registry of its own (no process globals).
+
+Request and token counters are counted as requests end. The engines' figures are read when
+`/metrics` is scraped (`EngineCollector`), under llama-server's own names
+(`llamacpp:prompt_tokens_total`, ...; its README's table) with a `model` label, plus the
+gateway's KV-cache and slot gauges."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping
+
 from gateway_schemas.canonical import Usage
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from gateway.engine.stats import EngineStats
 
 ANONYMOUS = "anonymous"
 """The tenant label of generations made without an API key."""
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, engines: Callable[[], Mapping[str, EngineStats]] | None = None) -> None:
+        """`engines`: each loaded model's engine figures, asked at every scrape."""
         self.registry = CollectorRegistry(auto_describe=True)
+        if engines is not None:
+            self.registry.register(EngineCollector(engines))
         self.requests = Counter(
             "gateway_requests",
             "HTTP requests served, by route family and status",
@@ -72,3 +86,89 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+Figure = Callable[[EngineStats], float]
+Table = tuple[tuple[str, str, Figure], ...]
+
+
+def _rate(amount: float, over: float) -> float:
+    return amount / over if over else 0.0
+
+
+COUNTERS: Table = (
+    ("llamacpp:prompt_tokens", "Number of prompt tokens processed.", lambda s: s.prompt_tokens),
+    ("llamacpp:prompt_seconds", "Prompt process time in seconds.", lambda s: s.prompt_seconds),
+    (
+        "llamacpp:tokens_predicted",
+        "Number of generation tokens processed.",
+        lambda s: s.predicted_tokens,
+    ),
+    (
+        "llamacpp:tokens_predicted_seconds",
+        "Predict process time in seconds.",
+        lambda s: s.predicted_seconds,
+    ),
+    ("llamacpp:n_decode", "Total number of batched forward passes.", lambda s: s.decode_calls),
+)
+"""Counters (exposed with `_total`), llama-server's names and help texts."""
+GAUGES: Table = (
+    (
+        "llamacpp:prompt_tokens_seconds",
+        "Average prompt throughput in tokens/s.",
+        lambda s: _rate(s.prompt_tokens, s.prompt_seconds),
+    ),
+    (
+        "llamacpp:predicted_tokens_seconds",
+        "Average generation throughput in tokens/s.",
+        lambda s: _rate(s.predicted_tokens, s.predicted_seconds),
+    ),
+    ("llamacpp:requests_processing", "Number of requests processing.", lambda s: s.processing),
+    ("llamacpp:requests_deferred", "Number of requests deferred.", lambda s: s.deferred),
+    (
+        "llamacpp:n_tokens_max",
+        "High watermark of the context size observed.",
+        lambda s: s.tokens_max,
+    ),
+    (
+        "llamacpp:n_busy_slots_per_decode",
+        "Average number of busy slots per forward pass.",
+        lambda s: _rate(s.busy_slots, s.decode_calls),
+    ),
+    ("gateway_slots", "Slots (sequences one forward pass can batch).", lambda s: s.slots),
+    (
+        "gateway_kv_cache_tokens",
+        "Tokens the KV cache holds, over every slot.",
+        lambda s: s.cached_tokens,
+    ),
+    (
+        "gateway_kv_cache_usage_ratio",
+        "KV cache use: tokens held over tokens it can hold.",
+        lambda s: _rate(s.cached_tokens, s.cache_capacity),
+    ),
+)
+"""Gauges. llama-server types `n_tokens_max` a counter although a high watermark is a
+gauge; a counter named without `_total` is not one prometheus-client writes."""
+
+
+class EngineCollector(Collector):
+    """The engines' figures at scrape time (`COUNTERS`, `GAUGES`), one series per model."""
+
+    def __init__(self, engines: Callable[[], Mapping[str, EngineStats]]):
+        self._engines = engines
+
+    def describe(self) -> list[Metric]:
+        return []  # collected at each scrape; nothing to check at registration
+
+    def collect(self) -> Iterator[Metric]:
+        engines = self._engines()
+        kinds: list[tuple[type[CounterMetricFamily | GaugeMetricFamily], Table]] = [
+            (CounterMetricFamily, COUNTERS),
+            (GaugeMetricFamily, GAUGES),
+        ]
+        for kind, table in kinds:
+            for name, help, figure in table:
+                metric = kind(name, help, labels=["model"])
+                for model, stats in engines.items():
+                    metric.add_metric([model], figure(stats))
+                yield metric

@@ -23,6 +23,7 @@ from gateway_schemas.canonical import (
 )
 
 from gateway.adapters.store import AdapterStore
+from gateway.engine.stats import EngineStats
 from gateway.errors import Unsupported
 
 SlotAction = Literal["save", "restore", "erase"]
@@ -67,6 +68,11 @@ class Backend(ABC):
     def health(self) -> dict[str, Any]:
         """Diagnostics shown by /health once the model is ready."""
         return {}
+
+    def stats(self) -> EngineStats | None:
+        """What the model's engine has done since it loaded (`/metrics`); None for a
+        backend without one (a proxy, an embedding model)."""
+        return None
 
     def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationChunk]:
         """Stream the chunks of one sequence; the last one has `finish_reason` and usage.

@@ -26,6 +26,7 @@ from gateway_schemas.canonical import (
 
 from gateway.engine import Backend, Capability, ModelSpec
 from gateway.engine.backend import SlotAction
+from gateway.engine.stats import EngineStats
 from gateway.errors import ContextExceeded, InvalidRequest, ModelNotReady, Unsupported
 from gateway_engine.job import Item, Job
 from gateway_engine.model import LanguageModel
@@ -109,6 +110,10 @@ class EngineBackend(Backend):
             "load_seconds": round(lm.load_seconds, 3),
             "weights": str(lm.folder),
         }
+
+    def stats(self) -> EngineStats | None:
+        worker = self._worker
+        return worker.stats() if worker is not None else None
 
     def slots(self) -> list[dict[str, Any]]:
         _, worker = self._running()

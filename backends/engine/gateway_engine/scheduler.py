@@ -42,6 +42,7 @@ from gateway_schemas.canonical import (
     Usage,
 )
 
+from gateway.engine.stats import EngineStats
 from gateway.errors import BackendFailure, GatewayError, InvalidRequest
 from gateway_engine.job import AdapterKey, ChunkEmitter, Job, Outbox
 from gateway_engine.logprobs import post_sampling_logprob, token_logprob
@@ -114,6 +115,9 @@ class Scheduler:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.served = 0
         self.steps = 0
+        # Counted on the scheduler thread, read by `stats` (a scrape) from any thread.
+        self._prompt_tokens = self._predicted_tokens = self._busy = self._tokens_max = 0
+        self._prompt_seconds = self._predicted_seconds = 0.0
 
     @property
     def runner_name(self) -> str:
@@ -140,6 +144,23 @@ class Scheduler:
     @property
     def alive(self) -> bool:
         return self._thread.is_alive()
+
+    def stats(self) -> EngineStats:
+        states = self.slot_states()
+        return EngineStats(
+            prompt_tokens=self._prompt_tokens,
+            prompt_seconds=self._prompt_seconds,
+            predicted_tokens=self._predicted_tokens,
+            predicted_seconds=self._predicted_seconds,
+            decode_calls=self.steps,
+            busy_slots=self._busy,
+            tokens_max=self._tokens_max,
+            processing=self.active,
+            deferred=self.queued,
+            slots=self.slots,
+            cached_tokens=sum(state.cached_tokens for state in states),
+            cache_capacity=self.slots * self.context,
+        )
 
     def slot_states(self) -> list[SlotState]:
         owners = list(self._owner)
@@ -389,6 +410,7 @@ class Scheduler:
         planned = [planned[i] for i in order]
         logits = self._runner.forward(works)
         self.steps += 1
+        self._busy += len(works)
         sampling: list[_Sequence] = []
         for sequence, count, done in planned:
             sequence.cached += count
@@ -463,6 +485,11 @@ class Scheduler:
         self._release(sequence, keep_cache=True)
         ended = time.perf_counter()
         prompt_done = sequence.prompt_done if sequence.prompt_done is not None else ended
+        self._prompt_tokens += sequence.prompt_length - sequence.reused
+        self._prompt_seconds += prompt_done - sequence.admitted
+        self._predicted_tokens += sequence.completion
+        self._predicted_seconds += ended - prompt_done
+        self._tokens_max = max(self._tokens_max, sequence.prompt_length + sequence.completion)
         sequence.emitter.finish(
             _final(
                 reason,

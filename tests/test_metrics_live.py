@@ -1,0 +1,78 @@
+"""/metrics on the real default model: llama-server's metric names, read from the engine
+at each scrape, move as requests run."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+
+@pytest.fixture(scope="module")
+def api(live_server):
+    with httpx.Client(base_url=live_server.url, timeout=120) as client:
+        yield client
+
+
+def scrape(api: httpx.Client) -> dict[str, dict[str, float]]:
+    """Each sample's value by name and `model` label (samples without one: key "")."""
+    response = api.get("/metrics")
+    assert response.status_code == 200
+    values: dict[str, dict[str, float]] = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            values.setdefault(sample.name, {})[sample.labels.get("model", "")] = sample.value
+    return values
+
+
+def test_llama_server_metrics_move_under_load(api):
+    before = scrape(api)
+    results: list[dict] = []
+
+    def complete(prompt: str, n_predict: int) -> None:
+        body = {"prompt": prompt, "n_predict": n_predict, "ignore_eos": True, "cache_prompt": False}
+        response = api.post("/completion", json=body)
+        assert response.status_code == 200, response.text
+        results.append(response.json())
+
+    threads = [
+        threading.Thread(target=complete, args=(f"Count to ten, take {k}:", 48)) for k in range(3)
+    ]
+    for thread in threads:
+        thread.start()
+    busy = 0.0
+    deadline = time.monotonic() + 60
+    while any(t.is_alive() for t in threads) and time.monotonic() < deadline:
+        busy = max(busy, *scrape(api).get("llamacpp:requests_processing", {"": 0.0}).values())
+        time.sleep(0.02)
+    for thread in threads:
+        thread.join()
+    after = scrape(api)
+
+    model = next(iter(after["llamacpp:tokens_predicted_total"]))
+    assert busy >= 1  # seen while the requests ran
+
+    def grew(name: str) -> float:
+        return after[name][model] - before.get(name, {}).get(model, 0.0)
+
+    predicted = sum(r["timings"]["predicted_n"] for r in results)
+    prompted = sum(r["timings"]["prompt_n"] for r in results)
+    assert predicted == 3 * 48
+    assert grew("llamacpp:tokens_predicted_total") == predicted
+    assert grew("llamacpp:prompt_tokens_total") == prompted
+    assert grew("llamacpp:prompt_seconds_total") > 0
+    assert grew("llamacpp:tokens_predicted_seconds_total") > 0
+    # One forward pass per generated token at most: the three shared their passes.
+    assert 48 <= grew("llamacpp:n_decode_total") < predicted + prompted
+    assert after["llamacpp:n_busy_slots_per_decode"][model] > 1.0
+    assert after["llamacpp:predicted_tokens_seconds"][model] > 0
+    assert after["llamacpp:n_tokens_max"][model] >= max(
+        r["timings"]["prompt_n"] + 48 for r in results
+    )
+    assert after["llamacpp:requests_processing"][model] == 0
+    assert after["llamacpp:requests_deferred"][model] == 0
+    assert after["gateway_kv_cache_tokens"][model] > 0
+    assert 0 < after["gateway_kv_cache_usage_ratio"][model] <= 1
