@@ -77,9 +77,10 @@ def receiver() -> Iterator[Receiver]:
 def serve(data_dir: Path, folder: Path, receiver: Receiver) -> LiveServer:
     """`gateway serve` of the chat model in `folder` (sharing the converted weights), its
     training worker preloaded, webhooks to `receiver`."""
-    models = folder / "models"
+    models, shared = folder / "models", data_dir / "models"
+    shared.mkdir(parents=True, exist_ok=True)  # a link to nothing yet would not be a folder
     if not models.exists():
-        models.symlink_to((data_dir / "models").resolve(), target_is_directory=True)
+        models.symlink_to(shared.resolve(), target_is_directory=True)
     env = {
         "GATEWAY_DATA_DIR": str(folder),
         "GATEWAY_TRAINING__PRELOAD": "true",
