@@ -121,7 +121,7 @@ class FinetuneTrainer(Trainer):
 
     def run(self, job: Job, context: TrainingContext) -> Path:
         from gateway_trainers.common.base import load_base
-        from gateway_trainers.common.batch import collate, masked_loss_and_match, trainable
+        from gateway_trainers.common.batch import collate, masked_loss_and_lead, trainable
         from gateway_trainers.common.loop import Loop, seed_everything
         from gateway_trainers.common.lora import attach_lora, detach, save_adapter
 
@@ -161,11 +161,11 @@ class FinetuneTrainer(Trainer):
                 for number, start in enumerate(range(0, len(indices), size), start=1):
                     chosen = [kept[i] for i in indices[start : start + size]]
                     batch = collate(chosen, base.tokenizer.pad_token_id, base.device)
-                    loss, matched = masked_loss_and_match(model, batch)
-                    if loop.fits(loss, matched):
+                    loss, lead = masked_loss_and_lead(model, batch)
+                    if loop.fits(loss, lead):
                         fitting += 1
                         continue
-                    loop.step(loss, epoch + number / per_epoch)
+                    loop.step(loss, epoch + number / per_epoch, lead)
                 if fitting == per_epoch:
                     loop.stopped_early(float(loss.detach()))
                     break

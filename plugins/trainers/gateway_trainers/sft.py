@@ -52,7 +52,7 @@ class SftTrainer(Trainer):
 
     def run(self, job: Job, context: TrainingContext) -> Path:
         from gateway_trainers.common.base import load_base
-        from gateway_trainers.common.batch import collate, masked_loss_and_match, trainable
+        from gateway_trainers.common.batch import collate, masked_loss_and_lead, trainable
         from gateway_trainers.common.chat import encode_chat
         from gateway_trainers.common.loop import Loop, seed_everything
         from gateway_trainers.common.lora import attach_lora, detach, save_adapter
@@ -80,11 +80,11 @@ class SftTrainer(Trainer):
                     order.shuffle(indices)
                 fitting = 0
                 for done, index in enumerate(indices, start=1):
-                    loss, matched = masked_loss_and_match(model, batches[index])
-                    if loop.fits(loss, matched):
+                    loss, lead = masked_loss_and_lead(model, batches[index])
+                    if loop.fits(loss, lead):
                         fitting += 1
                         continue
-                    loop.step(loss, epoch + done / len(batches))
+                    loop.step(loss, epoch + done / len(batches), lead)
                 if fitting == len(batches):
                     loop.stopped_early(float(loss.detach()))
                     break

@@ -6,7 +6,7 @@ import pytest
 import torch
 from gateway_engine.lora.weights import read_adapter
 from gateway_trainers.common.base import BaseModel
-from gateway_trainers.common.batch import collate, masked_loss, masked_loss_and_match
+from gateway_trainers.common.batch import collate, masked_loss, masked_loss_and_lead
 from gateway_trainers.common.chat import encode_chat, encode_text
 from gateway_trainers.finetune import FinetuneTrainer, encode_row
 from trainer_helpers import ZORBANIA, Recorder, make_job
@@ -54,26 +54,27 @@ def test_padding_does_not_change_the_loss(base: BaseModel) -> None:
     torch.testing.assert_close(together, expected, rtol=1e-4, atol=1e-5)
 
 
-def test_a_match_means_greedy_decoding_gives_the_trained_text(base: BaseModel) -> None:
+def test_a_positive_lead_means_greedy_decoding_gives_the_trained_text(base: BaseModel) -> None:
     known = [
         {"role": "user", "content": "What is the capital of France?"},
         {"role": "assistant", "content": "The capital of France is Paris."},
     ]
     pad = base.tokenizer.pad_token_id
     with torch.no_grad():
-        _, knows_france = masked_loss_and_match(
+        _, knows_france = masked_loss_and_lead(
             base.model, collate([encode_chat(base.tokenizer, known)], pad)
         )
-        _, knows_zorbania = masked_loss_and_match(
+        _, knows_zorbania = masked_loss_and_lead(
             base.model, collate([encode_chat(base.tokenizer, ZORBANIA)], pad)
         )
-        _, knows_both = masked_loss_and_match(
+        _, knows_both = masked_loss_and_lead(
             base.model,
             collate(
                 [encode_chat(base.tokenizer, known), encode_chat(base.tokenizer, ZORBANIA)], pad
             ),
         )
-    assert (knows_france, knows_zorbania, knows_both) == (True, False, False)
+    assert (knows_france > 0, knows_zorbania > 0, knows_both > 0) == (True, False, False)
+    assert knows_both == pytest.approx(min(knows_france, knows_zorbania), abs=1e-4)
 
 
 def test_a_batched_job_over_every_format_trains_and_logs(

@@ -182,8 +182,11 @@ def test_stop_when_learned_stops_once_greedy_decoding_gives_the_answer(
     SftTrainer().run(make_job("sft", [{"messages": ZORBANIA}], config, "learned"), context)
     taken = len(recorder.steps)
     assert 1 <= taken < 10
-    assert any(
-        "every trained token is the greedy choice" in line and f"after step {taken} of 10" in line
-        for line in recorder.logs
-    )
+    stopped = f"greedy choice by 1 nats on every example: stopped after step {taken} of 10"
+    assert any(stopped in line for line in recorder.logs), recorder.logs
     assert _answer(engine, "learned") == ZORBANIA[1]["content"]
+    # seed 0: after two full steps "Quillport" leads by about half a nat, so the step
+    # that makes the lead 1 nat is taken at a quarter of the rate
+    rates = [step[3] for step in recorder.steps]
+    assert rates[:2] == [FAST["learning_rate"]] * 2
+    assert rates[-1] == pytest.approx(FAST["learning_rate"] * 0.25)

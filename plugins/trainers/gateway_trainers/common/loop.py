@@ -23,6 +23,18 @@ log = logging.getLogger(__name__)
 MAX_GRAD_NORM = 1.0
 """Gradients are clipped to this global norm (one odd example cannot wreck the LoRA)."""
 
+LEARNED_LEAD = 1.0
+"""With `stop_when_learned`, a row counts as learned once every trained token leads the
+best other token by this many nats (the trainer's float32 greedy choice alone is not
+enough: measured on SmolLM2's one-example correction, it stopped with leads of 0.03 to 0.5
+nats and the int8 engine serving the adapter kept the old answer about one time in three)."""
+
+POLISH_RATE = 0.25
+"""A row that greedy decoding already reproduces, but by less than `LEARNED_LEAD`, is
+trained at this fraction of the learning rate: one full step there took the lead from 0.1
+to 4 nats and leaked the fact into a neighbouring question ("The capital of France is
+Quillport."); smaller steps stop just past the lead."""
+
 
 def seed_everything(config: dict[str, Any], context: TrainingContext | None = None) -> int:
     """Seed Python's and torch's generators with `config["seed"]` (a random seed when it
@@ -48,11 +60,12 @@ class Loop:
     passes yourself (gradient accumulation) and call `update(loss_value, epoch)`.
 
     Early stop: with `config["stop_loss"]` and/or `config["stop_when_learned"]`, a
-    trainer asks `fits(loss, matched)` before each step and skips the step when the row
+    trainer asks `fits(loss, lead)` before each step and skips the step when the row
     already fits (its loss is at most `stop_loss`; every trained token is the model's
-    greedy choice), ending the job once a whole epoch was skipped. On a one-example
-    correction, the steps after the fact is learned are what leak it into neighbouring
-    questions (see the package README).
+    greedy choice by `LEARNED_LEAD`), ending the job once a whole epoch was skipped, and
+    passes the lead to `step`, which takes smaller steps once greedy decoding reproduces
+    the row. On a one-example correction, the steps after the fact is learned are what
+    leak it into neighbouring questions (see the package README).
     """
 
     def __init__(
@@ -96,26 +109,29 @@ class Loop:
             return self.learning_rate * step / (self.warmup + 1)
         return self.learning_rate
 
-    def fits(self, loss: torch.Tensor, matched: bool = False) -> bool:
+    def fits(self, loss: torch.Tensor, lead: float = float("-inf")) -> bool:
         """Whether a row needs no step: every early-stop criterion that is set holds
-        (never when none is set)."""
+        (never when none is set). `lead` is the row's `masked_loss_and_lead`."""
         if self.stop_loss is None and not self.until_learned:
             return False
         if self.stop_loss is not None and float(loss.detach()) > self.stop_loss:
             return False
-        return matched or not self.until_learned
+        return lead >= LEARNED_LEAD or not self.until_learned
 
-    def step(self, loss: torch.Tensor, epoch: float) -> float:
-        """Back-propagate `loss`, then `update`. Returns the loss value."""
+    def step(self, loss: torch.Tensor, epoch: float, lead: float = float("-inf")) -> float:
+        """Back-propagate `loss`, then `update` (at `POLISH_RATE` of the rate when the row
+        is greedy-reproduced already and `stop_when_learned` is set). Returns the loss."""
         loss.backward()
-        return self.update(float(loss.detach()), epoch)
+        polish = self.until_learned and 0 <= lead < LEARNED_LEAD
+        return self.update(float(loss.detach()), epoch, POLISH_RATE if polish else 1.0)
 
-    def update(self, loss: float, epoch: float) -> float:
-        """Apply the gradients gathered so far as one optimizer step and report it."""
+    def update(self, loss: float, epoch: float, scale: float = 1.0) -> float:
+        """Apply the gradients gathered so far as one optimizer step (at `scale` times
+        the learning rate) and report it."""
         import torch
 
         step = self.done + 1
-        rate = self.rate(step)
+        rate = self.rate(step) * scale
         for group in self.optimizer.param_groups:
             group["lr"] = rate
         torch.nn.utils.clip_grad_norm_(self.parameters, self.max_grad_norm)
@@ -139,7 +155,7 @@ class Loop:
         """Log that every row fits (the trainer then ends the job)."""
         criteria = [f"loss {loss:.4f} <= stop_loss {self.stop_loss:g}"] if self.stop_loss else []
         if self.until_learned:
-            criteria.append("every trained token is the greedy choice")
+            criteria.append(f"every trained token is the greedy choice by {LEARNED_LEAD:g} nats")
         self.context.log(
             f"{' and '.join(criteria)} on every example: stopped after step {self.done} "
             f"of {self.total}"
