@@ -112,6 +112,7 @@ def correction(client: httpx.Client, question: str, answer: str, fact: str) -> d
         "question": question,
         "knew_before": fact.lower() in before.lower(),
         "learned": fact.lower() in after.lower(),
+        "answer": after,
         "state": done["state"],
         "steps": done.get("step"),
         "job_seconds": round(trained, 3),

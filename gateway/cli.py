@@ -6,13 +6,13 @@ import json
 import logging
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import click
 
 from gateway import __version__
+from gateway.cli_models import models
 from gateway.cli_training import adapters, train
 from gateway.errors import ConfigError
 from gateway.plugins import describe_plugins, make_plugin_manager
@@ -96,29 +96,6 @@ def plugins(as_json: bool) -> None:
 
 @cli.command()
 @CONFIG
-@click.option("--json", "as_json", is_flag=True, help="print JSON")
-def models(config: Path | None, as_json: bool) -> None:
-    """List configured models, with their state when a server is running."""
-    settings = _settings(config)
-    live = _live_states(settings)
-    rows = [
-        {
-            "name": spec.name,
-            "backend": spec.backend,
-            "source": spec.source,
-            "state": live.get(spec.name, "not running" if not live else "unknown"),
-        }
-        for spec in settings.served_models()
-    ]
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-        return
-    for row in rows:
-        click.echo(f"{row['name']:<28} {row['backend']:<18} {row['state']:<12} {row['source']}")
-
-
-@cli.command()
-@CONFIG
 @click.option("--markdown", is_flag=True, help="print the Markdown table of docs/access.md")
 def routes(config: Path | None, markdown: bool) -> None:
     """List the mounted routes with the API-key scope and browser origins each admits."""
@@ -141,18 +118,7 @@ def routes(config: Path | None, markdown: bool) -> None:
 
 cli.add_command(train)
 cli.add_command(adapters)
-
-
-def _live_states(settings: Settings) -> dict[str, str]:
-    url = f"http://{settings.server.host}:{settings.server.port}/health"
-    try:
-        with urllib.request.urlopen(url, timeout=1) as response:
-            body = json.load(response)
-    except urllib.error.HTTPError as exc:
-        body = json.load(exc)
-    except OSError:
-        return {}
-    return {m["name"]: m["state"] for m in body.get("models", [])}
+cli.add_command(models)
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ from gateway.auth import Actor
 from gateway.collect import collect_backends, collect_sections
 from gateway.distillation.service import DistillationService
 from gateway.engine import Capability, ModelManager, ModelSpec, ModelState
+from gateway.engine.models import Limits
 from gateway.engine.stats import EngineStats
 from gateway.errors import AuthenticationFailed, PermissionDenied
 from gateway.metrics import Metrics
@@ -38,7 +39,17 @@ class Gateway:
         self.metrics = Metrics(self._engine_stats)
         settings.check_sections(collect_sections(self.pm))
         self.backends = collect_backends(self.pm, settings)
-        self.models = ModelManager(self._collect_models(), self.backends, settings.data_path())
+        manager = settings.model_manager
+        limits = Limits(
+            max_loaded=manager.max_loaded,
+            memory_budget=manager.budget_bytes,
+            load_timeout=manager.load_timeout,
+            unload_timeout=manager.unload_timeout,
+        )
+        self.models = ModelManager(
+            self._collect_models(), self.backends, settings.data_path(), limits
+        )
+        self.models.on_change.append(self.metrics.observe_model)
         self.generation = GenerationService(self)
         self.training = TrainingService(self)
         self.recording = PromptRecorder(settings.recording, settings.data_path())

@@ -8,6 +8,7 @@ gateway's KV-cache and slot gauges."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING
 
 from gateway_schemas.canonical import Usage
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -15,6 +16,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from gateway.engine.stats import EngineStats
+
+if TYPE_CHECKING:
+    from gateway.engine.models import ModelHandle
 
 ANONYMOUS = "anonymous"
 """The tenant label of generations made without an API key."""
@@ -66,6 +70,18 @@ class Metrics:
             ["model", "tenant"],
             registry=self.registry,
         )
+
+        self.model_events = Counter(
+            "gateway_model_events",
+            "Model manager events, by model: load, unload (asked for or idle) and evict "
+            "(to make room for another)",
+            ["model", "event"],
+            registry=self.registry,
+        )
+
+    def observe_model(self, event: str, handle: ModelHandle) -> None:
+        """A model manager event (`ModelManager.on_change`)."""
+        self.model_events.labels(handle.name, event).inc()
 
     def observe_usage(self, model: str, tenant: str | None, usage: Usage, counted: int) -> None:
         """Count a finished generation's usage: prompt tokens, the generated tokens not yet

@@ -8,8 +8,9 @@ Each route handler's `opt["family"]` names its family (for metrics and errors).
 
 from __future__ import annotations
 
+import asyncio
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from litestar import Request
 from litestar.exceptions import HTTPException
@@ -17,13 +18,22 @@ from litestar.middleware import ASGIMiddleware
 
 from gateway.adapters import served
 from gateway.auth import acting
+from gateway.autoload import holding, read_body, replay
 from gateway.cors import CorsPolicy, foreign_origin
 from gateway.disconnects import run_until_disconnect
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, ModelNotReady
 from gateway.routes.access import ADMIN, AccessTable
 
 if TYPE_CHECKING:
-    from litestar.types import ASGIApp, HTTPResponseStartEvent, Message, Receive, Scope, Send
+    from litestar.types import (
+        ASGIApp,
+        HTTPResponseStartEvent,
+        Message,
+        Receive,
+        ReceiveMessage,
+        Scope,
+        Send,
+    )
 
     from gateway.gateway import Gateway
 
@@ -65,7 +75,7 @@ class GatewayMiddleware(ASGIMiddleware):
                 with acting(actor):
                     if scope["type"] != "http":
                         await next_app(scope, receive, send_wrapper)
-                    elif not await run_until_disconnect(next_app, scope, receive, send_wrapper):
+                    elif not await self._run(scope, receive, send_wrapper, next_app, family):
                         status = CLIENT_GONE
             except (GatewayError, HTTPException) as exc:
                 status = exc.status if isinstance(exc, GatewayError) else exc.status_code
@@ -74,6 +84,44 @@ class GatewayMiddleware(ASGIMiddleware):
                 if scope["type"] == "http":
                     elapsed = time.perf_counter() - started
                     self.gateway.metrics.observe_request(family, status, elapsed)
+
+    async def _run(
+        self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp, family: str
+    ) -> bool:
+        """Run the handler with its model held loaded (`gateway.autoload`); False when the
+        client left first. A model unloaded with `abort` cancels the handler: 503 when
+        its response had not started, else the response ends where it was."""
+        body, messages = b"", cast("list[ReceiveMessage]", [])
+        if scope.get("method") in ("POST", "PUT", "PATCH"):
+            body, messages, _ = await read_body(receive)
+        started = False
+
+        async def send_started(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        async with holding(self.gateway, scope, family, body) as handle:
+            run = run_until_disconnect(next_app, scope, replay(messages, receive), send_started)
+            if handle is None:
+                return await run
+            task = asyncio.ensure_future(run)
+            handle.leases.add(task)
+            try:
+                return await asyncio.shield(task)
+            except asyncio.CancelledError:
+                if not task.cancelled():  # this request itself was cancelled
+                    task.cancel()
+                    raise
+            finally:
+                handle.leases.discard(task)
+        if not started:
+            raise ModelNotReady(
+                f"Model `{handle.name}` was unloaded while this request ran.",
+                code="model_unloaded",
+            )
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        return True
 
     async def _admit(self, scope: Scope) -> Any:
         """Check the request's origin and key against its route's row; return its actor."""

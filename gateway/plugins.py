@@ -25,6 +25,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "gateway.auth",
     "gateway.routes.health",
     "gateway.routes.metrics",
+    "gateway.routes.models",
     "gateway.routes.openai",
     "gateway.routes.llamacpp",
     "gateway.routes.kobold",

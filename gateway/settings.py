@@ -217,6 +217,40 @@ class RecordingSettings(Struct, kw_only=True, forbid_unknown_fields=True):
     max_age_days: Annotated[float, Meta(gt=0)] = 30.0
 
 
+class ModelManagerSettings(Struct, kw_only=True, forbid_unknown_fields=True):
+    """`[model_manager]`: how many models stay loaded (`gateway.engine.models`).
+
+    `max_loaded`: models loaded at once (0: no limit), as llama-server's `--models-max`;
+    `memory_budget`: what loaded models may use in all (`"8GiB"`, `"512MB"`; unset: the
+    memory the machine has available when a model loads). A load beyond either evicts
+    the least recently used model that is not pinned; one that cannot fit even then is
+    refused (409). `autoload`: a request naming a registered model that is not loaded
+    loads it (llama-server's `--models-autoload`; `?autoload=false` per request), waiting
+    at most `load_timeout` seconds. `unload_timeout`: seconds an unload waits for the
+    model's requests in flight before it aborts them. `models_dir`: where `POST
+    /v1/models` may add models from (unset: any local path).
+    """
+
+    max_loaded: Annotated[int, Meta(ge=0)] = 0
+    memory_budget: str | None = None
+    autoload: bool = True
+    load_timeout: Annotated[float, Meta(gt=0)] = 600.0
+    unload_timeout: Annotated[float, Meta(ge=0)] = 30.0
+    models_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.memory_budget is not None:
+            from gateway.engine.memory import parse_size
+
+            parse_size(self.memory_budget)
+
+    @property
+    def budget_bytes(self) -> int | None:
+        from gateway.engine.memory import parse_size
+
+        return None if self.memory_budget is None else parse_size(self.memory_budget)
+
+
 class Settings(Struct, kw_only=True, forbid_unknown_fields=True):
     data_dir: str | None = None
     model: str | None = None
@@ -228,6 +262,7 @@ class Settings(Struct, kw_only=True, forbid_unknown_fields=True):
     server: ServerSettings = field(default_factory=ServerSettings)
     routes: dict[str, bool] = field(default_factory=dict)
     models: list[ModelSpec] = field(default_factory=lambda: list(DEFAULT_MODELS))
+    model_manager: ModelManagerSettings = field(default_factory=ModelManagerSettings)
     api_keys: list[ApiKey] = field(default_factory=list)
     cors: CorsSettings = field(default_factory=CorsSettings)
     generation: GenerationSettings = field(default_factory=GenerationSettings)

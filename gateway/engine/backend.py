@@ -45,6 +45,13 @@ class ModelSpec(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields
     backend: str
     source: str = ""
     options: dict[str, Any] = msgspec.field(default_factory=dict)
+    load: Literal["startup", "on_demand"] = "startup"
+    """`startup`: loaded when the server starts; `on_demand`: registered, loaded by the
+    first request naming it (or `POST /v1/models/load`)."""
+    pin: bool = False
+    """A pinned model is never evicted to make room for another (nor unloaded when idle)."""
+    idle_timeout: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    """Seconds without a request after which the model is unloaded (None: never)."""
 
 
 class Backend(ABC):
@@ -68,6 +75,11 @@ class Backend(ABC):
     def health(self) -> dict[str, Any]:
         """Diagnostics shown by /health once the model is ready."""
         return {}
+
+    def memory_estimate(self) -> int | None:
+        """Bytes the model is expected to take once loaded, before it ever was (the model
+        manager uses the measured growth of its last load after that); None: unknown."""
+        return None
 
     def stats(self) -> EngineStats | None:
         """What the model's engine has done since it loaded (`/metrics`); None for a

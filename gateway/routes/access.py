@@ -60,6 +60,17 @@ def rows(groups: Mapping[Access, Iterable[str]]) -> dict[str, Access]:
 TABLE: dict[str, dict[str, Access]] = {
     "health": rows({PUBLIC: ["GET /health", "GET /v1/health"]}),
     "metrics": rows({ADMIN: ["GET /metrics"]}),
+    "models": rows(
+        {
+            SERVE: ["GET /v1/models/status", "GET /models/sse"],
+            ADMIN: [
+                "POST /v1/models/load",
+                "POST /v1/models/unload",
+                "POST /models/load",
+                "POST /models/unload",
+            ],
+        }
+    ),
     "openai": rows(
         {
             SERVE: [
@@ -71,7 +82,8 @@ TABLE: dict[str, dict[str, Access]] = {
                 "POST /v1/audio/speech",
                 "POST /v1/audio/transcriptions",
                 "POST /v1/audio/translations",
-            ]
+            ],
+            ADMIN: ["POST /v1/models"],
         }
     ),
     "llamacpp": rows(
@@ -98,7 +110,7 @@ TABLE: dict[str, dict[str, Access]] = {
             ],
             READ: ["GET /slots", "GET /lora-adapters"],
             ADAPTERS: ["POST /lora-adapters"],
-            ADMIN: ["POST /props", "POST /slots/{id_slot}"],
+            ADMIN: ["POST /props", "POST /slots/{id_slot}", "POST /models"],
         }
     ),
     "kobold": rows(

@@ -7,7 +7,7 @@ fields are ignored (SDKs send vendor extras); the common extras of local servers
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from msgspec import UNSET, Meta, Struct, UnsetType, field
 
@@ -373,6 +373,9 @@ class ModelCard(Struct, kw_only=True):
     created: int
     owned_by: str
     object: Literal["model"] = "model"
+    status: dict[str, Any] = field(default_factory=dict)
+    """The gateway's extra, in llama-server's router shape: `{"value": "loaded"}`
+    (`unloaded`, `loading`, `unloading`; `failed: true` after a failed load)."""
 
 
 class ModelList(Struct, kw_only=True):

@@ -89,7 +89,9 @@ class EngineBackend(Backend):
             job.abort()
         if worker is not None:
             await asyncio.to_thread(worker.stop)
-        self._lm = None
+        # the pool's loader and the grammars hold the model and its tokenizer
+        self._lm, self._pool, self._grammars = None, None, None
+        self._jobs.clear()
         await asyncio.to_thread(self.release)
 
     def health(self) -> dict[str, Any]:

@@ -32,6 +32,21 @@ class TorchBackend(EngineBackend):
         source = resolve_source(self.spec.source or DEFAULT_SOURCE)
         return load_causal(source, self.data_dir, options)
 
+    def memory_estimate(self) -> int | None:
+        """The size of the model's weights on disk: what a model loaded at the file's
+        precision takes, before its KV cache (the model manager measures each load)."""
+        from gateway.errors import ConfigError
+        from gateway_torch.sources import resolve_source
+
+        try:
+            source = resolve_source(self.spec.source or DEFAULT_SOURCE)
+        except ConfigError:
+            return None
+        if source.path.is_file():
+            return source.path.stat().st_size
+        weights = [*source.path.glob("*.safetensors"), *source.path.glob("*.bin")]
+        return sum(path.stat().st_size for path in weights) or None
+
     def option_values(self) -> dict[str, Any]:
         """The model's options as `gateway_torch.options.parse_options` reads them:
         subclasses may default some differently."""

@@ -34,9 +34,10 @@ from litestar.response import Stream
 from msgspec import UNSET
 
 from gateway.adapters import served
-from gateway.engine import Capability
+from gateway.engine import Capability, ModelHandle
 from gateway.errors import GatewayError
 from gateway.gateway import Gateway
+from gateway.routes.models.controllers import NewModel, add_model
 from gateway.routes.openai import tools
 from gateway.routes.openai import translate as tr
 from gateway.services.embeddings import embed
@@ -60,24 +61,35 @@ def _error_event(exc: GatewayError) -> bytes:
     )
 
 
+def _card(handle: ModelHandle) -> ModelCard:
+    return ModelCard(
+        id=handle.spec.name,
+        created=handle.created,
+        owned_by="gateway",
+        status=handle.router_status(),
+    )
+
+
 class OpenAIController(Controller):
     path = "/v1"
 
     @get("/models", responses={200: ResponseSpec(ModelList)})
     async def list_models(self, gateway: NamedDependency[Gateway]) -> ModelList:
-        return ModelList(
-            data=[
-                ModelCard(id=h.spec.name, created=h.created, owned_by="gateway")
-                for h in gateway.models
-            ]
-        )
+        return ModelList(data=[_card(h) for h in gateway.models])
 
     @get("/models/{model_id:path}", responses={200: ResponseSpec(ModelCard), **ERRORS})
     async def get_model(
         self, gateway: NamedDependency[Gateway], model_id: FromPath[str]
     ) -> ModelCard:
-        handle = gateway.models.handle(model_id.lstrip("/"))
-        return ModelCard(id=handle.spec.name, created=handle.created, owned_by="gateway")
+        return _card(gateway.models.handle(model_id.lstrip("/")))
+
+    @post("/models", status_code=201, responses={201: ResponseSpec(ModelCard), **ERRORS})
+    async def add_model(
+        self, data: JSONBody[NewModel], gateway: NamedDependency[Gateway]
+    ) -> ModelCard:
+        """Register a model at run time (the model manager's; `admin` scope). It loads on
+        demand unless `load` is `startup`."""
+        return _card(await add_model(gateway, data))
 
     @post(
         "/chat/completions",
