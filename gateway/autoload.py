@@ -76,14 +76,17 @@ def named_model(scope: Scope, body: bytes) -> tuple[str | None, bool]:
     return name, autoload
 
 
-def model_of(gateway: Gateway, family: str, path: str, name: str | None) -> str | None:
+def model_of(gateway: Gateway, family: str, method: str, path: str, name: str | None) -> str | None:
     """The registered model a request will be served by, or None when this cannot tell
-    (the handler then resolves it and answers its own errors)."""
+    (the handler then resolves it and answers its own errors). A GET that names no model
+    (a listing, `/props`) holds none: reading about models loads nothing."""
     if family not in GENERATING:
         return None
     models = gateway.models
     if name is not None and name in models:
         return name
+    if method == "GET":
+        return None
     if name is not None and gateway.settings.unknown_models != "default":
         return None
     capability = Capability.EMBED if "embed" in path else Capability.CHAT
@@ -103,7 +106,8 @@ async def holding(
 ) -> AsyncIterator[ModelHandle | None]:
     """Hold the request's model loaded (loading it when allowed) for the block."""
     name, autoload = named_model(scope, body)
-    model = model_of(gateway, family, str(scope.get("path", "")), name)
+    method, path = str(scope.get("method", "GET")), str(scope.get("path", ""))
+    model = model_of(gateway, family, method, path, name)
     if model is None:
         yield None
         return

@@ -6,6 +6,7 @@ It is built once per app and injected into route handlers with Litestar DI.
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -22,6 +23,7 @@ from gateway.plugins import make_plugin_manager
 from gateway.recording import PromptRecorder
 from gateway.services.generation import GenerationService
 from gateway.settings import Settings
+from gateway.stats import DecodeWindow, RecentRequests
 from gateway.training.service import TrainingService
 from gateway.utils import await_me_maybe
 
@@ -50,6 +52,9 @@ class Gateway:
             self._collect_models(), self.backends, settings.data_path(), limits
         )
         self.models.on_change.append(self.metrics.observe_model)
+        self.decode = DecodeWindow(settings.stats.decode_window)
+        self.recent = RecentRequests(settings.stats.recent_requests)
+        self.started = time.time()
         self.generation = GenerationService(self)
         self.training = TrainingService(self)
         self.recording = PromptRecorder(settings.recording, settings.data_path())

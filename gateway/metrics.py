@@ -32,14 +32,14 @@ class Metrics:
             self.registry.register(EngineCollector(engines))
         self.requests = Counter(
             "gateway_requests",
-            "HTTP requests served, by route family and status",
-            ["family", "status"],
+            "HTTP requests served, by route family, route (`METHOD /path`) and status",
+            ["family", "route", "status"],
             registry=self.registry,
         )
         self.latency = Histogram(
             "gateway_request_seconds",
-            "HTTP request latency (to the end of the response), by route family and status",
-            ["family", "status"],
+            "HTTP request latency (to the end of the response), by route family, route and status",
+            ["family", "route", "status"],
             registry=self.registry,
             buckets=(0.005, 0.025, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
         )
@@ -71,6 +71,21 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.time_to_first_token = Histogram(
+            "gateway_time_to_first_token_seconds",
+            "Seconds from a generation's start (queue wait and prefill included) to its "
+            "first token, by model",
+            ["model"],
+            registry=self.registry,
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.inter_token = Histogram(
+            "gateway_inter_token_seconds",
+            "Seconds between a generation's successive tokens, by model",
+            ["model"],
+            registry=self.registry,
+            buckets=(0.002, 0.005, 0.01, 0.02, 0.04, 0.08, 0.15, 0.3, 0.6, 1.2),
+        )
         self.model_events = Counter(
             "gateway_model_events",
             "Model manager events, by model: load, unload (asked for or idle) and evict "
@@ -78,6 +93,19 @@ class Metrics:
             ["model", "event"],
             registry=self.registry,
         )
+
+    def observe_tokens(
+        self, model: str, tokens: int, since_start: float, gap: float | None
+    ) -> None:
+        """`tokens` more of a generation: counted, and timed (its first ones against the
+        start, later ones against the previous chunk, shared among them)."""
+        self.generated_tokens.labels(model).inc(tokens)
+        if gap is None:
+            self.time_to_first_token.labels(model).observe(since_start)
+            return
+        histogram = self.inter_token.labels(model)
+        for _ in range(tokens):
+            histogram.observe(gap / tokens)
 
     def observe_model(self, event: str, handle: ModelHandle) -> None:
         """A model manager event (`ModelManager.on_change`)."""
@@ -96,9 +124,9 @@ class Metrics:
         if usage.cost is not None:
             self.cost.labels(model, who).inc(usage.cost)
 
-    def observe_request(self, family: str, status: int, seconds: float) -> None:
-        self.requests.labels(family, str(status)).inc()
-        self.latency.labels(family, str(status)).observe(seconds)
+    def observe_request(self, family: str, route: str, status: int, seconds: float) -> None:
+        self.requests.labels(family, route, str(status)).inc()
+        self.latency.labels(family, route, str(status)).observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

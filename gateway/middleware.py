@@ -18,7 +18,7 @@ from litestar.middleware import ASGIMiddleware
 
 from gateway.adapters import served
 from gateway.auth import acting
-from gateway.autoload import holding, read_body, replay
+from gateway.autoload import GENERATING, holding, read_body, replay
 from gateway.cors import CorsPolicy, foreign_origin
 from gateway.disconnects import run_until_disconnect
 from gateway.errors import GatewayError, ModelNotReady
@@ -83,7 +83,8 @@ class GatewayMiddleware(ASGIMiddleware):
             finally:
                 if scope["type"] == "http":
                     elapsed = time.perf_counter() - started
-                    self.gateway.metrics.observe_request(family, status, elapsed)
+                    route = f"{scope.get('method', 'GET')} {scope.get('path_template', '?')}"
+                    self.gateway.metrics.observe_request(family, route, status, elapsed)
 
     async def _run(
         self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp, family: str
@@ -92,7 +93,7 @@ class GatewayMiddleware(ASGIMiddleware):
         client left first. A model unloaded with `abort` cancels the handler: 503 when
         its response had not started, else the response ends where it was."""
         body, messages = b"", cast("list[ReceiveMessage]", [])
-        if scope.get("method") in ("POST", "PUT", "PATCH"):
+        if family in GENERATING and scope.get("method") in ("POST", "PUT", "PATCH"):
             body, messages, _ = await read_body(receive)
         started = False
 

@@ -26,6 +26,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "gateway.routes.health",
     "gateway.routes.metrics",
     "gateway.routes.models",
+    "gateway.routes.stats",
     "gateway.routes.openai",
     "gateway.routes.llamacpp",
     "gateway.routes.kobold",

@@ -251,6 +251,15 @@ class ModelManagerSettings(Struct, kw_only=True, forbid_unknown_fields=True):
         return None if self.memory_budget is None else parse_size(self.memory_budget)
 
 
+class StatsSettings(Struct, kw_only=True, forbid_unknown_fields=True):
+    """`[stats]`: the dashboard figures (`gateway.stats`). `recent_requests`: finished
+    generations `GET /v1/stats/recent-requests` keeps, with prompt and completion
+    previews (0: none are kept); `decode_window`: seconds `GET /v1/stats/decode` covers."""
+
+    recent_requests: Annotated[int, Meta(ge=0, le=10000)] = 100
+    decode_window: Annotated[float, Meta(gt=0)] = 60.0
+
+
 class Settings(Struct, kw_only=True, forbid_unknown_fields=True):
     data_dir: str | None = None
     model: str | None = None
@@ -263,6 +272,7 @@ class Settings(Struct, kw_only=True, forbid_unknown_fields=True):
     routes: dict[str, bool] = field(default_factory=dict)
     models: list[ModelSpec] = field(default_factory=lambda: list(DEFAULT_MODELS))
     model_manager: ModelManagerSettings = field(default_factory=ModelManagerSettings)
+    stats: StatsSettings = field(default_factory=StatsSettings)
     api_keys: list[ApiKey] = field(default_factory=list)
     cors: CorsSettings = field(default_factory=CorsSettings)
     generation: GenerationSettings = field(default_factory=GenerationSettings)

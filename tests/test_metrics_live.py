@@ -76,3 +76,14 @@ def test_llama_server_metrics_move_under_load(api):
     assert after["llamacpp:requests_deferred"][model] == 0
     assert after["gateway_kv_cache_tokens"][model] > 0
     assert 0 < after["gateway_kv_cache_usage_ratio"][model] <= 1
+    # the gateway's own timings of the same generations
+    assert grew("gateway_time_to_first_token_seconds_count") == 3
+    assert grew("gateway_inter_token_seconds_count") == 3 * 47
+    assert grew("gateway_inter_token_seconds_sum") > 0
+    decode = api.get("/v1/stats/decode").json()
+    assert decode["sample_count"] >= 3 * 47 and decode["tok_per_sec"] > 0
+    assert 0 < decode["p50_itl_ms"] <= decode["p99_itl_ms"]
+    recent = api.get("/v1/stats/recent-requests").json()
+    prompts = {entry["prompt_preview"] for entry in recent[:3]}
+    assert prompts == {f"Count to ten, take {k}:" for k in range(3)}
+    assert all(e["completion_tokens"] == 48 and e["finish_reason"] == "length" for e in recent[:3])

@@ -321,3 +321,17 @@ def test_cli_loads_unloads_and_shows_status(three: TestClient, monkeypatch: Any)
     assert unloaded.exit_code == 0 and unloaded.output.startswith("Unloaded b"), unloaded.output
     as_json = runner.invoke(cli, ["models", "status", "--json", *url])
     assert {m["name"]: m["state"] for m in json.loads(as_json.output)["models"]}["b"] == "unloaded"
+
+
+def test_a_request_naming_no_model_loads_the_default_but_a_listing_loads_nothing(
+    three: TestClient,
+) -> None:
+    assert three.post("/v1/models/unload", json={"name": "a"}).status_code == 200
+    assert three.get("/v1/models").status_code == 200
+    assert three.get("/models").status_code == 200
+    assert states(three)["a"] == "unloaded"
+    reply = three.post(
+        "/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}]}
+    )
+    assert reply.status_code == 200 and reply.json()["model"] == "a"
+    assert states(three)["a"] == "ready"

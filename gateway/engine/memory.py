@@ -22,6 +22,11 @@ def available() -> int:
     return int(psutil.virtual_memory().available)
 
 
+def total() -> int:
+    """The machine's memory in bytes."""
+    return int(psutil.virtual_memory().total)
+
+
 def trim() -> None:
     """Collect garbage and ask the C allocator to return free heap pages (glibc keeps
     them otherwise, and an unloaded model's memory would not show as freed)."""

@@ -60,6 +60,12 @@ def rows(groups: Mapping[Access, Iterable[str]]) -> dict[str, Access]:
 TABLE: dict[str, dict[str, Access]] = {
     "health": rows({PUBLIC: ["GET /health", "GET /v1/health"]}),
     "metrics": rows({ADMIN: ["GET /metrics"]}),
+    "stats": rows(
+        {
+            SERVE: ["GET /v1/stats/decode"],
+            ADMIN: ["GET /v1/config", "GET /v1/stats/recent-requests"],
+        }
+    ),
     "models": rows(
         {
             SERVE: ["GET /v1/models/status", "GET /models/sse"],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncGenerator, Sequence
 from typing import TYPE_CHECKING
 
@@ -15,6 +16,7 @@ from gateway.adapters import served
 from gateway.auth import current_actor
 from gateway.engine.backend import Capability
 from gateway.errors import BackendFailure, GatewayError, Unsupported
+from gateway.stats import COMPLETION_PREVIEW
 from gateway.utils import await_me_maybe
 
 if TYPE_CHECKING:
@@ -68,19 +70,34 @@ class GenerationService:
         served.record(refs)
         return msgspec.structs.replace(request, adapters=refs)
 
-    async def stream(self, request: GenerationRequest) -> AsyncGenerator[GenerationChunk]:
-        """The chunks of one generation. Closing this iterator stops the generation."""
+    async def stream(
+        self, request: GenerationRequest, *, streamed: bool = True
+    ) -> AsyncGenerator[GenerationChunk]:
+        """The chunks of one generation. Closing this iterator stops the generation.
+        `streamed`: whether the client gets them as they come (the recent-requests list
+        says so)."""
         backend = self._gateway.models.get(request.model)
         request = self.prepare(request)
         metrics = self._gateway.metrics
         final: GenerationChunk | None = None
         counted = 0
+        started = last = time.monotonic()
+        preview: list[str] = []
+        previewed = 0
         try:
             async with contextlib.aclosing(backend.generate(request)) as chunks:
                 async for chunk in chunks:
                     if chunk.token_ids:
-                        metrics.generated_tokens.labels(request.model).inc(len(chunk.token_ids))
-                        counted += len(chunk.token_ids)
+                        tokens = len(chunk.token_ids)
+                        now = time.monotonic()
+                        gap = now - last if counted else None
+                        metrics.observe_tokens(request.model, tokens, now - started, gap)
+                        self._gateway.decode.record(now, tokens, gap)
+                        counted += tokens
+                        last = now
+                    if chunk.text and previewed < COMPLETION_PREVIEW:
+                        preview.append(chunk.text)
+                        previewed += len(chunk.text)
                     if chunk.finish_reason is not None:
                         final = chunk
                         if chunk.usage is not None:
@@ -94,14 +111,17 @@ class GenerationService:
             log.exception("backend of %s failed", request.model)
             raise BackendFailure(f"The backend of `{request.model}` failed: {exc}") from exc
         finally:
-            await self._finished(request, final or GenerationChunk(finish_reason="abort"))
+            final = final or GenerationChunk(finish_reason="abort")
+            seconds = time.monotonic() - started
+            self._gateway.recent.add(request, final, "".join(preview), seconds, streamed)
+            await self._finished(request, final)
 
     async def complete(self, request: GenerationRequest) -> Generation:
         text: list[str] = []
         ids: list[int] = []
         logprobs: list[TokenLogprob] = []
         final: GenerationChunk | None = None
-        async for chunk in self.stream(request):
+        async for chunk in self.stream(request, streamed=False):
             text.append(chunk.text)
             ids.extend(chunk.token_ids)
             logprobs.extend(chunk.logprobs)

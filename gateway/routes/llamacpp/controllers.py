@@ -325,6 +325,7 @@ async def _complete(
         for request, text in zip(requests, each, strict=True):
             if text:
                 gateway.recording.note_text(request, text)
+                gateway.recent.note_text(request, text)
     texts = [await backend.detokenize(p) for p in ids]
     chunks = await primed(gateway.generation.stream_many(requests))
     settings["lora"] = lora.served_ids(backend)  # known once the generations have started
