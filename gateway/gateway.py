@@ -5,6 +5,7 @@ It is built once per app and injected into route handlers with Litestar DI.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -15,10 +16,11 @@ from gateway.auth import Actor
 from gateway.collect import collect_backends, collect_sections
 from gateway.distillation.service import DistillationService
 from gateway.engine import Capability, ModelManager, ModelSpec, ModelState
-from gateway.engine.models import Limits
+from gateway.engine.models import ROUTER_STATUS, Limits
 from gateway.engine.stats import EngineStats
 from gateway.errors import AuthenticationFailed, PermissionDenied
-from gateway.metrics import Metrics
+from gateway.jobs.store import JobState
+from gateway.metrics import Metrics, Snapshot
 from gateway.plugins import make_plugin_manager
 from gateway.recording import PromptRecorder
 from gateway.services.generation import GenerationService
@@ -68,6 +70,22 @@ class Gateway:
             if stats is not None:
                 figures[handle.spec.name] = stats
         return figures
+
+    async def metrics_snapshot(self) -> Snapshot:
+        """The model states and job figures `/metrics` shows (the job store is read in a
+        thread)."""
+        models = {handle.name: ROUTER_STATUS[handle.state] for handle in self.models}
+        jobs = await asyncio.to_thread(self.training.jobs.find)
+        counts: dict[tuple[str, str], int] = {}
+        for job in jobs:
+            key = (job.kind, str(job.state.value))
+            counts[key] = counts.get(key, 0) + 1
+        running = [
+            (job.id, job.kind, job.model, round(job.progress, 4))
+            for job in jobs
+            if job.state == JobState.RUNNING
+        ]
+        return Snapshot(models=models, jobs=counts, progress=running)
 
     def _collect_models(self) -> list[ModelSpec]:
         specs = self.settings.served_models()

@@ -8,6 +8,7 @@ gateway's KV-cache and slot gauges."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from gateway_schemas.canonical import Usage
@@ -30,6 +31,9 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         if engines is not None:
             self.registry.register(EngineCollector(engines))
+        self.snapshot = Snapshot()
+        """Set by the `/metrics` handler before each scrape (`Gateway.metrics_snapshot`)."""
+        self.registry.register(SnapshotCollector(lambda: self.snapshot))
         self.requests = Counter(
             "gateway_requests",
             "HTTP requests served, by route family, route (`METHOD /path`) and status",
@@ -190,6 +194,11 @@ GAUGES: Table = (
         "KV cache use: tokens held over tokens it can hold.",
         lambda s: _rate(s.cached_tokens, s.cache_capacity),
     ),
+    (
+        "gateway_adapters_resident",
+        "LoRA adapters held in the engine's memory.",
+        lambda s: s.adapters_resident,
+    ),
 )
 """Gauges. llama-server types `n_tokens_max` a counter although a high watermark is a
 gauge; a counter named without `_total` is not one prometheus-client writes."""
@@ -216,3 +225,53 @@ class EngineCollector(Collector):
                 for model, stats in engines.items():
                     metric.add_metric([model], figure(stats))
                 yield metric
+
+
+@dataclass
+class Snapshot:
+    """What the scrape reads besides the engines, gathered just before it (`/metrics`
+    handler): each model's manager state, and the job store's counts and progress."""
+
+    models: dict[str, str] = field(default_factory=dict)
+    jobs: dict[tuple[str, str], int] = field(default_factory=dict)
+    """(kind, state) -> jobs."""
+    progress: list[tuple[str, str, str, float]] = field(default_factory=list)
+    """(job id, kind, model, progress 0..1) of each running job."""
+
+
+class SnapshotCollector(Collector):
+    """`gateway_model_state`, `gateway_jobs` and `gateway_job_progress` from the latest
+    `Snapshot`."""
+
+    def __init__(self, snapshot: Callable[[], Snapshot]):
+        self._snapshot = snapshot
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        snapshot = self._snapshot()
+        states = GaugeMetricFamily(
+            "gateway_model_state",
+            "1 for each model's current state in the model manager (loaded, unloaded, ...)",
+            labels=["model", "state"],
+        )
+        for model, state in snapshot.models.items():
+            states.add_metric([model, state], 1.0)
+        yield states
+        jobs = GaugeMetricFamily(
+            "gateway_jobs",
+            "Training and distillation jobs by kind and state",
+            labels=["kind", "state"],
+        )
+        for (kind, state), count in sorted(snapshot.jobs.items()):
+            jobs.add_metric([kind, state], count)
+        yield jobs
+        progress = GaugeMetricFamily(
+            "gateway_job_progress",
+            "Progress (0 to 1) of each running job",
+            labels=["job_id", "kind", "model"],
+        )
+        for job_id, kind, model, done in snapshot.progress:
+            progress.add_metric([job_id, kind, model], done)
+        yield progress

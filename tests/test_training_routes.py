@@ -212,6 +212,23 @@ def test_seed_sft_request_is_queued_with_kiln_defaults(served: Served, api: Test
     assert job.data == json.loads(example.data)["examples"]
 
 
+def test_metrics_count_jobs_by_kind_and_state(served: Served, api: TestClient) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    example = seed("POST", "/v1/train/sft")
+    assert api.post("/v1/train/sft", content=example.data, headers=example.headers).is_success
+    api.headers["Authorization"] = f"Bearer {ADMIN}"
+    text = api.get("/metrics").text
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+    assert samples[("gateway_jobs", (("kind", "sft"), ("state", "queued")))] >= 1
+    loaded = ("gateway_model_state", (("model", MODEL), ("state", "loaded")))
+    assert samples[loaded] == 1.0
+
+
 def test_seed_grpo_request_is_queued_with_kiln_defaults(served: Served, api: TestClient) -> None:
     example = seed("POST", "/v1/train/grpo")
     assert example.data is not None

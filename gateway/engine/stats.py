@@ -32,3 +32,5 @@ class EngineStats:
     """Tokens the KV cache holds now, over every slot."""
     cache_capacity: int = 0
     """Tokens the KV cache can hold, over every slot."""
+    adapters_resident: int = 0
+    """LoRA adapters held in the engine's memory now."""

@@ -22,6 +22,7 @@ FAMILY = "metrics"
 async def metrics(gateway: NamedDependency[Gateway]) -> Response[bytes]:
     if not gateway.settings.llamacpp.metrics:
         raise NotSupported("This server does not support metrics ([llamacpp] metrics = false).")
+    gateway.metrics.snapshot = await gateway.metrics_snapshot()
     return Response(gateway.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 

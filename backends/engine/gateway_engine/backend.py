@@ -12,6 +12,7 @@ adapter checks answer from the same loaded model. Subclasses: the torch backend
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncGenerator, Sequence
 from pathlib import Path
 from typing import Any
@@ -114,8 +115,11 @@ class EngineBackend(Backend):
         }
 
     def stats(self) -> EngineStats | None:
-        worker = self._worker
-        return worker.stats() if worker is not None else None
+        worker, pool = self._worker, self._pool
+        if worker is None:
+            return None
+        stats = worker.stats()
+        return stats if pool is None else dataclasses.replace(stats, adapters_resident=len(pool))
 
     def slots(self) -> list[dict[str, Any]]:
         _, worker = self._running()
