@@ -26,6 +26,7 @@ from gateway.recording import PromptRecorder
 from gateway.services.generation import GenerationService
 from gateway.settings import Settings
 from gateway.stats import DecodeWindow, RecentRequests
+from gateway.tracing import Tracing
 from gateway.training.service import TrainingService
 from gateway.utils import await_me_maybe
 
@@ -54,6 +55,7 @@ class Gateway:
             self._collect_models(), self.backends, settings.data_path(), limits
         )
         self.models.on_change.append(self.metrics.observe_model)
+        self.tracing = Tracing.from_settings(settings.tracing)
         self.decode = DecodeWindow(settings.stats.decode_window)
         self.recent = RecentRequests(settings.stats.recent_requests)
         self.started = time.time()
@@ -118,6 +120,7 @@ class Gateway:
         await self.models.unload_all()
         for result in self.hook.shutdown(gateway=self):
             await await_me_maybe(result)
+        self.tracing.shutdown()
 
     async def authorize(self, request: Request[Any, Any, Any], scope: str) -> Actor | None:
         """The request's actor, if it may use a route needing `scope`; raises otherwise."""

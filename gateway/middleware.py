@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, cast
 from litestar import Request
 from litestar.exceptions import HTTPException
 from litestar.middleware import ASGIMiddleware
+from opentelemetry.trace import StatusCode
 
 from gateway.adapters import served
 from gateway.auth import acting
@@ -51,6 +52,8 @@ class GatewayMiddleware(ASGIMiddleware):
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         family = scope["route_handler"].opt.get("family", "openapi")
+        method = str(scope.get("method", "GET"))
+        template = str(scope.get("path_template", "?"))
         status = 500
         started = time.perf_counter()
 
@@ -71,19 +74,32 @@ class GatewayMiddleware(ASGIMiddleware):
                 if scope.get("method") == "OPTIONS":
                     await self._options(scope, receive, send_wrapper, next_app)
                     return
-                actor = await self._admit(scope)
-                with acting(actor):
-                    if scope["type"] != "http":
+                if scope["type"] != "http":
+                    with acting(await self._admit(scope)):
                         await next_app(scope, receive, send_wrapper)
-                    elif not await self._run(scope, receive, send_wrapper, next_app, family):
-                        status = CLIENT_GONE
+                    return
+                with self.gateway.tracing.request(
+                    method, template, family, Request(scope).headers
+                ) as span:
+                    try:
+                        with acting(await self._admit(scope)):
+                            if not await self._run(scope, receive, send_wrapper, next_app, family):
+                                status = CLIENT_GONE
+                    except (GatewayError, HTTPException) as exc:
+                        status = exc.status if isinstance(exc, GatewayError) else exc.status_code
+                        raise
+                    finally:
+                        if span is not None:
+                            span.set_attribute("http.response.status_code", status)
+                            if status >= 500:
+                                span.set_status(StatusCode.ERROR)
             except (GatewayError, HTTPException) as exc:
                 status = exc.status if isinstance(exc, GatewayError) else exc.status_code
                 raise
             finally:
                 if scope["type"] == "http":
                     elapsed = time.perf_counter() - started
-                    route = f"{scope.get('method', 'GET')} {scope.get('path_template', '?')}"
+                    route = f"{method} {template}"
                     self.gateway.metrics.observe_request(family, route, status, elapsed)
 
     async def _run(

@@ -251,6 +251,17 @@ class ModelManagerSettings(Struct, kw_only=True, forbid_unknown_fields=True):
         return None if self.memory_budget is None else parse_size(self.memory_budget)
 
 
+class TracingSettings(Struct, kw_only=True, forbid_unknown_fields=True):
+    """`[tracing]`: OpenTelemetry spans (`gateway.tracing`). `exporter`: `none` (the
+    default: no spans), `console` (printed) or `otlp` (needs
+    `opentelemetry-exporter-otlp-proto-http`; `otlp_endpoint`, else the exporter's
+    `OTEL_EXPORTER_OTLP_*` variables)."""
+
+    exporter: Literal["none", "console", "otlp"] = "none"
+    otlp_endpoint: str | None = None
+    service_name: str = "gateway"
+
+
 class StatsSettings(Struct, kw_only=True, forbid_unknown_fields=True):
     """`[stats]`: the dashboard figures (`gateway.stats`). `recent_requests`: finished
     generations `GET /v1/stats/recent-requests` keeps, with prompt and completion
@@ -273,6 +284,7 @@ class Settings(Struct, kw_only=True, forbid_unknown_fields=True):
     models: list[ModelSpec] = field(default_factory=lambda: list(DEFAULT_MODELS))
     model_manager: ModelManagerSettings = field(default_factory=ModelManagerSettings)
     stats: StatsSettings = field(default_factory=StatsSettings)
+    tracing: TracingSettings = field(default_factory=TracingSettings)
     api_keys: list[ApiKey] = field(default_factory=list)
     cors: CorsSettings = field(default_factory=CorsSettings)
     generation: GenerationSettings = field(default_factory=GenerationSettings)

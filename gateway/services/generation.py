@@ -82,6 +82,7 @@ class GenerationService:
         final: GenerationChunk | None = None
         counted = 0
         started = last = time.monotonic()
+        started_ns, first_ns = time.time_ns(), None
         preview: list[str] = []
         previewed = 0
         try:
@@ -91,6 +92,8 @@ class GenerationService:
                         tokens = len(chunk.token_ids)
                         now = time.monotonic()
                         gap = now - last if counted else None
+                        if not counted:
+                            first_ns = time.time_ns()
                         metrics.observe_tokens(request.model, tokens, now - started, gap)
                         self._gateway.decode.record(now, tokens, gap)
                         counted += tokens
@@ -114,6 +117,7 @@ class GenerationService:
             final = final or GenerationChunk(finish_reason="abort")
             seconds = time.monotonic() - started
             self._gateway.recent.add(request, final, "".join(preview), seconds, streamed)
+            self._gateway.tracing.generation(request, final, started_ns, first_ns, time.time_ns())
             await self._finished(request, final)
 
     async def complete(self, request: GenerationRequest) -> Generation:

@@ -249,6 +249,7 @@ class TrainingService:
     # A job ended.
 
     async def _finished(self, job: Job) -> None:
+        self.gateway.tracing.job(job)
         served = {handle.spec.name for handle in self.gateway.models}
         if job.state == JobState.COMPLETED and job.model in served:
             # A new version of an adapter the engine holds: the next request loads it.

@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 import msgspec
 
+from gateway.tracing import inject
 from gateway_teacher.failures import UpstreamProblem, from_response
 from gateway_teacher.sse import SseParser
 from gateway_teacher.targets import Target
@@ -68,10 +69,12 @@ class UpstreamClient:
         if self._session is None:
             raise RuntimeError("the teacher backend is not loaded: call load() first")
         try:
+            headers = dict(target.headers)
+            inject(headers)  # the client's trace goes on upstream
             response = await self._session.post(
                 target.base_url + path,
                 data=self._encoder.encode(body),
-                headers=target.headers,
+                headers=headers,
                 timeout=self._timeout(target.timeout),
             )
         except TimeoutError as exc:

@@ -188,10 +188,15 @@ def teacher_settings(
 
 
 @contextmanager
-def serve(settings: Settings) -> Iterator[str]:
+def serve(settings: Settings, exporter: Any = None) -> Iterator[str]:
     """`create_app(settings)` on a free loopback port (uvicorn in a thread), its models
-    ready; yields the base URL."""
+    ready; yields the base URL. `exporter`: an OpenTelemetry span exporter the gateway's
+    spans go to."""
     gateway = Gateway(settings)
+    if exporter is not None:
+        from gateway.tracing import Tracing
+
+        gateway.tracing = Tracing.with_exporter(exporter)
     config = uvicorn.Config(
         create_app(gateway=gateway), host="127.0.0.1", port=free_port(), log_level="warning"
     )
