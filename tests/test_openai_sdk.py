@@ -30,8 +30,8 @@ def test_serve_says_where_it_listens_and_what_is_mounted(live_server):
     output = live_server.output()
     assert f"listening on {live_server.url}" in output
     assert (
-        "route families mounted: adapters, distillation, health, kobold, llamacpp, metrics, openai,"
-        " training" in output
+        "route families mounted: adapters, distillation, health, kobold, llamacpp, metrics, models,"
+        " openai, stats, training" in output
     )
     assert "no API keys are configured" in output
 
