@@ -7,6 +7,7 @@ an adapter must come out of /completion (`lora` by id), /v1/completions (`adapte
 
 from __future__ import annotations
 
+import re
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -108,6 +109,9 @@ def test_an_adapter_serves_the_same_text_on_every_route(api, adapters):
     assert tuned.json()["generation_settings"]["lora"] == lora
     text = tuned.json()["content"]
     assert text and text != base.json()["content"]
+    metrics = api.get("/metrics").text
+    resident = re.search(rf'gateway_adapters_resident{{model="{MODEL}"}} (\S+)', metrics)
+    assert resident is not None and float(resident.group(1)) >= 1  # the engine holds it
 
     plain = {"model": MODEL, "prompt": PROMPT, "max_tokens": TOKENS, "temperature": 0}
     openai = api.post("/v1/completions", json=plain | {"adapter": a})

@@ -87,3 +87,27 @@ def test_llama_server_metrics_move_under_load(api):
     prompts = {entry["prompt_preview"] for entry in recent[:3]}
     assert prompts == {f"Count to ten, take {k}:" for k in range(3)}
     assert all(e["completion_tokens"] == 48 and e["finish_reason"] == "length" for e in recent[:3])
+
+
+def test_requests_beyond_the_slots_are_deferred_while_they_wait(api):
+    model, slots = next(iter(scrape(api)["gateway_slots"].items()))
+    count = int(slots) + 4
+    done: list[int] = []
+
+    def complete(k: int) -> None:
+        body = {"prompt": f"List {k} fruits:", "n_predict": 24, "ignore_eos": True}
+        done.append(api.post("/completion", json=body).status_code)
+
+    threads = [threading.Thread(target=complete, args=(k,)) for k in range(count)]
+    for thread in threads:
+        thread.start()
+    deferred = 0.0
+    deadline = time.monotonic() + 120
+    while any(t.is_alive() for t in threads) and time.monotonic() < deadline:
+        deferred = max(deferred, scrape(api)["llamacpp:requests_deferred"][model])
+        time.sleep(0.01)
+    for thread in threads:
+        thread.join()
+    assert done == [200] * count
+    assert deferred >= 1
+    assert scrape(api)["llamacpp:requests_deferred"][model] == 0

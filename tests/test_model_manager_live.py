@@ -22,7 +22,8 @@ import openai
 import pytest
 from live import LiveServer, start_server, stop_server
 
-SEED = Path(__file__).resolve().parents[2] / "shared" / "seeds"
+SEED = Path(__file__).resolve().parent / "data" / "seeds"
+"""The API references' texts, bundled with the tests (as `seed_examples` reads them)."""
 CONFIG = """
 [model_manager]
 max_loaded = 2
