@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 Precision = Literal["fp32", "int8", "int4"]
 PRECISIONS: tuple[Precision, ...] = ("fp32", "int8", "int4")
-BUILDER_VERSION = "4"
+BUILDER_VERSION = "5"
 BLOCK_SIZES = (16, 32, 64, 128, 256)
 """What `MatMulNBits` takes: powers of two from 16."""
 DEFAULT_BLOCK = {"int8": 64, "int4": 32}
@@ -173,7 +173,14 @@ def write_model(folder: Path, path: Path, variant: Variant) -> None:
 
         log.info("Calibrating the smoothing of the projections' inputs")
         peaks = input_peaks(folder)
-    model = build_graph(folder, variant.lora, variant.integer_projections, peaks, variant.smoothed)
+    model = build_graph(
+        folder,
+        variant.lora,
+        variant.integer_projections,
+        peaks,
+        variant.smoothed,
+        lora_integer=variant.precision != "fp32",
+    )
     if variant.precision != "fp32":
         bits = 8 if variant.precision == "int8" else 4
         model = quantize(model, bits=bits, block_size=variant.block)

@@ -53,11 +53,22 @@ IR_VERSION = 10
 
 
 LORA_GROUPS = ("qkv", "out", "gate_up", "down")
-"""The projections a LoRA graph adds a delta to: `y += ((x @ A) * lora_scale) @ B`, with
-`lora_a_{layer}_{group}` `[in, rank]`, `lora_b_{layer}_{group}` `[rank, out]` (the
-adapters of a run side by side along `rank`) and `lora_scale` `[batch, 1, rank]` (each
-row's scale for each rank column: 0 where the row does not use that adapter)."""
-LORA_SCALE = "lora_scale"
+"""The projections a LoRA graph adds a delta to. A run's rows are grouped into *entries*
+(the rows that share a set of adapters, most often one adapter), and each entry's tokens
+are multiplied by that entry's weights only, as Punica's segmented matmuls do, so a token
+costs its own adapters' multiplications whatever the number of entries in the run:
+
+- `lora_rows` `[entries, width, 2]`: the (row, position) of each entry's tokens, padded
+  with any token; `lora_slot` `[entries, width, 1]`: 1 for a token, 0 for padding;
+- `lora_a_{layer}_{group}` `[entries, in, rank]` and `lora_b_{layer}_{group}` `[entries,
+  rank, out]`: each entry's adapters side by side along `rank`, their scales folded into B;
+- `lora_back` `[batch, seq, 2]`: where each token of the run finds its delta in `[entries,
+  width]` (a padding slot for tokens without adapters: its delta is 0).
+
+With `lora_integer`, A and B are int8 with per-column scales (`lora_a_scale_*`
+`[entries, 1, rank]`, `lora_b_scale_*` `[entries, 1, out]`) and both products are integer
+matmuls of row-quantized activations, like the integer projections: a quarter of float32's
+bytes, which bound a step with many adapters."""
 
 PROJECTIONS = ("qkv", "out", "gate_up", "down", "head")
 """The projections that can run as integer matmuls: `LORA_GROUPS` and the output head."""
@@ -74,6 +85,11 @@ SMOOTHED = frozenset(SMOOTHING_ALPHA)
 
 def lora_names(layer: int, group: str) -> tuple[str, str]:
     return f"lora_a_{layer}_{group}", f"lora_b_{layer}_{group}"
+
+
+def lora_scale_names(layer: int, group: str) -> tuple[str, str]:
+    """The per-column scales of an integer LoRA graph's A and B."""
+    return f"lora_a_scale_{layer}_{group}", f"lora_b_scale_{layer}_{group}"
 
 
 def lora_dims(shape: Shape, group: str) -> tuple[int, int]:
@@ -165,6 +181,84 @@ def quantize_rows(g: _Graph, x: str, width: int, zero: str) -> tuple[str, str]:
     return f"{x}.codes", f"{x}.scale"
 
 
+def float_lora(
+    g: _Graph, i: int, group: str, x: str, size_in: int, size_out: int, inputs: list[Any]
+) -> str:
+    """The `[entries, width, out]` LoRA deltas of `x`'s gathered tokens, float32."""
+    from onnx import TensorProto, helper
+
+    a, b = lora_names(i, group)
+    inputs.append(helper.make_tensor_value_info(a, TensorProto.FLOAT, ["entries", size_in, "rank"]))
+    inputs.append(
+        helper.make_tensor_value_info(b, TensorProto.FLOAT, ["entries", "rank", size_out])
+    )
+    at = f"l{i}.{group}_lora"
+    g.node("GatherND", [x, "lora_rows"], [f"{at}.x"])
+    g.node("MatMul", [f"{at}.x", a], [f"{at}.shrunk"])
+    g.node("Mul", [f"{at}.shrunk", "lora_slot"], [f"{at}.kept"])
+    g.node("MatMul", [f"{at}.kept", b], [f"{at}.delta"])
+    return f"{at}.delta"
+
+
+def integer_lora(
+    g: _Graph,
+    i: int,
+    group: str,
+    x: str,
+    x_codes: tuple[str, str] | None,
+    size_in: int,
+    size_out: int,
+    inputs: list[Any],
+) -> str:
+    """The `[entries, width, out]` LoRA deltas of `x`'s gathered tokens, with int8 A and
+    B: `x`'s rows quantized (or `x_codes`, its codes and scales when its projection
+    already quantized them), then the shrunk rows in turn."""
+    from onnx import TensorProto, helper
+
+    a, b = lora_names(i, group)
+    a_scale, b_scale = lora_scale_names(i, group)
+    inputs += [
+        helper.make_tensor_value_info(a, TensorProto.INT8, ["entries", size_in, "rank"]),
+        helper.make_tensor_value_info(a_scale, TensorProto.FLOAT, ["entries", 1, "rank"]),
+        helper.make_tensor_value_info(b, TensorProto.INT8, ["entries", "rank", size_out]),
+        helper.make_tensor_value_info(b_scale, TensorProto.FLOAT, ["entries", 1, size_out]),
+    ]
+    at = f"l{i}.{group}_lora"
+    codes, scale = x_codes or quantize_rows(g, x, size_in, "zero_rows")
+    g.node("GatherND", [codes, "lora_rows"], [f"{at}.codes"])
+    g.node("GatherND", [scale, "lora_rows"], [f"{at}.scale"])
+    g.node("Mul", [f"{at}.scale", "lora_slot"], [f"{at}.kept"])
+    g.node(
+        "MatMulIntegerToFloat",
+        [f"{at}.codes", a, f"{at}.kept", a_scale, "zero_point"],
+        [f"{at}.shrunk"],
+        domain="com.microsoft",
+    )
+    g.node("Flatten", [f"{at}.shrunk"], [f"{at}.flat"], axis=2)
+    g.node("Abs", [f"{at}.flat"], [f"{at}.abs"])
+    g.node("ReduceMax", [f"{at}.abs", "last_axis"], [f"{at}.peak"], keepdims=0)
+    g.node("Mul", [f"{at}.peak", "inv127"], [f"{at}.rank_scale"])
+    g.node(
+        "QuantizeLinear",
+        [f"{at}.flat", f"{at}.rank_scale", "zero_lora"],
+        [f"{at}.rank_codes"],
+        axis=0,
+    )
+    g.node("Reshape", [f"{at}.rank_codes", "lora_codes.shape"], [f"{at}.shrunk_codes"])
+    g.node("Reshape", [f"{at}.rank_scale", "lora_slot.shape"], [f"{at}.shrunk_scale"])
+    # Scaled after the product: MatMulIntegerToFloat's own broadcast of per-row times
+    # per-column scales measured twice as slow as two Muls at these shapes.
+    g.node(
+        "MatMulIntegerToFloat",
+        [f"{at}.shrunk_codes", b, "one", "one", "zero_point"],
+        [f"{at}.unscaled"],
+        domain="com.microsoft",
+    )
+    g.node("Mul", [f"{at}.unscaled", b_scale], [f"{at}.columns"])
+    g.node("Mul", [f"{at}.columns", f"{at}.shrunk_scale"], [f"{at}.delta"])
+    return f"{at}.delta"
+
+
 class _Graph:
     def __init__(self) -> None:
         from onnx import numpy_helper
@@ -192,12 +286,14 @@ def build_graph(
     integer: Collection[str] = (),
     peaks: Mapping[str, np.ndarray] | None = None,
     smoothed: Collection[str] = (),
+    lora_integer: bool = False,
 ) -> Any:
     """The `onnx.ModelProto` of the Llama-family model in `folder`, float32 but for the
     `integer` projections (of `PROJECTIONS`; module docstring). With `lora`, every
     projection takes a LoRA delta from graph inputs (see `LORA_GROUPS`). `peaks`: each
     projection input's per-channel largest magnitude (`gateway_onnx.calibrate`), needed
-    to smooth the inputs of the `smoothed` projections (of `SMOOTHED`)."""
+    to smooth the inputs of the `smoothed` projections (of `SMOOTHED`). `lora_integer`:
+    int8 adapters (`LORA_GROUPS`)."""
     from onnx import TensorProto, helper
     from safetensors.numpy import load_file
 
@@ -240,11 +336,12 @@ def build_graph(
     gate_up_sizes = g.constant("gate_up_sizes", np.array([s.intermediate] * 2, np.int64))
     eps = s.eps
     if lora:
-        inputs.append(
-            helper.make_tensor_value_info(LORA_SCALE, TensorProto.FLOAT, ["batch", 1, "rank"])
-        )
-
-    if integer:
+        inputs += [
+            helper.make_tensor_value_info("lora_rows", TensorProto.INT64, ["entries", "width", 2]),
+            helper.make_tensor_value_info("lora_slot", TensorProto.FLOAT, ["entries", "width", 1]),
+            helper.make_tensor_value_info("lora_back", TensorProto.INT64, ["batch", "seq", 2]),
+        ]
+    if integer or (lora and lora_integer):
         g.constant("inv127", np.array(1.0 / 127.0, np.float32))
         g.constant("one", np.array(1.0, np.float32))
         g.constant("zero_point", np.array(128, np.uint8))
@@ -255,6 +352,18 @@ def build_graph(
             g.node("Shape", [of], [f"{of}.shape"])
             g.node("Concat", [f"{of}.shape", "unit"], [f"{rows}.shape"], axis=0)
             g.node("Expand", ["zero_point", f"{rows}.shape"], [rows])
+    if lora and lora_integer:
+        # The shrunk activations are quantized as `[entries * width, rank]` rows (rank
+        # varies per run, so per-axis rather than blocked): their zero points, and the
+        # shapes that bring codes and scales back to `[entries, width, ...]`.
+        g.node("Shape", ["lora_slot"], ["lora_slot.shape"])
+        g.node("ReduceProd", ["lora_slot.shape"], ["lora_tokens"], keepdims=1)
+        g.node("Expand", ["zero_point", "lora_tokens"], ["zero_lora"])
+        g.constant("slice_0", np.array([0], np.int64))
+        g.constant("slice_2", np.array([2], np.int64))
+        g.node("Slice", ["lora_slot.shape", "slice_0", "slice_2"], ["lora_entries_width"])
+        g.constant("any_width", np.array([-1], np.int64))
+        g.node("Concat", ["lora_entries_width", "any_width"], ["lora_codes.shape"], axis=0)
     codes: dict[str, tuple[str, str]] = {}
 
     def smooth(key: str, group: str, matrix: np.ndarray) -> np.ndarray | None:
@@ -300,26 +409,22 @@ def build_graph(
         matmul(x, weight_name, matrix, base, group)
         if not lora:
             return base
-        a, b = lora_names(i, group)
-        inputs.append(
-            helper.make_tensor_value_info(a, TensorProto.FLOAT, [matrix.shape[0], "rank"])
-        )
-        inputs.append(
-            helper.make_tensor_value_info(b, TensorProto.FLOAT, ["rank", matrix.shape[1]])
-        )
+        size_in, size_out = matrix.shape
+        at = f"l{i}.{group}_lora"
         if smoothed is not None:
             factors = g.constant(f"l{i}.{group}.smoothing", smoothed)
-            g.node("Mul", [x, factors], [f"l{i}.{group}_unsmoothed"])
-            x = f"l{i}.{group}_unsmoothed"
-        g.node("MatMul", [x, a], [f"l{i}.{group}_shrunk"])
-        g.node("Mul", [f"l{i}.{group}_shrunk", LORA_SCALE], [f"l{i}.{group}_scaled"])
-        g.node("MatMul", [f"l{i}.{group}_scaled", b], [f"l{i}.{group}_delta"])
-        delta = f"l{i}.{group}_delta"
+            g.node("Mul", [x, factors], [f"{at}.unsmoothed"])
+            x = f"{at}.unsmoothed"
+        if lora_integer:
+            delta = integer_lora(g, i, group, x, codes.get(x), size_in, size_out, inputs)
+        else:
+            delta = float_lora(g, i, group, x, size_in, size_out, inputs)
         if rescaled is not None:
             factors = g.constant(f"l{i}.{group}.rescaling", rescaled)
-            g.node("Mul", [delta, factors], [f"l{i}.{group}_delta_rescaled"])
-            delta = f"l{i}.{group}_delta_rescaled"
-        g.node("Add", [base, delta], [f"l{i}.{group}_out"])
+            g.node("Mul", [delta, factors], [f"{at}.rescaled"])
+            delta = f"{at}.rescaled"
+        g.node("GatherND", [delta, "lora_back"], [f"{at}.back"])
+        g.node("Add", [base, f"{at}.back"], [f"l{i}.{group}_out"])
         return f"l{i}.{group}_out"
 
     g.node("Gather", ["embed", "input_ids"], ["embedded"])

@@ -17,11 +17,15 @@ up to their lengths). A sequence moves when it starts, when it starts decoding, 
 one ahead of it ends.
 
 LoRA: with a second export that has LoRA inputs (`gateway_onnx.graph.LORA_GROUPS`), a run
-in which any work carries adapters runs on that graph: the adapters of the run side by
-side along the rank axis (stacked once per set of adapters and kept while the set holds),
-and each row's scale for each adapter's columns (0 where the row does not use it), so rows
-with different adapter sets, compositions and no adapter share one run. Runs without
-adapters take the plain graph: the LoRA graph's extra ops would cost them time for nothing.
+in which any work carries adapters runs on that graph. Its rows are grouped into entries,
+one per adapter set (adapters and scales), and each entry's tokens are multiplied by that
+entry's weights alone: the segmented matmuls of Punica and S-LoRA, so rows with different
+adapter sets, compositions and no adapter share one run, and a token costs only its own
+adapters' work. An entry's weights are built once (side by side along the rank axis, its
+scales folded into B; int8 with per-column scales on a quantized export) and kept
+(`MAX_ENTRIES`); a run's entries are stacked once per set of entries and kept while the
+set holds (`MAX_STACKS`). Runs without adapters take the plain graph: the LoRA graph's
+extra ops would cost them time for nothing.
 
 Batch invariance: a row's logits must not depend on which rows share its run, or a
 request's greedy text would change with the server's load. ONNX Runtime's `MatMulNBits`
@@ -44,6 +48,7 @@ from gateway_engine.runner import Work
 
 if TYPE_CHECKING:
     import torch
+    from gateway_engine.lora.batch import AdapterSet
     from gateway_engine.lora.weights import LoraWeights
 
     from gateway_onnx.graph import Shape
@@ -96,7 +101,11 @@ class OnnxRunner:
             if lora_model is not None
             else None
         )
-        self._stacks: dict[tuple[int, ...], _Stacks] = {}
+        self._stacks: dict[tuple[Any, ...], _Stacks] = {}
+        self._entries: dict[tuple[Any, ...], _Entry] = {}
+        self.lora_integer = self.lora_session is not None and any(
+            i.name.startswith("lora_a_scale_") for i in self.lora_session.get_inputs()
+        )
         self._scratch = slots
         """The slot id of the scratch row (its length stays 0: it holds nothing)."""
         dims = (slots + 1, shape.kv_heads, context, shape.head_dim)
@@ -198,7 +207,7 @@ class OnnxRunner:
         bound = self._binding(adapted, first, rows)
         binding = bound.binding
         if adapted:
-            self._bind_lora(bound, works)
+            self._bind_lora(bound, works, width)
         binding.bind_cpu_input("input_ids", tokens)
         binding.bind_cpu_input("seqlens_k", seqlens)
         binding.bind_cpu_input("total_sequence_length", total)
@@ -208,37 +217,59 @@ class OnnxRunner:
         bound.session.run_with_iobinding(binding)
         return out
 
-    def _bind_lora(self, bound: _Binding, works: list[Work]) -> None:
-        """Bind the stacked adapters of `works` and each row's scales."""
-        from gateway_onnx.graph import LORA_GROUPS, LORA_SCALE, lora_names
-
-        adapters: dict[int, LoraWeights] = {}
-        for work in works:
-            for weights, _ in work.adapters:
-                adapters.setdefault(id(weights), weights)
-        key = tuple(adapters)
+    def _bind_lora(self, bound: _Binding, works: list[Work], width: int) -> None:
+        """Bind the weights of `works`' entries (an entry: the rows that share an adapter
+        set, `gateway_onnx.graph.LORA_GROUPS`), which tokens each entry gathers, and where
+        each token finds its delta."""
+        entries: dict[tuple[tuple[int, float], ...], list[int]] = {}
+        for k, work in enumerate(works):
+            if work.adapters:
+                adapter_set = tuple((id(weights), factor) for weights, factor in work.adapters)
+                entries.setdefault(adapter_set, []).append(k)
+        tokens = [sum(len(works[k].tokens) for k in ks) for ks in entries.values()]
+        span = max(tokens)
+        if sum(tokens) < len(works) * width and min(tokens) == span:
+            span += 1  # a padding slot, whose delta is 0, for the tokens without adapters
+        rows = np.zeros((len(entries), span, 2), np.int64)
+        slot = np.zeros((len(entries), span, 1), np.float32)
+        back = np.zeros((len(works), width, 2), np.int64)
+        padding = next((e for e, n in enumerate(tokens) if n < span), 0)
+        back[:, :, 0], back[:, :, 1] = padding, span - 1
+        for e, ks in enumerate(entries.values()):
+            j = 0
+            for k in ks:
+                n = len(works[k].tokens)
+                rows[e, j : j + n, 0], rows[e, j : j + n, 1] = k, np.arange(n)
+                slot[e, j : j + n] = 1.0
+                back[k, :n, 0], back[k, :n, 1] = e, np.arange(j, j + n)
+                j += n
+        for name, array in (("lora_rows", rows), ("lora_slot", slot), ("lora_back", back)):
+            bound.binding.bind_cpu_input(name, array)
+        bound.inputs = [rows, slot, back]  # alive until the run
+        key: tuple[Any, ...] = tuple(entries)
+        if bound.stacks is not None and bound.stacks.key == key:
+            return  # the binding holds these entries' weights already
         stacks = self._stacks.get(key)
         if stacks is None:
-            stacks = _Stacks(list(adapters.values()), self.shape)
+            stacks = _Stacks(
+                key,
+                [self._entry(works[ks[0]].adapters, held) for held, ks in entries.items()],
+                self.lora_integer,
+            )
             if len(self._stacks) >= MAX_STACKS:
                 self._stacks.pop(next(iter(self._stacks)))
             self._stacks[key] = stacks
-        scale = np.zeros((len(works), 1, stacks.rank), dtype=np.float32)
-        for k, work in enumerate(works):
-            for weights, factor in work.adapters:
-                start, end = stacks.columns[id(weights)]
-                scale[k, 0, start:end] += factor
-        bound.binding.bind_cpu_input(LORA_SCALE, scale)
-        bound.scale = scale  # alive until the run, wherever the binding points
-        if bound.stacks is stacks:
-            return  # the binding holds this set's weights already
-        for layer in range(self.shape.layers):
-            for group in LORA_GROUPS:
-                a, b = stacks.weights[layer][group]
-                names = lora_names(layer, group)
-                bound.binding.bind_cpu_input(names[0], a)
-                bound.binding.bind_cpu_input(names[1], b)
+        for name, array in stacks.arrays.items():
+            bound.binding.bind_cpu_input(name, array)
         bound.stacks = stacks
+
+    def _entry(self, adapters: AdapterSet, key: tuple[tuple[int, float], ...]) -> _Entry:
+        """The weights of one adapter set (its scales folded in), cached by `key`."""
+        entry = self._entries.pop(key, None) or _Entry(adapters, self.shape, self.lora_integer)
+        self._entries[key] = entry  # most recently used last
+        if len(self._entries) > MAX_ENTRIES:
+            self._entries.pop(next(iter(self._entries)))
+        return entry
 
     def _binding(self, adapted: bool, first: int, rows: int) -> _Binding:
         """The IO binding of cache rows `first..first+rows-1` on the plain or the LoRA
@@ -291,58 +322,87 @@ class _Binding:
     def __init__(self, session: Any, binding: Any):
         self.session, self.binding = session, binding
         self.stacks: _Stacks | None = None
-        self.scale: np.ndarray | None = None
+        self.inputs: list[np.ndarray] = []
+
+
+MAX_ENTRIES = 64
+"""Adapter sets whose (for an int8 graph, quantized) weights are kept between stackings."""
+
+
+class _Entry:
+    """An adapter set's weights for the LoRA graph, per layer and group
+    (`gateway_onnx.graph.LORA_GROUPS`): A `[in, rank]` with the adapters side by side,
+    B `[rank, out]` times each adapter's scale; for an int8 graph, both as int8 codes with
+    per-column scales. A group an adapter does not touch is zeros in its columns; an
+    adapter's width is its largest rank."""
+
+    def __init__(self, adapters: AdapterSet, shape: Shape, integer: bool):
+        from gateway_onnx.graph import LORA_GROUPS, lora_dims, quantize_columns
+
+        self.adapters = adapters  # kept alive: the caches' keys are their ids
+        widths = [_width(weights, shape.layers) for weights, _ in adapters]
+        self.rank = max(1, sum(widths))
+        self.layers: list[dict[str, list[np.ndarray]]] = []
+        for layer in range(shape.layers):
+            groups = {}
+            for group in LORA_GROUPS:
+                size_in, size_out = lora_dims(shape, group)
+                a = np.zeros((size_in, self.rank), np.float32)
+                b = np.zeros((self.rank, size_out), np.float32)
+                start = 0
+                for (weights, factor), width in zip(adapters, widths, strict=True):
+                    part = weights.layers[layer].get(group)
+                    if part is not None:
+                        r = part.a.shape[1]
+                        a[:, start : start + r] = part.a.float().cpu().numpy()
+                        b[start : start + r] = part.b.float().cpu().numpy() * factor
+                    start += width
+                if integer:
+                    groups[group] = [*quantize_columns(a), *quantize_columns(b)]
+                else:
+                    groups[group] = [a, b]
+            self.layers.append(groups)
 
 
 class _Stacks:
-    """The weights of a set of adapters side by side along the rank axis, per layer and
-    group (`[in, rank]` A, `[rank, out]` B, float32), with each adapter's columns. A group
-    an adapter does not touch is zeros in its columns; an adapter's width is its largest
-    rank."""
+    """The entries of a run stacked for the graph's inputs (`[entries, in, rank]` A,
+    `[entries, rank, out]` B, and their `[entries, 1, columns]` scales for an int8 graph),
+    each entry zero-padded to the widest entry's rank."""
 
-    def __init__(self, adapters: list[LoraWeights], shape: Shape):
-        from gateway_onnx.graph import LORA_GROUPS, lora_dims
+    def __init__(self, key: tuple[Any, ...], entries: list[_Entry], integer: bool):
+        from gateway_onnx.graph import LORA_GROUPS, lora_names, lora_scale_names
 
-        layers = shape.layers
-        self.adapters = adapters  # kept alive: the cache's keys are their ids
-        widths = [_width(a, layers) for a in adapters]
-        self.columns: dict[int, tuple[int, int]] = {}
-        start = 0
-        for adapter, width in zip(adapters, widths, strict=True):
-            self.columns[id(adapter)] = (start, start + width)
-            start += width
-        self.rank = start
-        self.weights: list[dict[str, tuple[np.ndarray, np.ndarray]]] = []
-        for layer in range(layers):
-            self.weights.append(
-                {
-                    group: _stack(
-                        [a.layers[layer].get(group) for a in adapters],
-                        widths,
-                        *lora_dims(shape, group),
-                    )
-                    for group in LORA_GROUPS
-                }
-            )
+        self.key = key
+        rank = max(entry.rank for entry in entries)
+        self.arrays: dict[str, np.ndarray] = {}
+        for layer in range(len(entries[0].layers)):
+            for group in LORA_GROUPS:
+                parts = [entry.layers[layer][group] for entry in entries]
+                a_name, b_name = lora_names(layer, group)
+                self.arrays[a_name] = _padded([p[0] for p in parts], rank, axis=2)
+                if integer:
+                    a_scale, b_scale = lora_scale_names(layer, group)
+                    self.arrays[a_scale] = _padded([p[1][None] for p in parts], rank, axis=2)
+                    self.arrays[b_name] = _padded([p[2] for p in parts], rank, axis=1)
+                    self.arrays[b_scale] = np.stack([p[3][None] for p in parts])
+                else:
+                    self.arrays[b_name] = _padded([p[1] for p in parts], rank, axis=1)
+
+
+def _padded(parts: list[np.ndarray], rank: int, axis: int) -> np.ndarray:
+    """`parts` stacked along a new first axis, each zero-padded to `rank` along `axis`
+    (counted in the stacked array)."""
+    shape = list(parts[0].shape)
+    shape[axis - 1] = rank
+    stacked = np.zeros((len(parts), *shape), parts[0].dtype)
+    for k, part in enumerate(parts):
+        index: list[int | slice] = [k, slice(None), slice(None)]
+        index[axis] = slice(0, part.shape[axis - 1])
+        stacked[tuple(index)] = part
+    return stacked
 
 
 def _width(adapter: LoraWeights, layers: int) -> int:
     return max(
         (g.a.shape[1] for layer in adapter.layers[:layers] for g in layer.values()), default=0
     )
-
-
-def _stack(
-    parts: list[Any], widths: list[int], size_in: int, size_out: int
-) -> tuple[np.ndarray, np.ndarray]:
-    rank = sum(widths)
-    a = np.zeros((size_in, rank), np.float32)
-    b = np.zeros((rank, size_out), np.float32)
-    start = 0
-    for part, width in zip(parts, widths, strict=True):
-        if part is not None:
-            r = part.a.shape[1]
-            a[:, start : start + r] = part.a.float().cpu().numpy()
-            b[start : start + r] = part.b.float().cpu().numpy()
-        start += width
-    return a, b

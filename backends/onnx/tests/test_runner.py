@@ -269,6 +269,52 @@ def test_lora_rows_match_the_torch_runner(
     assert {key[0] for key in onnx._bindings} == {True, False}
 
 
+def test_int8_adapters_follow_float_and_leave_each_row_its_own(
+    smol_folder, data_dir, reference, tmp_path
+):
+    """The int8 export's adapters (int8 weights, integer matmuls, one segment per adapter
+    set): an adapter's effect on the logits is the float32 graph's, within quantization
+    error; and a row's logits are bit for bit the same alone as beside rows with other
+    adapters, a composition and none."""
+    from gateway_engine.lora.weights import read_adapter
+    from gateway_torch.lora.synthetic import write_random_adapter
+
+    first = read_adapter(
+        write_random_adapter(reference, tmp_path / "a", rank=16, seed=3), reference, name="a"
+    )
+    second = read_adapter(
+        write_random_adapter(reference, tmp_path / "b", rank=8, targets=("v_proj",), seed=4),
+        reference,
+        name="b",
+    )
+    shape = read_shape(smol_folder)
+
+    def make(precision: str) -> OnnxRunner:
+        plain = ensure_exported(smol_folder, data_dir, Variant(precision))
+        lora = ensure_exported(smol_folder, data_dir, Variant(precision, lora=True))
+        return OnnxRunner(plain, shape, 4, 64, lora_model=lora)
+
+    sets = [((first, 1.0),), ((second, 1.0),), (), ((first, 0.5), (second, 2.0))]
+    prompts = [ids(9 + slot, 60 + slot) for slot in range(4)]
+    int8, fp32 = make("int8"), make("fp32")
+    with torch.inference_mode():
+        effects = []
+        for run in (int8, fp32):
+            run.forward([Work(s, 0, prompts[s], False, sets[s]) for s in range(4)])
+            position = len(prompts[0])
+            adapted = run.forward([Work(0, position, [5], True, sets[0])])[0]
+            base = run.forward([Work(0, position, [5], True)])[0]
+            effects.append(adapted - base)
+        cosine = torch.nn.functional.cosine_similarity(effects[0], effects[1], dim=0)
+        assert float(effects[1].norm()) > 1.0  # the adapter matters
+        assert float(cosine) > 0.95
+        assert float((effects[0] - effects[1]).norm() / effects[1].norm()) < 0.3
+        alone = int8.forward([Work(0, position, [5], True, sets[0])])[0]
+        beside = int8.forward([Work(s, len(prompts[s]), [5], True, sets[s]) for s in range(4)])
+    assert torch.equal(alone, beside[0])
+    assert not torch.equal(beside[0], beside[2])
+
+
 def test_integer_matmuls_quantize_each_row_on_its_own(tmp_path):
     """`quantize_rows` + `MatMulIntegerToFloat` on a toy graph: close to the float
     product, an all-zero row gives zeros (not NaN), and a row's result is the same
