@@ -148,6 +148,9 @@ def test_three_models_two_loaded(server: LiveServer, api: httpx.Client) -> None:
     assert len(answers) == 3 and len(set(answers)) == 1 and answers[0]
     rows = status(api)
     assert rows["chat-b"]["loads"] == 1 and rows["chat-b"]["requests_served"] == 3
+    # its estimate before the load (weights and KV cache from the file's header) was close
+    estimate, measured = rows["chat-b"]["estimated_bytes"], rows["chat-b"]["memory_bytes"]
+    assert 0.6 < measured / estimate < 1.6, (estimate, measured)
     assert states(api) == {"my-model": "ready", "chat-b": "ready", "my-embedding-model": "unloaded"}
 
     # my-model is now the least recently used, but pinned: chat-b makes room

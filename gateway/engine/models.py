@@ -112,12 +112,20 @@ class ModelHandle:
     def name(self) -> str:
         return self.spec.name
 
+    estimated: int | None = None
+    """What the backend estimated before the first load (`prepare_estimate`)."""
+
     def estimate(self) -> int:
         """Bytes this model is expected to take: its last measured load, else what the
-        backend estimates, else 0 (unknown)."""
+        backend estimated, else 0 (unknown)."""
         if self.memory is not None:
             return self.memory
-        return self.backend.memory_estimate() or 0
+        return self.estimated or 0
+
+    async def prepare_estimate(self) -> None:
+        """Ask the backend for its estimate once (it may read file headers: a thread)."""
+        if self.memory is None and self.estimated is None:
+            self.estimated = await asyncio.to_thread(self.backend.memory_estimate) or 0
 
     def describe(self) -> dict[str, Any]:
         info: dict[str, Any] = {
@@ -149,7 +157,7 @@ class ModelHandle:
             "uptime_seconds": round(uptime, 1) if uptime is not None else None,
             "load_seconds": round(self.load_seconds, 3) if self.load_seconds else None,
             "memory_bytes": self.memory if self.state is ModelState.READY else None,
-            "estimated_bytes": self.estimate(),
+            "estimated_bytes": self.estimated,
             "requests_served": self.served,
             "requests_in_flight": self.in_flight,
             "loads": self.loads,
@@ -344,6 +352,7 @@ class ModelManager:
     async def _make_room(self, handle: ModelHandle) -> None:
         """Evict least recently used unpinned models until `handle` fits; Conflict when it
         cannot (checked before anything is evicted)."""
+        await handle.prepare_estimate()
         needed = handle.estimate()
         loaded = [h for h in self._handles.values() if h.state is ModelState.READY]
         candidates = sorted(

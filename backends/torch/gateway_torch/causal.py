@@ -33,19 +33,26 @@ class TorchBackend(EngineBackend):
         return load_causal(source, self.data_dir, options)
 
     def memory_estimate(self) -> int | None:
-        """The size of the model's weights on disk: what a model loaded at the file's
-        precision takes, before its KV cache (the model manager measures each load)."""
+        """Weights at the engine's dtype plus the KV cache of the model's slots, from its
+        files' headers (`gateway_torch.footprint`); None when they do not say. Blocking:
+        the model manager calls it in a thread."""
+        from types import SimpleNamespace
+
         from gateway.errors import ConfigError
+        from gateway_torch.footprint import footprint, read_shape
+        from gateway_torch.options import parse_options, resolve_context_length
         from gateway_torch.sources import resolve_source
 
         try:
             source = resolve_source(self.spec.source or DEFAULT_SOURCE)
-        except ConfigError:
+            shape = read_shape(source)
+            options = parse_options(self.option_values(), self.option_keys)
+        except (ConfigError, ValueError, OSError, KeyError):
             return None
-        if source.path.is_file():
-            return source.path.stat().st_size
-        weights = [*source.path.glob("*.safetensors"), *source.path.glob("*.bin")]
-        return sum(path.stat().st_size for path in weights) or None
+        native = SimpleNamespace(max_position_embeddings=shape.native_context)
+        context = resolve_context_length(options.context_length, native)
+        size = options.dtype.itemsize
+        return footprint(shape, dtype_bytes=size, slots=options.slots, context=context)
 
     def option_values(self) -> dict[str, Any]:
         """The model's options as `gateway_torch.options.parse_options` reads them:
