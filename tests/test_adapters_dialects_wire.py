@@ -10,6 +10,7 @@ under adapters are in test_adapters_dialects_live.py.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncGenerator, Iterator
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,10 @@ def lora_gateway(tmp_path: Path) -> Iterator[tuple[TestClient, LoraEcho]]:
     settings = Settings(models=[ModelSpec(name="m", backend="lora-echo")], data_dir=str(tmp_path))
     gateway = Gateway(settings, pm)
     with TestClient(create_app(gateway=gateway)) as client:
+        deadline = time.monotonic() + 30
+        while not gateway.models.all_ready:  # the startup load runs in the background
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
         backend = gateway.models.get("m")
         assert isinstance(backend, LoraEcho)
         for name in NAMES:
