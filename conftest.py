@@ -61,7 +61,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (the name avoids the GATEWAY_ prefix, which the settings loader reads).
     """
     kept = os.environ.get("TEST_GATEWAY_DATA_DIR")
-    if kept:
-        Path(kept).mkdir(parents=True, exist_ok=True)
-        return Path(kept)
-    return tmp_path_factory.mktemp("data")
+    folder = Path(kept) if kept else tmp_path_factory.mktemp("data")
+    # tests that serve from a data directory of their own link this one's models in
+    (folder / "models").mkdir(parents=True, exist_ok=True)
+    return folder

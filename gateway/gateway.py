@@ -48,6 +48,7 @@ class Gateway:
         limits = Limits(
             max_loaded=manager.max_loaded,
             memory_budget=manager.budget_bytes,
+            vram_budget=manager.vram_budget_bytes,
             load_timeout=manager.load_timeout,
             unload_timeout=manager.unload_timeout,
         )

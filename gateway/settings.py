@@ -222,7 +222,9 @@ class ModelManagerSettings(Struct, kw_only=True, forbid_unknown_fields=True):
 
     `max_loaded`: models loaded at once (0: no limit), as llama-server's `--models-max`;
     `memory_budget`: what loaded models may use in all (`"8GiB"`, `"512MB"`; unset: the
-    memory the machine has available when a model loads). A load beyond either evicts
+    memory the machine has available when a model loads); `vram_budget`: the same for
+    each accelerator's memory, for models a backend puts there (the torch backend on
+    CUDA; unset: what the device has free). A load beyond any of them evicts
     the least recently used model that is not pinned; one that cannot fit even then is
     refused (409). `autoload`: a request naming a registered model that is not loaded
     loads it (llama-server's `--models-autoload`; `?autoload=false` per request), waiting
@@ -233,22 +235,30 @@ class ModelManagerSettings(Struct, kw_only=True, forbid_unknown_fields=True):
 
     max_loaded: Annotated[int, Meta(ge=0)] = 0
     memory_budget: str | None = None
+    vram_budget: str | None = None
     autoload: bool = True
     load_timeout: Annotated[float, Meta(gt=0)] = 600.0
     unload_timeout: Annotated[float, Meta(ge=0)] = 30.0
     models_dir: str | None = None
 
     def __post_init__(self) -> None:
-        if self.memory_budget is not None:
-            from gateway.engine.memory import parse_size
+        from gateway.engine.memory import parse_size
 
-            parse_size(self.memory_budget)
+        for size in (self.memory_budget, self.vram_budget):
+            if size is not None:
+                parse_size(size)  # a bad size fails at start
 
     @property
     def budget_bytes(self) -> int | None:
         from gateway.engine.memory import parse_size
 
         return None if self.memory_budget is None else parse_size(self.memory_budget)
+
+    @property
+    def vram_budget_bytes(self) -> int | None:
+        from gateway.engine.memory import parse_size
+
+        return None if self.vram_budget is None else parse_size(self.vram_budget)
 
 
 class TracingSettings(Struct, kw_only=True, forbid_unknown_fields=True):

@@ -146,7 +146,9 @@ class Tracing:
         parent.end(end_time=ended_ns)
 
     def job(self, job: Job) -> None:
-        """The spans of an ended job: `job` with `queued` and `running` children."""
+        """The spans of an ended job: `job` with `queued` and `running` children, and
+        under `running` one span per phase the job entered (`Job.info["phases"]`, which
+        `TrainingContext.phase` records: a distillation job's `teacher_generation`...)."""
         if self.tracer is None:
             return
         created = _ns(job.created_at)
@@ -168,9 +170,17 @@ class Tracing:
         inside = trace.set_span_in_context(parent)
         self.tracer.start_span("queued", context=inside, start_time=created).end(end_time=started)
         if job.started_at:
-            self.tracer.start_span("running", context=inside, start_time=started).end(
-                end_time=finished
-            )
+            running = self.tracer.start_span("running", context=inside, start_time=started)
+            phases = [p for p in job.info.get("phases") or [] if p.get("started_at")]
+            ends = [*(_ns(p["started_at"]) for p in phases[1:]), finished][: len(phases)]
+            for phase, end in zip(phases, ends, strict=True):
+                begin = max(_ns(phase["started_at"]), started)
+                self.tracer.start_span(
+                    f"phase {phase['name']}",
+                    context=trace.set_span_in_context(running),
+                    start_time=begin,
+                ).end(end_time=max(end, begin))
+            running.end(end_time=finished)
         parent.end(end_time=finished)
 
 

@@ -159,6 +159,8 @@ def test_a_student_learns_the_teachers_persona(student: LiveServer, teacher: Liv
     )
     job = finished(student.url, job_id)
     assert job["status"] == "completed", (job, student.output()[-3000:])
+    phases = [phase["name"] for phase in job["phases"]]
+    assert phases == ["data_generation", "curation", "training", "export"]
     results = job["results"]
     assert results["held_out_prompts"] == 3
     assert results["after"]["agreement"] > results["before"]["agreement"], results

@@ -60,6 +60,7 @@ JOB_FIELDS = {
     "updated_at",
     "started_at",
     "completed_at",
+    "phases",  # ours: the timeline of `phase`
 }
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 SEED_CREATE = {

@@ -14,15 +14,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from click.testing import CliRunner
 from litestar.testing import TestClient
 
 from gateway.app import create_app
 from gateway.cli import cli
 from gateway.engine import ModelSpec
+from gateway.engine.memory import HostMemory, MemoryPool
+from gateway.engine.models import Limits, ModelManager, ModelState
+from gateway.errors import Conflict
 from gateway.gateway import Gateway
 from gateway.plugins import make_plugin_manager
 from gateway.settings import ModelManagerSettings, Settings
+from gateway.testing.echo import EchoBackend
 
 
 def echo(name: str, **fields: Any) -> ModelSpec:
@@ -335,3 +340,106 @@ def test_a_request_naming_no_model_loads_the_default_but_a_listing_loads_nothing
     )
     assert reply.status_code == 200 and reply.json()["model"] == "a"
     assert states(three)["a"] == "ready"
+
+
+class FakeDevice(MemoryPool):
+    """An accelerator's memory as the manager sees it: 256 MiB, and what loads hold."""
+
+    accelerator = True
+    name = "fake:0"
+
+    def __init__(self) -> None:
+        self.held: dict[str, int] = {}
+
+    def used(self) -> int:
+        return sum(self.held.values())
+
+    def available(self) -> int:
+        return (256 << 20) - self.used()
+
+    def total(self) -> int:
+        return 256 << 20
+
+
+class DeviceEcho(EchoBackend):
+    """An echo model whose load holds `mib` MiB of `FakeDevice` memory."""
+
+    device = FakeDevice()
+
+    def memory_pool(self) -> MemoryPool:
+        return self.device
+
+    def memory_estimate(self) -> int:
+        return int(self.spec.options["mib"]) << 20
+
+    async def load(self) -> None:
+        self.device.held[self.spec.name] = int(self.spec.options["mib"]) << 20
+
+    async def unload(self) -> None:
+        del self.device.held[self.spec.name]
+
+
+async def test_models_on_an_accelerator_are_weighed_against_its_memory_only(
+    tmp_path: Path,
+) -> None:
+    DeviceEcho.device = FakeDevice()
+    specs = [
+        ModelSpec(name="host", backend="echo"),
+        *(
+            ModelSpec(name=name, backend="device", options={"mib": mib})
+            for name, mib in [("g1", 60), ("g2", 60), ("huge", 150)]
+        ),
+    ]
+    factories = {"echo": EchoBackend, "device": DeviceEcho}
+    limits = Limits(memory_budget=1 << 20, vram_budget=100 << 20)  # host: 1 MiB only
+    manager = ModelManager(specs, factories, tmp_path, limits)
+    try:
+        await manager.load("host")
+        await manager.load("g1")  # the host's budget does not count device memory
+        g1 = manager.handle("g1")
+        assert g1.memory == 60 << 20 and g1.status()["memory_pool"] == "fake:0"
+        await manager.load("g2")  # over the VRAM budget: g1 gives way, the host model stays
+        states = {h.name: h.state for h in manager}
+        assert states["g1"] is ModelState.UNLOADED and g1.freed == 60 << 20
+        assert states["g2"] is ModelState.READY and states["host"] is ModelState.READY
+        with pytest.raises(Conflict) as refused:
+            await manager.load("huge")
+        assert "needs about 150 MiB, more than the VRAM budget of 100 MiB" in str(refused.value)
+        assert manager.handle("g2").state is ModelState.READY  # refused before evicting
+
+        manager.limits = Limits(memory_budget=1 << 20)  # no VRAM budget: what is free
+        await manager.load("huge")  # 256 - 60 free is enough: g2 stays
+        assert manager.handle("g2").state is ModelState.READY
+        await manager.unload("g2")
+        await manager.load("g1")  # 256 - 150 free is enough
+        assert DeviceEcho.device.used() == 210 << 20
+    finally:
+        await manager.unload_all()
+
+
+def test_the_torch_backend_puts_a_cpu_model_in_host_memory(tmp_path: Path) -> None:
+    from gateway_torch.causal import TorchBackend
+
+    backend = TorchBackend(
+        ModelSpec(name="m", backend="torch", options={"device": "cpu"}), tmp_path
+    )
+    assert isinstance(backend.memory_pool(), HostMemory)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none here)")
+async def test_a_model_on_cuda_is_measured_in_the_devices_memory(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    from gateway_torch.causal import TorchBackend
+
+    (tmp_path / "models").symlink_to((data_dir / "models").resolve(), target_is_directory=True)
+    spec = ModelSpec(name="smol", backend="torch", options={"device": "cuda", "slots": 2})
+    manager = ModelManager([spec], {"torch": TorchBackend}, tmp_path, Limits())
+    try:
+        handle = await manager.load("smol")
+        assert handle.pool.name.startswith("cuda") and handle.pool.accelerator
+        assert handle.memory is not None and handle.memory > 100 << 20  # 135M weights at bf16
+        await manager.unload("smol")
+        assert handle.freed is not None and handle.freed >= handle.memory * 0.9
+    finally:
+        await manager.unload_all()

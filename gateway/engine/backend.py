@@ -23,6 +23,7 @@ from gateway_schemas.canonical import (
 )
 
 from gateway.adapters.store import AdapterStore
+from gateway.engine.memory import HostMemory, MemoryPool
 from gateway.engine.stats import EngineStats
 from gateway.errors import Unsupported
 
@@ -80,6 +81,12 @@ class Backend(ABC):
         """Bytes the model is expected to take once loaded, before it ever was (the model
         manager uses the measured growth of its last load after that); None: unknown."""
         return None
+
+    def memory_pool(self) -> MemoryPool:
+        """Where the model's memory will live (the manager weighs its load against that
+        pool's room). The default: the host's memory. Blocking calls are allowed: the
+        manager asks from a thread, once."""
+        return HostMemory()
 
     def stats(self) -> EngineStats | None:
         """What the model's engine has done since it loaded (`/metrics`); None for a

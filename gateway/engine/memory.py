@@ -1,5 +1,10 @@
 """Memory figures for the model manager: the process's resident memory, what the machine
-has available, and handing freed memory back to the operating system after an unload."""
+has available, and handing freed memory back to the operating system after an unload.
+
+A model's weights and KV cache live in one `MemoryPool`: the host's memory (`HostMemory`,
+the default) or an accelerator's, which the backend that puts it there describes (the
+torch backend's `gateway_torch.vram.CudaMemory`). The manager judges each load against
+its own pool's room and budget, so a model on the GPU never evicts one in RAM."""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import ctypes
 import ctypes.util
 import gc
 import sys
+from abc import ABC, abstractmethod
 
 import psutil
 
@@ -38,6 +44,45 @@ def trim() -> None:
         return
     with contextlib.suppress(OSError, AttributeError):  # not glibc: musl has no malloc_trim
         ctypes.CDLL(name).malloc_trim(0)
+
+
+class MemoryPool(ABC):
+    """Where models' memory comes from: the host's (`HostMemory`) or an accelerator's,
+    whose pool sets `accelerator` (its budget is `[model_manager] vram_budget`)."""
+
+    name: str
+    """`host`, `cuda:0`: models in pools of one name share its room."""
+    accelerator: bool = False
+
+    @abstractmethod
+    def used(self) -> int:
+        """Bytes this process holds in the pool (a load's growth is measured with it)."""
+
+    @abstractmethod
+    def available(self) -> int:
+        """Bytes the pool can still give."""
+
+    @abstractmethod
+    def total(self) -> int: ...
+
+    def trim(self) -> None:
+        """Give memory freed by an unload back (the host's allocator too)."""
+        trim()
+
+
+class HostMemory(MemoryPool):
+    """The machine's RAM: `resident()`, `available()`, `total()`."""
+
+    name = "host"
+
+    def used(self) -> int:
+        return resident()
+
+    def available(self) -> int:
+        return available()
+
+    def total(self) -> int:
+        return total()
 
 
 def parse_size(text: str | int) -> int:

@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.engine import memory
 from gateway.engine.backend import Backend, BackendFactory, Capability, ModelSpec
+from gateway.engine.memory import HostMemory, MemoryPool
 from gateway.errors import (
     BackendFailure,
     ConfigError,
@@ -74,8 +74,13 @@ class Limits:
 
     max_loaded: int = 0
     memory_budget: int | None = None
+    vram_budget: int | None = None
     load_timeout: float = 600.0
     unload_timeout: float = 30.0
+
+    def budget(self, pool: MemoryPool) -> int | None:
+        """The configured budget of `pool` (None: what it has available)."""
+        return self.vram_budget if pool.accelerator else self.memory_budget
 
 
 @dataclass
@@ -95,9 +100,11 @@ class ModelHandle:
     last_used: float = 0.0
     """`time.monotonic()` of the last lease's end (or of the load): LRU order, idleness."""
     memory: int | None = None
-    """Resident memory the last load added, in bytes (measured)."""
+    """Memory the last load added to its pool, in bytes (measured)."""
     freed: int | None = None
-    """Resident memory the last unload gave back, in bytes (measured)."""
+    """Memory the last unload gave back to its pool, in bytes (measured)."""
+    pool: MemoryPool = field(default_factory=HostMemory)
+    """Where the model's memory lives (the backend's `memory_pool()`)."""
     served: int = 0
     loads: int = 0
     evictions: int = 0
@@ -123,9 +130,13 @@ class ModelHandle:
         return self.estimated or 0
 
     async def prepare_estimate(self) -> None:
-        """Ask the backend for its estimate once (it may read file headers: a thread)."""
-        if self.memory is None and self.estimated is None:
-            self.estimated = await asyncio.to_thread(self.backend.memory_estimate) or 0
+        """Ask the backend once for its memory pool and its estimate (it may read file
+        headers or ask a driver: a thread)."""
+        if self.estimated is None:
+            self.pool, self.estimated = await asyncio.to_thread(self._ask_backend)
+
+    def _ask_backend(self) -> tuple[MemoryPool, int]:
+        return self.backend.memory_pool(), self.backend.memory_estimate() or 0
 
     def describe(self) -> dict[str, Any]:
         info: dict[str, Any] = {
@@ -157,6 +168,7 @@ class ModelHandle:
             "uptime_seconds": round(uptime, 1) if uptime is not None else None,
             "load_seconds": round(self.load_seconds, 3) if self.load_seconds else None,
             "memory_bytes": self.memory if self.state is ModelState.READY else None,
+            "memory_pool": self.pool.name,
             "estimated_bytes": self.estimated,
             "requests_served": self.served,
             "requests_in_flight": self.in_flight,
@@ -324,7 +336,7 @@ class ModelManager:
             handle.state, handle.error = ModelState.LOADING, None
             handle.backend = handle.factory(handle.spec, handle.data_dir)
             self._publish(handle)
-            before = memory.resident()
+            before = handle.pool.used()
             started = time.perf_counter()
             try:
                 await handle.backend.load()
@@ -336,15 +348,16 @@ class ModelManager:
                 self._publish(handle)
                 return
             handle.load_seconds = time.perf_counter() - started
-            handle.memory = max(memory.resident() - before, 0)
+            handle.memory = max(handle.pool.used() - before, 0)
             handle.loaded_at, handle.last_used = time.time(), time.monotonic()
             handle.loads += 1
             handle.state = ModelState.READY
             log.info(
-                "model %s ready in %.2fs (+%d MiB resident)",
+                "model %s ready in %.2fs (+%d MiB %s)",
                 handle.name,
                 handle.load_seconds,
                 handle.memory >> 20,
+                handle.pool.name,
             )
             self._publish(handle)
             self._tell("load", handle)
@@ -359,25 +372,47 @@ class ModelManager:
             (h for h in loaded if not h.spec.pin and h is not handle), key=lambda h: h.last_used
         )
         victims: list[ModelHandle] = []
-        while not self._fits(handle, needed, [h for h in loaded if h not in victims]):
-            if not candidates:
+        while not self._fits(handle, needed, loaded, victims):
+            # over `max_loaded`, any model may give way; short of memory, only one that
+            # frees some in the pool the new model needs
+            counting = self._over_count(loaded, victims)
+            victim = next(
+                (
+                    h
+                    for h in candidates
+                    if h not in victims and (counting or h.pool.name == handle.pool.name)
+                ),
+                None,
+            )
+            if victim is None:
                 raise Conflict(self._no_room(handle, needed, loaded), code="model_does_not_fit")
-            victims.append(candidates.pop(0))
+            victims.append(victim)
         for victim in victims:
             log.info("evicting model %s to make room for %s", victim.name, handle.name)
             victim.evictions += 1
             await self._unload(victim, abort=False)
             self._tell("evict", victim)
 
-    def _fits(self, handle: ModelHandle, needed: int, staying: list[ModelHandle]) -> bool:
-        limits = self.limits
-        if limits.max_loaded and len(staying) + 1 > limits.max_loaded:
+    def _fits(
+        self,
+        handle: ModelHandle,
+        needed: int,
+        loaded: list[ModelHandle],
+        victims: list[ModelHandle],
+    ) -> bool:
+        if self._over_count(loaded, victims):
             return False
-        if limits.memory_budget is not None:
-            return sum(h.estimate() for h in staying) + needed <= limits.memory_budget
-        going = sum(h.estimate() for h in self._handles.values() if h.state is ModelState.READY)
-        going -= sum(h.estimate() for h in staying)
-        return needed <= memory.available() + going
+        pool = handle.pool
+        budget = self.limits.budget(pool)
+        staying = [h for h in loaded if h.pool.name == pool.name and h not in victims]
+        if budget is not None:
+            return sum(h.estimate() for h in staying) + needed <= budget
+        going = sum(h.estimate() for h in victims if h.pool.name == pool.name)
+        return needed <= pool.available() + going
+
+    def _over_count(self, loaded: list[ModelHandle], victims: list[ModelHandle]) -> bool:
+        limit = self.limits.max_loaded
+        return bool(limit) and len(loaded) - len(victims) + 1 > limit
 
     def _no_room(self, handle: ModelHandle, needed: int, loaded: list[ModelHandle]) -> str:
         pinned = [h.name for h in loaded if h.spec.pin]
@@ -387,10 +422,12 @@ class ModelManager:
                 f"Model `{handle.name}` cannot be loaded: `max_loaded` is "
                 f"{self.limits.max_loaded} and every loaded model is pinned{held}."
             )
+        pool, budget = handle.pool, self.limits.budget(handle.pool)
+        kind = "VRAM" if pool.accelerator else "memory"
         room = (
-            f"the memory budget of {self.limits.memory_budget >> 20} MiB"
-            if self.limits.memory_budget is not None
-            else f"the {memory.available() >> 20} MiB the machine has available"
+            f"the {kind} budget of {budget >> 20} MiB"
+            if budget is not None
+            else f"the {pool.available() >> 20} MiB {pool.name} has available"
         )
         return (
             f"Model `{handle.name}` needs about {needed >> 20} MiB, more than {room} "
@@ -458,15 +495,20 @@ class ModelManager:
                 )
                 _cancel(handle)
                 await handle.drained.wait()
-            before = memory.resident()
+            before = handle.pool.used()
             try:
                 await handle.backend.unload()
             finally:
                 handle.backend = handle.factory(handle.spec, handle.data_dir)
-                await asyncio.to_thread(memory.trim)
-                handle.freed = max(before - memory.resident(), 0)
+                await asyncio.to_thread(handle.pool.trim)
+                handle.freed = max(before - handle.pool.used(), 0)
                 handle.state, handle.loaded_at = ModelState.UNLOADED, None
-                log.info("model %s unloaded (-%d MiB resident)", handle.name, handle.freed >> 20)
+                log.info(
+                    "model %s unloaded (-%d MiB %s)",
+                    handle.name,
+                    handle.freed >> 20,
+                    handle.pool.name,
+                )
                 self._publish(handle)
         finally:
             unloading.set_result(None)

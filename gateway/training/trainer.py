@@ -12,6 +12,7 @@ worker process calls `run`, so a trainer module must not import torch at module 
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
@@ -94,6 +95,7 @@ class TrainingContext:
         self._backends = backends
         self._on_update = on_update
         self.plugins = plugins
+        self._phases: list[dict[str, Any]] = []
         """The worker's plugin manager (the server's plugins), for hooks a trainer calls
         itself (`register_rewards`)."""
 
@@ -109,6 +111,13 @@ class TrainingContext:
         raises `JobStopped` when the job was cancelled meanwhile (the cost still counts)."""
         if self._on_update is not None and not self._on_update(info or {}, add_cost):
             raise JobStopped()
+
+    def phase(self, name: str) -> None:
+        """Enter phase `name` of the job: `Job.info` keeps the current `phase` and the
+        timeline `phases` (`[{"name", "started_at"}]`), which the job's trace turns into
+        child spans and the dashboard shows; raises `JobStopped` as `update` does."""
+        self._phases.append({"name": name, "started_at": time.time()})
+        self.update({"phase": name, "phases": list(self._phases)})
 
     def step(self, step: int, total: int, loss: float, learning_rate: float, epoch: float) -> None:
         """Record step `step` of `total` (1-based); raises `JobStopped` when the job was

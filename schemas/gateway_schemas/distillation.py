@@ -96,6 +96,11 @@ class DistillationRequest(Struct, kw_only=True):
     config: DistillationConfig = field(default_factory=DistillationConfig)
 
 
+class PhaseEntry(Struct, kw_only=True):
+    name: str
+    started_at: str
+
+
 class DistillationJob(Struct, kw_only=True):
     """A job as `GET /v1/distillation/{id}` sends it (OpenTracy's `serialize_job`)."""
 
@@ -115,6 +120,8 @@ class DistillationJob(Struct, kw_only=True):
     updated_at: str
     started_at: str | None
     completed_at: str | None
+    phases: list[PhaseEntry] = []
+    """The phases the job entered, in order (ours, beside OpenTracy's fields)."""
 
 
 class DistillationList(Struct, kw_only=True):

