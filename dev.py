@@ -3,6 +3,9 @@
 
     python3 dev.py serve [gateway serve options]   install what is missing, serve the default model
     python3 dev.py test  [pytest options]          install what is missing, run the whole test suite
+    python3 dev.py ui-test [pytest options]        the same, and Debian's chromium, then run the
+                                                   dashboard's browser tests (tests/test_ui_browser.py)
+    python3 dev.py chromium                        install Debian's chromium (apt-get, as root) if missing
 
 Both create `.venv/` on first use and reinstall only when a requirements or project file
 changed since the last install.
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -59,12 +63,30 @@ def ensure_installed() -> None:
     STAMP.write_text(digest)
 
 
+def ensure_chromium() -> None:
+    """Debian's chromium for the browser tests (Playwright's own browser download is not
+    used): installed with apt-get when missing and this runs as root."""
+    if shutil.which("chromium") or shutil.which("chromium-browser"):
+        return
+    if not shutil.which("apt-get") or not hasattr(os, "geteuid") or os.geteuid() != 0:
+        sys.exit("dev.py: the browser tests need chromium: install it (apt-get install chromium)")
+    print("dev.py: installing chromium (apt-get)", flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for step in (["update", "-qq"], ["install", "-y", "-qq", "chromium"]):
+        subprocess.run(["apt-get", *step], env=env, stdout=subprocess.DEVNULL, check=True)
+
+
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in {"serve", "test"}:
+    if not argv or argv[0] not in {"serve", "test", "ui-test", "chromium"}:
         print(__doc__)
         return 2
-    ensure_installed()
     command, rest = argv[0], argv[1:]
+    if command in {"ui-test", "chromium"}:
+        ensure_chromium()
+        if command == "chromium":
+            return 0
+        rest = ["tests/test_ui_browser.py", *rest]
+    ensure_installed()
     if command == "serve":
         args = [str(BIN / "gateway"), "serve", *rest]
     else:

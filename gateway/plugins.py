@@ -33,6 +33,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "gateway.routes.adapters",
     "gateway.routes.training",
     "gateway.routes.distillation",
+    "gateway.routes.ui",
     "gateway.recording.plugin",
     "gateway.testing.plugin",
 )

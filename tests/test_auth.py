@@ -143,7 +143,14 @@ def test_the_table_says_what_an_operator_expects(keyed):
         None
     }
     public = [r for r in keyed.app.plugins.get(GatewayPlugin).access.rows() if r.access is PUBLIC]
-    assert sorted(r.path for r in public) == ["/.well-known/serviceinfo", "/health", "/v1/health"]
+    assert sorted(r.path for r in public) == [
+        "/.well-known/serviceinfo",
+        "/health",
+        "/ui",  # the dashboard's page and files hold no data
+        "/ui/session",
+        "/ui/static/{name}",
+        "/v1/health",
+    ]
     assert scope("GET", "/metrics") == "admin"
     assert scope("POST", "/props") == "admin"
     assert scope("POST", "/slots/{id_slot}") == "admin"

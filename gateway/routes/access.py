@@ -206,6 +206,7 @@ TABLE: dict[str, dict[str, Access]] = {
             ]
         }
     ),
+    "ui": rows({PUBLIC: ["GET /ui", "GET /ui/static/{name}", "GET /ui/session"]}),
     "distillation": rows(
         {
             TRAIN: [

@@ -25,7 +25,7 @@ from litestar.params import JSONBody
 from litestar.response import Stream
 from msgspec import Meta
 
-from gateway.engine import ModelHandle, ModelSpec, memory
+from gateway.engine import ModelHandle, ModelSpec, ModelState, memory
 from gateway.errors import InvalidRequest
 from gateway.gateway import Gateway
 from gateway.routes.openai.errors import EXCEPTION_HANDLERS as ROUTER_HANDLERS
@@ -102,8 +102,9 @@ def overview(gateway: Gateway) -> dict[str, Any]:
     limits = gateway.models.limits
     return {
         "models": [handle.status() for handle in gateway.models],
-        "loaded": sum(1 for h in gateway.models if h.state == "ready"),
+        "loaded": sum(1 for h in gateway.models if h.state is ModelState.READY),
         "max_loaded": limits.max_loaded,
+        "autoload": gateway.settings.model_manager.autoload,
         "memory_budget_bytes": limits.memory_budget,
         "resident_bytes": memory.resident(),
         "available_bytes": memory.available(),
