@@ -53,6 +53,15 @@ def pytest_configure(config: pytest.Config) -> None:
     sys.path.insert(0, str(install_test_plugins()))
 
 
+pytest_plugins = ["gateway.testing.fixtures"]
+
+
+@pytest.fixture(scope="session")
+def gateway_data_dir(data_dir: Path) -> Path:
+    """The plugin fixtures (`gateway.testing.fixtures`) share the session's data directory."""
+    return data_dir
+
+
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One data directory per test session, so the default model is converted once.
