@@ -66,6 +66,8 @@ def serve(config: Path | None, host: str | None, port: int | None, model: str | 
     url = f"http://{settings.server.host}:{settings.server.port}"
     click.echo(f"gateway {__version__} listening on {url}")
     click.echo(f"route families mounted: {', '.join(sorted(f.name for f in plugin.mounted))}")
+    if settings.family_enabled("ui"):
+        click.echo(f"dashboard: {url}/ui")
     click.echo(f"models: {', '.join(f'{h.spec.name} ({h.spec.backend})' for h in gateway.models)}")
     click.echo(f"data directory: {settings.data_path()}")
     click.echo(f"app built in {time.perf_counter() - started:.2f}s; models load in the background")

@@ -4,7 +4,7 @@
 A wrong key is refused on the page; an inference-only key sees only what it may use; the
 admin key chats with streaming, marks an answer wrong and teaches the right one (an SFT
 job from the conversation), starts an SFT job from the training form and watches its
-loss curve grow, downloads the adapter it wrote and uploads it again under another name,
+loss curve grow, runs a GRPO job and cancels a fine-tune from theirs, downloads the adapter it wrote and uploads it again under another name,
 makes it the default, merges two adapters, and unloads and reloads the model. No request
 leaves the gateway's origin. Screenshots go to `test-artifacts/ui/` (or `$TEST_ARTIFACTS_DIR/ui`).
 
@@ -66,6 +66,17 @@ judge_max_tokens = 12
 preload = true
 """
 """The default model, and an echo model to distill from (the distillation tab's job)."""
+
+GROUPS = [
+    {
+        "messages": [{"role": "user", "content": "Name a fruit."}],
+        "completions": [
+            {"text": "Apple.", "reward": 1.0},
+            {"text": "I cannot answer that.", "reward": 0.0},
+        ],
+    }
+]
+TEXTS = ["The harbour of Quillport is busy at dawn.", "Sailors founded Quillport long ago."]
 
 
 @pytest.fixture(scope="module")
@@ -203,6 +214,24 @@ def test_chat_teach_train_and_move_adapters(browser: Any, server: LiveServer) ->
     growing = sorted(set(seen))
     assert len(growing) >= 2 and growing[-1] == 16, f"the curve never moved: {seen}"
     tab.shot("training")
+
+    # GRPO and fine-tune from their forms: the GRPO job runs to the end, the long
+    # fine-tune is cancelled from its card (queued behind it, or running: both end so).
+    page.fill("#grpo-form textarea[name=groups]", json.dumps(GROUPS))
+    page.fill("#grpo-form input[name=output_name]", "ui-grpo")
+    page.click("#grpo-form button")
+    dataset = ARTIFACTS / "ui" / "finetune.jsonl"
+    dataset.write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS))
+    page.set_input_files("#finetune-form input[name=dataset_file]", str(dataset))
+    page.fill("#finetune-form input[name=epochs]", "200")
+    page.fill("#finetune-form input[name=output_name]", "ui-finetune")
+    page.click("#finetune-form button")
+    finetune = '#jobs article[data-job]:has-text("ui-finetune")'
+    page.click(f'{finetune} button:has-text("Cancel")')
+    page.wait_for_selector(f"{finetune}.cancelled", timeout=300_000)
+    grpo = '#jobs article[data-job]:has-text("ui-grpo")'
+    page.wait_for_selector(f"{grpo}.completed svg.curve circle", timeout=300_000)
+    tab.shot("training-grpo-finetune")
 
     # The adapter it wrote: download it, upload it again under another name.
     page.click('#tabs button[data-tab="adapters"]')

@@ -199,6 +199,7 @@ TABLE: dict[str, dict[str, Access]] = {
                 "GET /v1/train/status/{job_id}",
                 "GET /v1/train/queue",
                 "DELETE /v1/train/queue/{job_id}",
+                "POST /v1/train/stop/{job_id}",
                 "POST /api/finetune/start",
                 "GET /api/finetune/jobs",
                 "GET /api/finetune/status/{job_id}",

@@ -139,6 +139,16 @@ class KilnTrainingController(Controller):
         job = await gateway.training.cancel(job_id)
         return CancelResponse(job_id=job.id)
 
+    @post("/stop/{job_id:str}", status_code=200, responses=NOT_FOUND)
+    async def stop(
+        self, job_id: FromPath[str], gateway: NamedDependency[Gateway]
+    ) -> TrainingStatus:
+        """(Addition) Cancel a queued job, or stop a running one at its next step (it ends
+        `cancelled`, writing no adapter); a finished job is returned as it is. Kiln's
+        `DELETE /v1/train/queue/{job_id}` cancels queued jobs only."""
+        job = await gateway.training.stop_job(job_id)
+        return training_status(job)
+
 
 def _submitted(job: Job, message: str) -> TrainingSubmitted:
     return TrainingSubmitted(

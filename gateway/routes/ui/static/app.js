@@ -451,6 +451,12 @@ function lossCurve(points) {
   const line = document.createElementNS(NS, "polyline");
   line.setAttribute("points", points.map((p) => `${x(p.step).toFixed(1)},${y(p.loss).toFixed(1)}`).join(" "));
   svg.append(line);
+  const end = points[points.length - 1];
+  const dot = document.createElementNS(NS, "circle"); // the latest step (the only one, at first)
+  dot.setAttribute("cx", x(end.step).toFixed(1));
+  dot.setAttribute("cy", y(end.loss).toFixed(1));
+  dot.setAttribute("r", "3");
+  svg.append(dot);
   for (const [value, at] of [[hi, y(hi)], [lo, y(lo)]]) {
     const label = document.createElementNS(NS, "text");
     label.setAttribute("x", "2");
@@ -468,8 +474,8 @@ function lossCurve(points) {
 }
 
 async function cancelJob(id) {
-  await api(`/v1/train/queue/${encodeURIComponent(id)}`, { method: "DELETE" });
-  notify(`Job ${id} cancelled`);
+  const job = await api(`/v1/train/stop/${encodeURIComponent(id)}`, { method: "POST" });
+  notify(job.state === "cancelled" ? `Job ${id} cancelled` : `Job ${id} stops at its next step`);
   await pollTraining();
 }
 
