@@ -500,6 +500,24 @@ def test_a_running_job_cannot_be_cancelled(served: Served, api: TestClient) -> N
     served.gateway.training.jobs.finish(job_id, JobState.COMPLETED)
 
 
+def test_stop_cancels_a_queued_job_and_asks_a_running_one_to_stop(
+    served: Served, api: TestClient
+) -> None:
+    queued = sft(api)["job_id"]
+    reply = api.post(f"/v1/train/stop/{queued}")
+    assert reply.status_code == 200, reply.text
+    assert (reply.json()["job_id"], reply.json()["state"]) == (queued, "cancelled")
+    running = sft(api)["job_id"]
+    run_job(served, running)
+    reply = api.post(f"/v1/train/stop/{running}")
+    assert reply.status_code == 200 and reply.json()["state"] == "running"
+    assert stored(served, running).stop_requested  # the worker stops it at its next step
+    served.gateway.training.jobs.finish(running, JobState.CANCELLED)
+    finished = api.post(f"/v1/train/stop/{running}")
+    assert finished.status_code == 200 and finished.json()["state"] == "cancelled"
+    kiln_error(api.post("/v1/train/stop/nope"), 404, "training_job_not_found", "job_id")
+
+
 def test_a_full_queue_is_a_503_with_retry_after(tmp_path: Path) -> None:
     settings = Settings(
         data_dir=str(tmp_path),
@@ -800,6 +818,7 @@ ROUTES = [
     ("GET", "/v1/train/status/x"),
     ("GET", "/v1/train/queue"),
     ("DELETE", "/v1/train/queue/x"),
+    ("POST", "/v1/train/stop/x"),
     ("POST", "/api/finetune/start"),
     ("GET", "/api/finetune/jobs"),
     ("GET", "/api/finetune/status/x"),

@@ -185,9 +185,10 @@ def test_a_big_group_in_chunks_makes_the_same_step(
     # the KL is a mean of differences of log-probabilities: float32 sums in another
     # order move it by about 1e-6 (a chunking mistake would move it by far more)
     assert chunked_kl == pytest.approx(kl, abs=1e-5)
-    # (float32 sums in another order: differences of a few 1e-6 on gradients up to 0.4)
+    # float32 sums in another order: differences up to about 1e-4 (this CPU's kernels)
+    # on gradients up to 0.4; a chunk weighed wrong or lost would differ by 10% or more
     assert all(
-        torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+        torch.allclose(a, b, rtol=1e-3, atol=5e-4)
         for a, b in zip(grads, chunked_grads, strict=True)
     )
 
