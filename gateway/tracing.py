@@ -148,7 +148,7 @@ class Tracing:
     def job(self, job: Job) -> None:
         """The spans of an ended job: `job` with `queued` and `running` children, and
         under `running` one span per phase the job entered (`Job.info["phases"]`, which
-        `TrainingContext.phase` records: a distillation job's `teacher_generation`...)."""
+        `TrainingContext.phase` records: a distillation job's `data_generation`, ...)."""
         if self.tracer is None:
             return
         created = _ns(job.created_at)

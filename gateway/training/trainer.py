@@ -95,9 +95,9 @@ class TrainingContext:
         self._backends = backends
         self._on_update = on_update
         self.plugins = plugins
-        self._phases: list[dict[str, Any]] = []
         """The worker's plugin manager (the server's plugins), for hooks a trainer calls
         itself (`register_rewards`)."""
+        self._phases: list[dict[str, Any]] = []
 
     def backend(self, name: str) -> Backend:
         """A new backend for the served model `name` (not loaded yet)."""
