@@ -13,7 +13,9 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -54,6 +56,22 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 pytest_plugins = ["gateway.testing.fixtures"]
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Any]:
+    """A real PostgreSQL server (tests/postgres.py), started once for the session when a
+    test asks for it; without the `postgresql` package those tests skip, saying so."""
+    from postgres import PostgresServer, binaries
+
+    found = binaries()
+    if found is None:
+        pytest.skip(
+            "PostgreSQL is not installed: `python3 dev.py system-deps` installs it (CI does)"
+        )
+    server = PostgresServer(found).start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,8 @@
     python3 dev.py test  [pytest options]          install what is missing, run the whole test suite
     python3 dev.py ui-test [pytest options]        the same, and Debian's chromium, then run the
                                                    dashboard's browser tests (tests/test_ui_browser.py)
-    python3 dev.py chromium                        install Debian's chromium (apt-get, as root) if missing
+    python3 dev.py system-deps                     install what some tests need from Debian when missing
+                                                   (apt-get, as root): chromium, postgresql
 
 Both create `.venv/` on first use and reinstall only when a requirements or project file
 changed since the last install.
@@ -63,28 +64,40 @@ def ensure_installed() -> None:
     STAMP.write_text(digest)
 
 
-def ensure_chromium() -> None:
-    """Debian's chromium for the browser tests (Playwright's own browser download is not
-    used): installed with apt-get when missing and this runs as root."""
-    if shutil.which("chromium") or shutil.which("chromium-browser"):
+SYSTEM_PACKAGES = {
+    "chromium": lambda: bool(shutil.which("chromium") or shutil.which("chromium-browser")),
+    "postgresql": lambda: bool(
+        list(Path("/usr/lib/postgresql").glob("*/bin/initdb")) or shutil.which("initdb")
+    ),
+}
+"""Debian packages some tests need, and how to tell each is there: the browser tests
+drive chromium (Playwright's own browser download is not used), the database tests start
+a PostgreSQL server of their own."""
+
+
+def ensure_system_packages(names: list[str]) -> None:
+    """Install the missing ones of `names` with apt-get (as root); say how otherwise."""
+    missing = [name for name in names if not SYSTEM_PACKAGES[name]()]
+    if not missing:
         return
     if not shutil.which("apt-get") or not hasattr(os, "geteuid") or os.geteuid() != 0:
-        sys.exit("dev.py: the browser tests need chromium: install it (apt-get install chromium)")
-    print("dev.py: installing chromium (apt-get)", flush=True)
+        sys.exit(f"dev.py: install {' '.join(missing)} (apt-get install {' '.join(missing)})")
+    print(f"dev.py: installing {' '.join(missing)} (apt-get)", flush=True)
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for step in (["update", "-qq"], ["install", "-y", "-qq", "chromium"]):
+    for step in (["update", "-qq"], ["install", "-y", "-qq", *missing]):
         subprocess.run(["apt-get", *step], env=env, stdout=subprocess.DEVNULL, check=True)
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in {"serve", "test", "ui-test", "chromium"}:
+    if not argv or argv[0] not in {"serve", "test", "ui-test", "system-deps"}:
         print(__doc__)
         return 2
     command, rest = argv[0], argv[1:]
-    if command in {"ui-test", "chromium"}:
-        ensure_chromium()
-        if command == "chromium":
-            return 0
+    if command == "system-deps":
+        ensure_system_packages(sorted(SYSTEM_PACKAGES))
+        return 0
+    if command == "ui-test":
+        ensure_system_packages(["chromium"])
         rest = ["tests/test_ui_browser.py", *rest]
     ensure_installed()
     if command == "serve":

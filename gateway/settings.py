@@ -180,6 +180,11 @@ class TrainingSettings(Struct, kw_only=True, forbid_unknown_fields=True):
     webhook_secret: str | None = None
     webhook_attempts: Annotated[int, Meta(ge=1, le=20)] = 5
     webhook_timeout: Annotated[float, Meta(gt=0)] = 5.0
+    lease_seconds: Annotated[float, Meta(gt=0)] = 30.0
+    """With a shared job store (`database_url = "postgresql://..."`): a running job whose
+    worker has not renewed its lease for this long is taken for abandoned (its worker or
+    its replica died) and queued again to resume, or failed, by whichever gateway notices
+    first. Workers renew it four times a lease at least."""
 
 
 class TenantSettings(Struct, kw_only=True, forbid_unknown_fields=True):
@@ -283,6 +288,10 @@ class StatsSettings(Struct, kw_only=True, forbid_unknown_fields=True):
 
 class Settings(Struct, kw_only=True, forbid_unknown_fields=True):
     data_dir: str | None = None
+    database_url: str | None = None
+    """Where jobs are kept: `sqlite:///path/gateway.db`, or `postgresql://user@host/db` for
+    state that several gateway replicas and their workers share (`pip install
+    'gateway[postgres]'`). Unset: the data directory's `gateway.db`."""
     model: str | None = None
     unknown_models: Literal["reject", "default"] = "reject"
     """What the OpenAI and llama.cpp families do with a request naming a model that is not
@@ -325,6 +334,16 @@ class Settings(Struct, kw_only=True, forbid_unknown_fields=True):
             )
         for name, kind in declared.items():
             self.section(name, kind)
+
+    def __post_init__(self) -> None:
+        if self.database_url is not None:
+            from gateway.jobs.open import check_url
+
+            check_url(self.database_url)
+
+    def database(self) -> str:
+        """`database_url`, or the SQLite database of the data directory."""
+        return self.database_url or f"sqlite:///{self.data_path() / 'gateway.db'}"
 
     def data_path(self) -> Path:
         """The data directory, resolved when used (never at import time)."""

@@ -2,15 +2,17 @@
 limit, and claims that several threads or processes make at once.
 
 Every test takes the `store` fixture, which is parametrized over the implementations
-(SQLite today): a new store joins the list and runs the same suite.
+(SQLite, and PostgreSQL on a real server started for the session): a new store joins the
+list and runs the same suite.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import threading
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -27,22 +29,31 @@ from gateway.jobs import (
     SqliteJobStore,
     StepMetrics,
 )
+from gateway.jobs.postgres import PostgresJobStore
 
 QUEUED = frozenset({JobState.QUEUED})
 RUNNING = frozenset({JobState.RUNNING})
 KINDS = frozenset({"sft", "grpo"})
 
-# Each implementation: a name and how to open it again from a directory (as a second
-# process, or the server after a restart, would).
-IMPLEMENTATIONS: dict[str, Callable[[Path], JobStore]] = {
-    "sqlite": lambda folder: SqliteJobStore.in_data_dir(folder),
-}
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], JobStore]]:
+    """How to open the store again (as a second process, or the server after a restart,
+    would): SQLite in the test's folder, or a PostgreSQL database of the test's own on
+    the session's server."""
+    opened: list[JobStore] = []
+    if request.param == "sqlite":
+        yield lambda: SqliteJobStore.in_data_dir(tmp_path)
+        return
+    url = request.getfixturevalue("postgres").database_for(str(tmp_path))
 
-@pytest.fixture(params=sorted(IMPLEMENTATIONS))
-def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], JobStore]:
-    make = IMPLEMENTATIONS[request.param]
-    return lambda: make(tmp_path)
+    def make() -> JobStore:
+        opened.append(PostgresJobStore(url))
+        return opened[-1]
+
+    yield make
+    for store in opened:
+        store.close()
 
 
 @pytest.fixture
@@ -459,9 +470,24 @@ def test_threads_claiming_at_once_never_share_a_job(store: JobStore):
         assert all(store.get(job_id).worker == worker for job_id in claimed)  # type: ignore[union-attr]
 
 
+def open_at(where: str) -> JobStore:
+    """The store at `where`: a PostgreSQL URL, or an SQLite data directory."""
+    if where.startswith("postgresql://"):
+        return PostgresJobStore(where)
+    return SqliteJobStore.in_data_dir(Path(where))
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def where(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where processes racing each other open the store (as `open_at` reads it)."""
+    if request.param == "sqlite":
+        return str(tmp_path)
+    return str(request.getfixturevalue("postgres").database_for(str(tmp_path)))
+
+
 def _claim_in_process(folder: str, worker: str, start: object) -> list[str]:
     """A process's share of a claiming race: claim until the queue is empty."""
-    store = SqliteJobStore.in_data_dir(Path(folder))
+    store = open_at(folder)
     start.wait()  # type: ignore[attr-defined]
     claimed = []
     while (job := store.claim("m", worker, KINDS)) is not None:
@@ -470,13 +496,13 @@ def _claim_in_process(folder: str, worker: str, start: object) -> list[str]:
 
 
 def _cancel_in_process(folder: str, job_ids: list[str], start: object) -> list[str]:
-    store = SqliteJobStore.in_data_dir(Path(folder))
+    store = open_at(folder)
     start.wait()  # type: ignore[attr-defined]
     return [job_id for job_id in job_ids if store.cancel_queued(job_id) is not None]
 
 
 def _submit_in_process(folder: str, count: int, limit: int, start: object) -> int:
-    store = SqliteJobStore.in_data_dir(Path(folder))
+    store = open_at(folder)
     start.wait()  # type: ignore[attr-defined]
     accepted = 0
     for _ in range(count):
@@ -488,21 +514,21 @@ def _submit_in_process(folder: str, count: int, limit: int, start: object) -> in
     return accepted
 
 
-def _race(tmp_path: Path, target: Callable[..., object], args: list[tuple[object, ...]]) -> list:
-    """Run `target(str(tmp_path), *args[i], barrier)` in one process each, all released at
-    once; their results in order."""
+def _race(where: str, target: Callable[..., object], args: list[tuple[object, ...]]) -> list:
+    """Run `target(where, *args[i], barrier)` in one process each, all released at once;
+    their results in order."""
     context = multiprocessing.get_context("spawn")
     with context.Manager() as manager:
         start = manager.Barrier(len(args))
         with context.Pool(len(args)) as pool:
-            pending = [pool.apply_async(target, (str(tmp_path), *extra, start)) for extra in args]
+            pending = [pool.apply_async(target, (where, *extra, start)) for extra in args]
             return [result.get(timeout=120) for result in pending]
 
 
-def test_processes_claiming_at_once_never_share_a_job(tmp_path: Path):
-    store = SqliteJobStore.in_data_dir(tmp_path)
+def test_processes_claiming_at_once_never_share_a_job(where: str):
+    store = open_at(where)
     submitted = {store.submit(new()).id for _ in range(80)}
-    results = _race(tmp_path, _claim_in_process, [(f"p{i}",) for i in range(4)])
+    results = _race(where, _claim_in_process, [(f"p{i}",) for i in range(4)])
     everything = [job_id for claimed in results for job_id in claimed]
     assert len(everything) == len(set(everything)) == len(submitted)
     assert set(everything) == submitted
@@ -510,11 +536,11 @@ def test_processes_claiming_at_once_never_share_a_job(tmp_path: Path):
     assert all(job.state == JobState.RUNNING for job in store.find())
 
 
-def test_a_job_is_either_claimed_or_cancelled_never_both(tmp_path: Path):
-    store = SqliteJobStore.in_data_dir(tmp_path)
+def test_a_job_is_either_claimed_or_cancelled_never_both(where: str):
+    store = open_at(where)
     ids = [store.submit(new()).id for _ in range(60)]
     claimed_a, claimed_b, cancelled = _race(
-        tmp_path,
+        where,
         _claim_or_cancel,
         [("claim", "p1", ids), ("claim", "p2", ids), ("cancel", "p3", ids)],
     )
@@ -532,11 +558,43 @@ def _claim_or_cancel(folder: str, action: str, worker: str, ids: list[str], star
     return _cancel_in_process(folder, ids, start)
 
 
-def test_processes_submitting_at_once_respect_the_queue_limit(tmp_path: Path):
-    SqliteJobStore.in_data_dir(tmp_path).find()  # the database exists
-    accepted = _race(tmp_path, _submit_in_process, [(25, 60)] * 4)
-    store = SqliteJobStore.in_data_dir(tmp_path)
+def test_processes_submitting_at_once_respect_the_queue_limit(where: str):
+    open_at(where).find()  # the database exists
+    accepted = _race(where, _submit_in_process, [(25, 60)] * 4)
+    store = open_at(where)
     queued = store.find(states=QUEUED)
     assert sum(accepted) == len(queued) == 60
     # Every job got a place of its own: positions are exactly 1..60.
     assert sorted(store.position(job.id) for job in queued) == list(range(1, 61))  # type: ignore[type-var]
+
+
+# ---- leases (a shared store: PostgreSQL) ---------------------------------------------------
+
+
+def test_a_heartbeat_renews_only_that_workers_running_jobs(store: JobStore):
+    first, second = store.submit(new()), store.submit(new())
+    store.claim("m", "w1", KINDS)
+    store.claim("m", "w2", KINDS)
+    before = {job.id: job.heartbeat_at for job in store.find()}
+    assert all(before.values())  # a claim starts the lease
+    time.sleep(0.02)
+    assert store.heartbeat("w1") == 1
+    after = {job.id: job.heartbeat_at for job in store.find()}
+    assert after[first.id] > before[first.id] and after[second.id] == before[second.id]
+    assert store.heartbeat("nobody") == 0
+
+
+def test_only_jobs_whose_lease_ran_out_are_requeued_or_failed(store: JobStore):
+    store.submit(new(kind="distillation", id="stale-resumable"))
+    store.submit(new(kind="sft", id="stale"))
+    store.submit(new(kind="sft", id="alive"))
+    for worker in ("dead-1", "dead-2", "alive-1"):
+        store.claim("m", worker, frozenset({"distillation", "sft"}))
+    time.sleep(0.3)
+    store.heartbeat("alive-1")
+    kinds = frozenset({"distillation"})
+    requeued = store.requeue_running(kinds, max_restarts=3, stale_after=0.2)
+    assert [job.id for job in requeued] == ["stale-resumable"]
+    failed = store.fail_running("abandoned at {step}", stale_after=0.2)
+    assert [job.id for job in failed] == ["stale"]
+    assert store.get("alive").state == JobState.RUNNING  # type: ignore[union-attr]

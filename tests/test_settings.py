@@ -175,3 +175,12 @@ def test_training_webhook_from_environment_and_file(tmp_path):
     assert over.training.webhook_url == url  # the environment wins over the file
     with pytest.raises(ConfigError, match="webhook_attempts"):
         load_settings(environ={"GATEWAY_TRAINING__WEBHOOK_ATTEMPTS": "0"})
+
+
+def test_database_url_names_sqlite_or_postgresql(tmp_path):
+    default = load_settings(environ={"GATEWAY_DATA_DIR": str(tmp_path)})
+    assert default.database() == f"sqlite:///{tmp_path / 'gateway.db'}"
+    shared = load_settings(environ={"GATEWAY_DATABASE_URL": "postgresql://gw@db:5432/gateway"})
+    assert shared.database() == "postgresql://gw@db:5432/gateway"
+    with pytest.raises(ConfigError, match="database_url `mysql://x`: use `sqlite:///"):
+        load_settings(environ={"GATEWAY_DATABASE_URL": "mysql://x"})

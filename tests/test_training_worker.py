@@ -30,18 +30,25 @@ from gateway.settings import Settings, TrainingSettings
 MODEL = ModelSpec(name="echo", backend="echo", options={"adapters": True})
 
 
-def make_gateway(data_dir: Path, **training: Any) -> Gateway:
+def make_gateway(data_dir: Path, database_url: str | None = None, **training: Any) -> Gateway:
     pm = make_plugin_manager()
     pm.register(gateway.testing.trainers)
     settings = Settings(
-        data_dir=str(data_dir), models=[MODEL], training=TrainingSettings(**training)
+        data_dir=str(data_dir),
+        database_url=database_url,
+        models=[MODEL],
+        training=TrainingSettings(**training),
     )
     return Gateway(settings, pm=pm)
 
 
-@pytest.fixture
-async def gw(tmp_path: Path) -> AsyncIterator[Gateway]:
-    served = make_gateway(tmp_path)
+@pytest.fixture(params=["sqlite", "postgres"])
+async def gw(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Gateway]:
+    """The server and its workers, with jobs in SQLite or in PostgreSQL."""
+    url = None
+    if request.param == "postgres":
+        url = request.getfixturevalue("postgres").database_for(str(tmp_path))
+    served = make_gateway(tmp_path, url)
     await served.startup()
     yield served
     await served.shutdown()
@@ -273,3 +280,33 @@ async def _called(calls: list[Any]) -> bool:
 
 async def _webhook_is(gw: Gateway, job_id: str, state: str) -> bool:
     return (await gw.training.get(job_id)).webhook == state
+
+
+async def test_replicas_sharing_postgres_run_each_job_once_and_reap_an_abandoned_one(
+    postgres: Any, tmp_path: Path
+):
+    url = postgres.database_for(str(tmp_path))
+    a = make_gateway(tmp_path / "a", url, lease_seconds=1.0)
+    await a.startup()
+    b = make_gateway(tmp_path / "b", url, lease_seconds=1.0)
+    try:
+        # A replica that starts while another's worker trains leaves that job alone.
+        long, _ = await a.training.submit("steps", [1], {"steps": 30, "step_seconds": 0.05})
+        await wait_for(a, long.id, JobState.RUNNING)
+        await b.startup()
+        jobs = [(await b.training.submit("steps", [1], {"steps": 3}))[0] for _ in range(4)]
+        for job in [long, *jobs]:
+            done = await wait_for(a, job.id, JobState.COMPLETED, JobState.FAILED)
+            assert done.state == JobState.COMPLETED, done.error
+            steps = [m.step for m in await b.training.metrics(job.id)]
+            assert steps == list(range(1, done.total_steps + 1))  # ran once, by one worker
+
+        # A job whose worker died with its replica: its lease runs out, a replica fails it.
+        store = a.training.jobs
+        store.submit(NewJob(id="ghost", kind="ghost-kind", model="echo", output_name="g"))
+        assert store.claim("echo", "a-dead-replicas-worker", frozenset({"ghost-kind"}))
+        reaped = await wait_for(b, "ghost", JobState.FAILED, timeout=30)
+        assert "stopped while this job was running" in (reaped.error or "")
+    finally:
+        await b.shutdown()
+        await a.shutdown()

@@ -53,7 +53,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     webhook TEXT,
     tenant TEXT,
     info TEXT NOT NULL DEFAULT '{}',
-    cost REAL NOT NULL DEFAULT 0
+    cost REAL NOT NULL DEFAULT 0,
+    heartbeat_at REAL
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, model, seq);
 CREATE TABLE IF NOT EXISTS job_metrics (
@@ -76,12 +77,13 @@ CREATE INDEX IF NOT EXISTS job_logs_job ON job_logs (job_id, time);
 _COLUMNS = (
     "id, kind, model, state, output_name, config, created_at, started_at, finished_at, step,"
     " total_steps, epoch, loss, learning_rate, error, adapter_path, stop_requested, worker,"
-    " webhook, tenant, info, cost"
+    " webhook, tenant, info, cost, heartbeat_at"
 )
 _ADDED_COLUMNS = (
     ("tenant", "TEXT"),
     ("info", "TEXT NOT NULL DEFAULT '{}'"),
     ("cost", "REAL NOT NULL DEFAULT 0"),
+    ("heartbeat_at", "REAL"),
 )
 """Columns added after the first release: a database made before gets them on open."""
 
@@ -192,13 +194,14 @@ class SqliteJobStore(JobStore):
 
     def claim(self, model: str, worker: str, kinds: frozenset[str]) -> Job | None:
         marks = ", ".join("?" * len(kinds))
+        now = time.time()
         with self._db() as db:
             row = db.execute(
-                "UPDATE jobs SET state = 'running', worker = ?, started_at = ?"
+                "UPDATE jobs SET state = 'running', worker = ?, started_at = ?, heartbeat_at = ?"
                 " WHERE id = (SELECT id FROM jobs WHERE state = 'queued' AND model = ?"
                 f" AND kind IN ({marks}) ORDER BY seq LIMIT 1) AND state = 'queued'"
                 " RETURNING id",
-                (worker, time.time(), model, *sorted(kinds)),
+                (worker, now, now, model, *sorted(kinds)),
             ).fetchone()
             return None if row is None else self._get(db, row["id"], with_data=True)
 
@@ -206,13 +209,15 @@ class SqliteJobStore(JobStore):
         with self._db() as db:
             updated = db.execute(
                 "UPDATE jobs SET step = ?, total_steps = ?, epoch = ?, loss = ?,"
-                " learning_rate = ? WHERE id = ? AND state = 'running' AND stop_requested = 0",
+                " learning_rate = ?, heartbeat_at = ? WHERE id = ? AND state = 'running'"
+                " AND stop_requested = 0",
                 (
                     metrics.step,
                     total_steps,
                     metrics.epoch,
                     metrics.loss,
                     metrics.learning_rate,
+                    time.time(),
                     job_id,
                 ),
             ).rowcount
@@ -322,14 +327,29 @@ class SqliteJobStore(JobStore):
             ).rowcount
             return self._get(db, job_id) if updated else None
 
+    def heartbeat(self, worker: str) -> int:
+        with self._db() as db:
+            return db.execute(
+                "UPDATE jobs SET heartbeat_at = ? WHERE worker = ? AND state = 'running'",
+                (time.time(), worker),
+            ).rowcount
+
     def fail_running(
-        self, message: str, *, worker: str | None = None, webhook: bool = False
+        self,
+        message: str,
+        *,
+        worker: str | None = None,
+        webhook: bool = False,
+        stale_after: float | None = None,
     ) -> list[Job]:
         with self._db() as db:
             sql = "SELECT id, step, total_steps FROM jobs WHERE state = 'running'"
             args: tuple[Any, ...] = ()
             if worker is not None:
                 sql, args = sql + " AND worker = ?", (worker,)
+            if stale_after is not None:
+                sql += " AND COALESCE(heartbeat_at, started_at, 0) < ?"
+                args = (*args, time.time() - stale_after)
             failed = []
             for row in db.execute(sql, args).fetchall():
                 text = message.format(step=row["step"], total=row["total_steps"] or "?")
@@ -342,7 +362,12 @@ class SqliteJobStore(JobStore):
             return failed
 
     def requeue_running(
-        self, kinds: frozenset[str], *, max_restarts: int, worker: str | None = None
+        self,
+        kinds: frozenset[str],
+        *,
+        max_restarts: int,
+        worker: str | None = None,
+        stale_after: float | None = None,
     ) -> list[Job]:
         if not kinds:
             return []
@@ -351,6 +376,9 @@ class SqliteJobStore(JobStore):
         args: list[Any] = sorted(kinds)
         if worker is not None:
             sql, args = sql + " AND worker = ?", [*args, worker]
+        if stale_after is not None:
+            sql += " AND COALESCE(heartbeat_at, started_at, 0) < ?"
+            args.append(time.time() - stale_after)
         with self._db() as db:
             db.execute("BEGIN IMMEDIATE")
             rows = db.execute(sql, args).fetchall()

@@ -64,6 +64,8 @@ class Job(msgspec.Struct, kw_only=True):
     adapter_path: str | None = None
     stop_requested: bool = False
     worker: str | None = None
+    heartbeat_at: float | None = None
+    """When the worker running the job last said it was alive (its lease)."""
     webhook: str | None = None
     """None (nothing to send), `pending`, `sent` or `failed`."""
     tenant: str | None = None
@@ -99,6 +101,9 @@ class LogLine(msgspec.Struct, kw_only=True):
 class JobStore(ABC):
     """Where jobs live. Methods that change a job check its state in the same
     transaction, so two processes never both claim, finish or cancel one job."""
+
+    def close(self) -> None:
+        """Release connections (a pooled store); the default has none."""
 
     @abstractmethod
     def submit(self, job: NewJob, *, max_queued: int | None = None) -> Job:
@@ -171,21 +176,42 @@ class JobStore(ABC):
     def request_stop(self, job_id: str) -> Job | None:
         """Ask a running job to stop at its next step; None when it is not running."""
 
+    shared: bool = False
+    """Whether other gateways (replicas) may use the same store: then a running job is
+    only taken for abandoned once its lease ran out (`heartbeat`, `stale_after`), never
+    because this process restarted."""
+
+    @abstractmethod
+    def heartbeat(self, worker: str) -> int:
+        """Renew the lease of `worker`'s running jobs (their `heartbeat_at`); how many.
+        A claim and each recorded step renew it too."""
+
     @abstractmethod
     def fail_running(
-        self, message: str, *, worker: str | None = None, webhook: bool = False
+        self,
+        message: str,
+        *,
+        worker: str | None = None,
+        webhook: bool = False,
+        stale_after: float | None = None,
     ) -> list[Job]:
-        """Fail every running job (of `worker`, or all): what a restart or a dead worker
+        """Fail every running job (of `worker`, or all; with `stale_after`, only those
+        whose lease is older than that many seconds): what a restart or a dead worker
         leaves behind. `message` may contain `{step}` and `{total}`."""
 
     @abstractmethod
     def requeue_running(
-        self, kinds: frozenset[str], *, max_restarts: int, worker: str | None = None
+        self,
+        kinds: frozenset[str],
+        *,
+        max_restarts: int,
+        worker: str | None = None,
+        stale_after: float | None = None,
     ) -> list[Job]:
-        """Put running jobs of `kinds` (of `worker`, or all) back in the queue, ahead of
-        later jobs (a restart interrupted them and they can resume), counting it in
-        `info["restarts"]`; a job already restarted `max_restarts` times stays running
-        (for `fail_running`)."""
+        """Put running jobs of `kinds` (of `worker`, or all; with `stale_after`, only
+        those whose lease ran out) back in the queue, ahead of later jobs (a restart
+        interrupted them and they can resume), counting it in `info["restarts"]`; a job
+        already restarted `max_restarts` times stays running (for `fail_running`)."""
 
     @abstractmethod
     def fail_queued(self, model: str, message: str) -> list[Job]:

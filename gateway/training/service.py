@@ -31,9 +31,9 @@ from gateway.jobs import (
     LogLine,
     NewJob,
     QueueFull,
-    SqliteJobStore,
     StepMetrics,
 )
+from gateway.jobs.open import open_job_store
 from gateway.training.registry import collect_trainers
 from gateway.training.supervisor import INTERRUPTED, Supervisor
 from gateway.training.trainer import Trainer
@@ -53,8 +53,8 @@ class TrainingService:
         self.gateway = gateway
         self.settings = gateway.settings.training
         data_dir = gateway.settings.data_path()
-        database = data_dir / "gateway.db"
-        self.jobs: JobStore = jobs or SqliteJobStore(database)
+        database = gateway.settings.database()
+        self.jobs: JobStore = jobs or open_job_store(database)
         self.trainers: dict[str, Trainer] = collect_trainers(gateway.pm)
         self.supervisor = Supervisor(
             settings=self.settings,
@@ -82,22 +82,50 @@ class TrainingService:
         is loaded)."""
         if not self.trainers:
             return
-        resumed = await asyncio.to_thread(
-            self.jobs.requeue_running, self.supervisor.resumable, max_restarts=MAX_RESTARTS
-        )
-        for job in resumed:
-            log.warning("job %s was interrupted by a restart: queued again to resume", job.id)
-            await asyncio.to_thread(
-                self.jobs.log, job.id, "interrupted by a server restart: queued again to resume"
-            )
-        interrupted = await asyncio.to_thread(self.jobs.fail_running, INTERRUPTED, webhook=True)
-        for job in interrupted:
-            log.warning("training job %s was interrupted by a restart: failed", job.id)
+        await self._recover()
+        if self.jobs.shared:
+            self._spawn(self._reap())
         pending = await asyncio.to_thread(self.jobs.find, states=TERMINAL_STATES)
         for job in pending:
             if job.webhook == "pending":
                 self._spawn(self._webhook(job))
         self._spawn(self._start_workers())
+
+    async def _recover(self) -> list[Job]:
+        """Queue again (to resume) or fail the running jobs nobody runs any more: every
+        running job at the start of a server that owns its store alone; with a shared
+        store, those whose lease ran out (other replicas' workers are alive)."""
+        stale = self.settings.lease_seconds if self.jobs.shared else None
+        resumed = await asyncio.to_thread(
+            self.jobs.requeue_running,
+            self.supervisor.resumable,
+            max_restarts=MAX_RESTARTS,
+            stale_after=stale,
+        )
+        for job in resumed:
+            log.warning("job %s was interrupted: queued again to resume", job.id)
+            await asyncio.to_thread(
+                self.jobs.log, job.id, "interrupted (its worker stopped): queued again to resume"
+            )
+        interrupted = await asyncio.to_thread(
+            self.jobs.fail_running, INTERRUPTED, webhook=True, stale_after=stale
+        )
+        for job in interrupted:
+            log.warning("training job %s was interrupted: failed", job.id)
+        served = {handle.spec.name: handle.spec for handle in self.gateway.models}
+        for model in {job.model for job in resumed} & set(served):
+            await self.supervisor.ensure(served[model])
+        return interrupted
+
+    async def _reap(self) -> None:
+        """With a shared store: look for abandoned jobs every third of a lease."""
+        while True:
+            await asyncio.sleep(self.settings.lease_seconds / 3)
+            try:
+                for job in await self._recover():
+                    await self._finished(job)  # its webhook, its trace
+            except Exception:
+                log.exception("looking for abandoned jobs failed")
 
     async def _start_workers(self) -> None:
         trainable = [

@@ -28,7 +28,8 @@ import msgspec
 from gateway.adapters.store import AdapterStore
 from gateway.collect import collect_backends
 from gateway.engine.backend import Backend, BackendFactory, ModelSpec
-from gateway.jobs import Job, JobState, SqliteJobStore, StepMetrics
+from gateway.jobs import Job, JobState, StepMetrics
+from gateway.jobs.open import open_job_store
 from gateway.plugins import GatewayPluginManager
 from gateway.settings import Settings
 from gateway.training.registry import collect_trainers
@@ -46,11 +47,16 @@ class WorkerConfig(msgspec.Struct, kw_only=True):
     model: ModelSpec
     data_dir: str
     database: str
+    """The job store's URL (`Settings.database()`)."""
     plugins: list[str]
     """Modules of the server's plugins, registered here in the same order."""
     path: list[str] = msgspec.field(default_factory=list)
     """The server's `sys.path`, so that every plugin module it imported imports here."""
     threads: int = 0
+    heartbeat: float = 5.0
+    """Seconds between renewals of the running job's lease (`JobStore.heartbeat`): a
+    gateway sharing the job store takes a job whose lease is older than `[training]
+    lease_seconds` for abandoned."""
     preload: bool = False
     log_level: str = "info"
     settings: dict[str, Any] = msgspec.field(default_factory=dict)
@@ -64,7 +70,7 @@ class Worker:
     def __init__(self, config: WorkerConfig):
         self.config = config
         self.data_dir = Path(config.data_dir)
-        self.jobs = SqliteJobStore(Path(config.database))
+        self.jobs = open_job_store(config.database)
         pm = GatewayPluginManager()
         for name in config.plugins:
             if pm.get_plugin(name) is None:
@@ -155,8 +161,19 @@ class Worker:
         finished = self.jobs.finish(job.id, state, error=error, adapter_path=path, webhook=True)
         self.emit("finished", job=job.id, state=finished.state if finished else "gone")
 
+    def beat(self) -> None:
+        """Renew the lease of the job this worker runs, every `config.heartbeat` seconds
+        (a trainer may go long between steps: loading a model, a teacher's answers)."""
+        while True:
+            time.sleep(self.config.heartbeat)
+            try:
+                self.jobs.heartbeat(self.config.worker)
+            except Exception:  # a database that is away for a moment: the next beat
+                log.warning("heartbeat failed", exc_info=True)
+
     def serve(self) -> None:
         kinds = frozenset(self.trainers)
+        threading.Thread(target=self.beat, name="heartbeat", daemon=True).start()
         if self.config.preload:
             self.preload()
         self.emit("ready")

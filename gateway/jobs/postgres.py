@@ -1,0 +1,493 @@
+"""`PostgresJobStore`: jobs in PostgreSQL, shared by several gateway replicas and their
+training workers (`database_url = "postgresql://..."`).
+
+The same rules as the SQLite store, made safe for many processes on many machines: a
+claim takes the oldest queued job with `FOR UPDATE SKIP LOCKED`, so two workers never
+take the same one and neither waits on the other; every state change is one `UPDATE ...
+WHERE state = ...`, so a claim, a cancel and a finish of the same job cannot both win;
+submissions that count the queue take a transaction-scoped advisory lock. The schema is
+versioned (`MIGRATIONS`): each process applies the missing versions at first use, under
+an advisory lock, so replicas starting together migrate once.
+
+Needs `psycopg` and `psycopg-pool` (`pip install gateway[postgres]`); connections come
+from a small pool per process.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from gateway.errors import ConfigError
+from gateway.jobs.store import (
+    TERMINAL_STATES,
+    Job,
+    JobState,
+    JobStore,
+    LogLine,
+    NewJob,
+    QueueFull,
+    StepMetrics,
+)
+
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE jobs (
+        id TEXT PRIMARY KEY,
+        seq BIGINT GENERATED ALWAYS AS IDENTITY,
+        kind TEXT NOT NULL,
+        model TEXT NOT NULL,
+        state TEXT NOT NULL,
+        output_name TEXT NOT NULL,
+        config JSONB NOT NULL,
+        data JSONB NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        started_at DOUBLE PRECISION,
+        finished_at DOUBLE PRECISION,
+        step INTEGER NOT NULL DEFAULT 0,
+        total_steps INTEGER NOT NULL DEFAULT 0,
+        epoch DOUBLE PRECISION NOT NULL DEFAULT 0,
+        loss DOUBLE PRECISION,
+        learning_rate DOUBLE PRECISION,
+        error TEXT,
+        adapter_path TEXT,
+        stop_requested BOOLEAN NOT NULL DEFAULT FALSE,
+        worker TEXT,
+        webhook TEXT,
+        tenant TEXT,
+        info JSONB NOT NULL DEFAULT '{}',
+        cost DOUBLE PRECISION NOT NULL DEFAULT 0,
+        heartbeat_at DOUBLE PRECISION
+    );
+    CREATE INDEX jobs_state ON jobs (state, model, seq);
+    CREATE TABLE job_metrics (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        job_id TEXT NOT NULL,
+        step INTEGER NOT NULL,
+        epoch DOUBLE PRECISION NOT NULL,
+        loss DOUBLE PRECISION NOT NULL,
+        learning_rate DOUBLE PRECISION NOT NULL,
+        time DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX job_metrics_job ON job_metrics (job_id, step);
+    CREATE TABLE job_logs (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        job_id TEXT NOT NULL,
+        time DOUBLE PRECISION NOT NULL,
+        message TEXT NOT NULL
+    );
+    CREATE INDEX job_logs_job ON job_logs (job_id, id);
+    """,
+)
+"""The schema, one entry per version (append; never edit a released one)."""
+
+MIGRATION_LOCK = 7_315_001
+SUBMIT_LOCK = 7_315_002
+"""Advisory lock keys: migrating, and counting the queue before a submission."""
+
+_COLUMNS = (
+    "id, kind, model, state, output_name, config, created_at, started_at, finished_at, step,"
+    " total_steps, epoch, loss, learning_rate, error, adapter_path, stop_requested, worker,"
+    " webhook, tenant, info, cost, heartbeat_at"
+)
+
+
+class PostgresJobStore(JobStore):
+    shared = True
+
+    def __init__(self, url: str, *, max_connections: int = 4):
+        try:
+            from psycopg.rows import dict_row
+            from psycopg_pool import ConnectionPool
+        except ImportError:
+            raise ConfigError(
+                "database_url names PostgreSQL, which needs its driver: "
+                "pip install 'gateway[postgres]' (psycopg and psycopg-pool)"
+            ) from None
+        self.url = url
+        self._pool = ConnectionPool(
+            url,
+            min_size=1,
+            max_size=max_connections,
+            open=False,
+            kwargs={"autocommit": False, "row_factory": dict_row},
+        )
+        self._opened = False
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        if self._opened:
+            self._pool.close()
+
+    @contextmanager
+    def _db(self) -> Iterator[Any]:
+        """A connection in a transaction (committed at the end, rolled back on error)."""
+        self._open()
+        with self._pool.connection() as connection:
+            yield connection
+
+    def _open(self) -> None:
+        with self._lock:
+            if self._opened:
+                return
+            self._pool.open(wait=False)
+            self._opened = True
+        with self._pool.connection() as db:
+            migrate(db)
+
+    # Submitting and reading.
+
+    def submit(self, job: NewJob, *, max_queued: int | None = None) -> Job:
+        from psycopg.types.json import Jsonb
+
+        job_id = job.id or str(uuid.uuid4())
+        with self._db() as db:
+            if max_queued is not None:
+                db.execute("SELECT pg_advisory_xact_lock(%s)", (SUBMIT_LOCK,))
+                row = db.execute(
+                    "SELECT COUNT(*) AS queued FROM jobs WHERE state = 'queued'"
+                ).fetchone()
+                queued = int(row["queued"])
+                if queued >= max_queued:
+                    raise QueueFull(queued)
+            db.execute(
+                "INSERT INTO jobs (id, kind, model, state, output_name, config, data, created_at,"
+                " tenant, info) VALUES (%s, %s, %s, 'queued', %s, %s, %s, %s, %s, %s)",
+                (
+                    job_id,
+                    job.kind,
+                    job.model,
+                    job.output_name,
+                    Jsonb(job.config),
+                    Jsonb(job.data),
+                    time.time(),
+                    job.tenant,
+                    Jsonb(job.info),
+                ),
+            )
+            return self._one(db, job_id)
+
+    def get(self, job_id: str, *, with_data: bool = False) -> Job | None:
+        with self._db() as db:
+            return self._get(db, job_id, with_data=with_data)
+
+    def find(
+        self,
+        *,
+        states: frozenset[JobState] | None = None,
+        kinds: frozenset[str] | None = None,
+        model: str | None = None,
+        tenant: str | None = None,
+    ) -> list[Job]:
+        where: list[str] = []
+        args: list[Any] = []
+        if states is not None:
+            where.append("state = ANY(%s)")
+            args.append([s.value for s in sorted(states)])
+        if kinds is not None:
+            where.append("kind = ANY(%s)")
+            args.append(sorted(kinds))
+        if model is not None:
+            where.append("model = %s")
+            args.append(model)
+        if tenant is not None:
+            where.append("tenant = %s")
+            args.append(tenant)
+        sql = f"SELECT {_COLUMNS} FROM jobs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        with self._db() as db:
+            rows = db.execute(sql + " ORDER BY seq", args).fetchall()
+        return [_job(row) for row in rows]
+
+    def position(self, job_id: str) -> int | None:
+        with self._db() as db:
+            row = db.execute(
+                "SELECT (SELECT COUNT(*) FROM jobs o WHERE o.state = 'queued'"
+                " AND o.model = j.model AND o.seq < j.seq) AS ahead FROM jobs j"
+                " WHERE j.id = %s AND j.state = 'queued'",
+                (job_id,),
+            ).fetchone()
+        return None if row is None else int(row["ahead"]) + 1
+
+    # The worker's side.
+
+    def claim(self, model: str, worker: str, kinds: frozenset[str]) -> Job | None:
+        now = time.time()
+        with self._db() as db:
+            row = db.execute(
+                "UPDATE jobs SET state = 'running', worker = %s, started_at = %s,"
+                " heartbeat_at = %s WHERE id = (SELECT id FROM jobs WHERE state = 'queued'"
+                " AND model = %s AND kind = ANY(%s) ORDER BY seq LIMIT 1"
+                " FOR UPDATE SKIP LOCKED) RETURNING id",
+                (worker, now, now, model, sorted(kinds)),
+            ).fetchone()
+            return None if row is None else self._get(db, row["id"], with_data=True)
+
+    def record_step(self, job_id: str, metrics: StepMetrics, total_steps: int) -> bool:
+        with self._db() as db:
+            updated = db.execute(
+                "UPDATE jobs SET step = %s, total_steps = %s, epoch = %s, loss = %s,"
+                " learning_rate = %s, heartbeat_at = %s WHERE id = %s AND state = 'running'"
+                " AND NOT stop_requested",
+                (
+                    metrics.step,
+                    total_steps,
+                    metrics.epoch,
+                    metrics.loss,
+                    metrics.learning_rate,
+                    time.time(),
+                    job_id,
+                ),
+            ).rowcount
+            if not updated:
+                return False
+            db.execute(
+                "INSERT INTO job_metrics (job_id, step, epoch, loss, learning_rate, time)"
+                " VALUES (%s, %s, %s, %s, %s, %s)",
+                (
+                    job_id,
+                    metrics.step,
+                    metrics.epoch,
+                    metrics.loss,
+                    metrics.learning_rate,
+                    metrics.time,
+                ),
+            )
+            return True
+
+    def update(
+        self, job_id: str, info: dict[str, Any] | None = None, *, add_cost: float = 0.0
+    ) -> bool:
+        from psycopg.types.json import Jsonb
+
+        with self._db() as db:
+            row = db.execute(
+                "SELECT info, stop_requested FROM jobs WHERE id = %s AND state = 'running'"
+                " FOR UPDATE",
+                (job_id,),
+            ).fetchone()
+            if row is None:
+                return False
+            merged = dict(row["info"])
+            for key, value in (info or {}).items():
+                old = merged.get(key)
+                if isinstance(old, dict) and isinstance(value, dict):
+                    merged[key] = {**old, **value}
+                else:
+                    merged[key] = value
+            db.execute(
+                "UPDATE jobs SET info = %s, cost = cost + %s WHERE id = %s",
+                (Jsonb(merged), add_cost, job_id),
+            )
+            return not row["stop_requested"]
+
+    def log(self, job_id: str, message: str) -> None:
+        with self._db() as db:
+            db.execute(
+                "INSERT INTO job_logs (job_id, time, message) VALUES (%s, %s, %s)",
+                (job_id, time.time(), message),
+            )
+
+    def metrics(self, job_id: str, limit: int | None = None) -> list[StepMetrics]:
+        with self._db() as db:
+            rows = db.execute(
+                "SELECT * FROM (SELECT step, epoch, loss, learning_rate, time, id FROM job_metrics"
+                " WHERE job_id = %s ORDER BY step DESC, id DESC LIMIT %s) last ORDER BY step, id",
+                (job_id, limit),
+            ).fetchall()
+        return [
+            StepMetrics(
+                step=r["step"],
+                epoch=r["epoch"],
+                loss=r["loss"],
+                learning_rate=r["learning_rate"],
+                time=r["time"],
+            )
+            for r in rows
+        ]
+
+    def logs(self, job_id: str, limit: int | None = None) -> list[LogLine]:
+        with self._db() as db:
+            rows = db.execute(
+                "SELECT * FROM (SELECT id, time, message FROM job_logs WHERE job_id = %s"
+                " ORDER BY id DESC LIMIT %s) last ORDER BY id",
+                (job_id, limit),
+            ).fetchall()
+        return [LogLine(time=row["time"], message=row["message"]) for row in rows]
+
+    # Ending jobs.
+
+    def finish(
+        self,
+        job_id: str,
+        state: JobState,
+        *,
+        error: str | None = None,
+        adapter_path: str | None = None,
+        webhook: bool = False,
+    ) -> Job | None:
+        if state not in TERMINAL_STATES:
+            raise ValueError(f"a job cannot finish in state {state.value!r}")
+        with self._db() as db:
+            updated = db.execute(
+                "UPDATE jobs SET state = %s, finished_at = %s, error = %s, adapter_path = %s,"
+                " webhook = %s WHERE id = %s AND state = 'running'",
+                (
+                    state.value,
+                    time.time(),
+                    error,
+                    adapter_path,
+                    "pending" if webhook else None,
+                    job_id,
+                ),
+            ).rowcount
+            return self._get(db, job_id) if updated else None
+
+    def cancel_queued(self, job_id: str, *, webhook: bool = False) -> Job | None:
+        with self._db() as db:
+            updated = db.execute(
+                "UPDATE jobs SET state = 'cancelled', finished_at = %s, webhook = %s,"
+                " error = 'Cancelled while queued.' WHERE id = %s AND state = 'queued'",
+                (time.time(), "pending" if webhook else None, job_id),
+            ).rowcount
+            return self._get(db, job_id) if updated else None
+
+    def request_stop(self, job_id: str) -> Job | None:
+        with self._db() as db:
+            updated = db.execute(
+                "UPDATE jobs SET stop_requested = TRUE WHERE id = %s AND state = 'running'",
+                (job_id,),
+            ).rowcount
+            return self._get(db, job_id) if updated else None
+
+    def heartbeat(self, worker: str) -> int:
+        with self._db() as db:
+            return int(
+                db.execute(
+                    "UPDATE jobs SET heartbeat_at = %s WHERE worker = %s AND state = 'running'",
+                    (time.time(), worker),
+                ).rowcount
+            )
+
+    def fail_running(
+        self,
+        message: str,
+        *,
+        worker: str | None = None,
+        webhook: bool = False,
+        stale_after: float | None = None,
+    ) -> list[Job]:
+        sql = "SELECT id, step, total_steps FROM jobs WHERE state = 'running'"
+        args: tuple[Any, ...] = ()
+        if worker is not None:
+            sql, args = sql + " AND worker = %s", (worker,)
+        if stale_after is not None:
+            sql += " AND COALESCE(heartbeat_at, started_at, 0) < %s"
+            args = (*args, time.time() - stale_after)
+        with self._db() as db:
+            failed = []
+            for row in db.execute(sql + " FOR UPDATE SKIP LOCKED", args).fetchall():
+                text = message.format(step=row["step"], total=row["total_steps"] or "?")
+                if db.execute(
+                    "UPDATE jobs SET state = 'failed', finished_at = %s, error = %s,"
+                    " webhook = %s WHERE id = %s AND state = 'running'",
+                    (time.time(), text, "pending" if webhook else None, row["id"]),
+                ).rowcount:
+                    failed.append(self._one(db, row["id"]))
+            return failed
+
+    def requeue_running(
+        self,
+        kinds: frozenset[str],
+        *,
+        max_restarts: int,
+        worker: str | None = None,
+        stale_after: float | None = None,
+    ) -> list[Job]:
+        from psycopg.types.json import Jsonb
+
+        if not kinds:
+            return []
+        sql = "SELECT id, info FROM jobs WHERE state = 'running' AND kind = ANY(%s)"
+        args: list[Any] = [sorted(kinds)]
+        if worker is not None:
+            sql, args = sql + " AND worker = %s", [*args, worker]
+        if stale_after is not None:
+            sql += " AND COALESCE(heartbeat_at, started_at, 0) < %s"
+            args.append(time.time() - stale_after)
+        with self._db() as db:
+            requeued = []
+            for row in db.execute(sql + " FOR UPDATE SKIP LOCKED", args).fetchall():
+                info = dict(row["info"])
+                restarts = int(info.get("restarts", 0))
+                if restarts >= max_restarts:
+                    continue
+                info["restarts"] = restarts + 1
+                db.execute(
+                    "UPDATE jobs SET state = 'queued', worker = NULL, stop_requested = FALSE,"
+                    " info = %s WHERE id = %s AND state = 'running'",
+                    (Jsonb(info), row["id"]),
+                )
+                requeued.append(self._one(db, row["id"]))
+            return requeued
+
+    def fail_queued(self, model: str, message: str) -> list[Job]:
+        with self._db() as db:
+            rows = db.execute(
+                "UPDATE jobs SET state = 'failed', finished_at = %s, error = %s,"
+                " webhook = 'pending' WHERE state = 'queued' AND model = %s RETURNING id",
+                (time.time(), message, model),
+            ).fetchall()
+            return [self._one(db, row["id"]) for row in rows]
+
+    def set_webhook(self, job_id: str, status: str) -> None:
+        with self._db() as db:
+            db.execute("UPDATE jobs SET webhook = %s WHERE id = %s", (status, job_id))
+
+    # Rows.
+
+    def _get(self, db: Any, job_id: str, *, with_data: bool = False) -> Job | None:
+        columns = _COLUMNS + (", data" if with_data else "")
+        row = db.execute(f"SELECT {columns} FROM jobs WHERE id = %s", (job_id,)).fetchone()
+        return None if row is None else _job(row)
+
+    def _one(self, db: Any, job_id: str) -> Job:
+        job = self._get(db, job_id)
+        assert job is not None
+        return job
+
+
+def migrate(db: Any) -> int:
+    """Apply the versions of `MIGRATIONS` the database lacks (under an advisory lock, so
+    replicas starting at once migrate once); the version it is at afterwards."""
+    db.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations"
+        " (version INTEGER PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)"
+    )
+    row = db.execute(
+        "SELECT COALESCE(MAX(version), 0) AS version FROM schema_migrations"
+    ).fetchone()
+    current = int(row["version"])
+    for version, script in enumerate(MIGRATIONS, start=1):
+        if version <= current:
+            continue
+        db.execute(script)
+        db.execute(
+            "INSERT INTO schema_migrations (version, applied_at) VALUES (%s, %s)",
+            (version, time.time()),
+        )
+        current = version
+    db.commit()
+    return current
+
+
+def _job(row: dict[str, Any]) -> Job:
+    fields = dict(row)
+    fields["state"] = JobState(fields["state"])
+    return Job(**fields)
