@@ -60,9 +60,9 @@ pytest_plugins = ["gateway.testing.fixtures"]
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[Any]:
-    """A real PostgreSQL server (tests/postgres.py), started once for the session when a
+    """A real PostgreSQL server (tests/pg_server.py), started once for the session when a
     test asks for it; without the `postgresql` package those tests skip, saying so."""
-    from postgres import PostgresServer, binaries
+    from pg_server import PostgresServer, binaries
 
     found = binaries()
     if found is None:
