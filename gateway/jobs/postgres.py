@@ -131,13 +131,14 @@ class PostgresJobStore(JobStore):
             yield connection
 
     def _open(self) -> None:
+        """Open the pool and bring the schema up to date, once (other threads wait)."""
         with self._lock:
             if self._opened:
                 return
             self._pool.open(wait=False)
+            with self._pool.connection() as db:
+                migrate(db)
             self._opened = True
-        with self._pool.connection() as db:
-            migrate(db)
 
     # Submitting and reading.
 
