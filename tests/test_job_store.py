@@ -598,3 +598,16 @@ def test_only_jobs_whose_lease_ran_out_are_requeued_or_failed(store: JobStore):
     failed = store.fail_running("abandoned at {step}", stale_after=0.2)
     assert [job.id for job in failed] == ["stale"]
     assert store.get("alive").state == JobState.RUNNING  # type: ignore[union-attr]
+
+
+def test_threads_using_a_new_store_at_once_all_find_it_ready(opener: Callable[[], JobStore]):
+    store = opener()  # nothing opened yet: the first calls make the schema
+    start = threading.Barrier(6)
+
+    def first_use(index: int) -> str:
+        start.wait()
+        return store.submit(new(id=f"first-{index}")).id
+
+    with ThreadPoolExecutor(6) as pool:
+        ids = list(pool.map(first_use, range(6)))
+    assert sorted(job.id for job in store.find()) == sorted(ids)
