@@ -102,11 +102,10 @@ class TrainingService:
             max_restarts=MAX_RESTARTS,
             stale_after=stale,
         )
+        cause = "its worker's lease ran out" if stale else "interrupted by a server restart"
         for job in resumed:
-            log.warning("job %s was interrupted: queued again to resume", job.id)
-            await asyncio.to_thread(
-                self.jobs.log, job.id, "interrupted (its worker stopped): queued again to resume"
-            )
+            log.warning("job %s: %s: queued again to resume", job.id, cause)
+            await asyncio.to_thread(self.jobs.log, job.id, f"{cause}: queued again to resume")
         interrupted = await asyncio.to_thread(
             self.jobs.fail_running, INTERRUPTED, webhook=True, stale_after=stale
         )
