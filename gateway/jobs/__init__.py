@@ -1,7 +1,9 @@
 """Jobs (training, fine-tune, distillation): what they are and where they are kept.
 
 `JobStore` is the interface; `SqliteJobStore` keeps jobs in the data directory's
-`gateway.db`. Both the server and the training worker processes use the same store.
+`gateway.db` (the default), `gateway.jobs.postgres.PostgresJobStore` in PostgreSQL for
+replicas that share them; `gateway.jobs.open.open_job_store(database_url)` opens either.
+The server and its training worker processes use the same store.
 """
 
 from gateway.jobs.sqlite import SqliteJobStore
