@@ -32,6 +32,8 @@ from gateway.jobs.store import (
     NewJob,
     QueueFull,
     StepMetrics,
+    merge_info,
+    restarted,
 )
 
 MIGRATIONS: tuple[str, ...] = (
@@ -274,13 +276,7 @@ class PostgresJobStore(JobStore):
             ).fetchone()
             if row is None:
                 return False
-            merged = dict(row["info"])
-            for key, value in (info or {}).items():
-                old = merged.get(key)
-                if isinstance(old, dict) and isinstance(value, dict):
-                    merged[key] = {**old, **value}
-                else:
-                    merged[key] = value
+            merged = merge_info(row["info"], info)
             db.execute(
                 "UPDATE jobs SET info = %s, cost = cost + %s WHERE id = %s",
                 (Jsonb(merged), add_cost, job_id),
@@ -424,11 +420,9 @@ class PostgresJobStore(JobStore):
         with self._db() as db:
             requeued = []
             for row in db.execute(sql + " FOR UPDATE SKIP LOCKED", args).fetchall():
-                info = dict(row["info"])
-                restarts = int(info.get("restarts", 0))
-                if restarts >= max_restarts:
+                info = restarted(row["info"], max_restarts)
+                if info is None:
                     continue
-                info["restarts"] = restarts + 1
                 db.execute(
                     "UPDATE jobs SET state = 'queued', worker = NULL, stop_requested = FALSE,"
                     " info = %s WHERE id = %s AND state = 'running'",

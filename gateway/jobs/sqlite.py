@@ -26,6 +26,8 @@ from gateway.jobs.store import (
     NewJob,
     QueueFull,
     StepMetrics,
+    merge_info,
+    restarted,
 )
 
 SCHEMA = """
@@ -247,13 +249,7 @@ class SqliteJobStore(JobStore):
             ).fetchone()
             if row is None:
                 return False
-            merged = json.loads(row["info"])
-            for key, value in (info or {}).items():
-                old = merged.get(key)
-                if isinstance(old, dict) and isinstance(value, dict):
-                    merged[key] = {**old, **value}
-                else:
-                    merged[key] = value
+            merged = merge_info(json.loads(row["info"]), info)
             db.execute(
                 "UPDATE jobs SET info = ?, cost = cost + ? WHERE id = ?",
                 (json.dumps(merged), add_cost, job_id),
@@ -384,11 +380,9 @@ class SqliteJobStore(JobStore):
             rows = db.execute(sql, args).fetchall()
             requeued = []
             for row in rows:
-                info = json.loads(row["info"])
-                restarts = int(info.get("restarts", 0))
-                if restarts >= max_restarts:
+                info = restarted(json.loads(row["info"]), max_restarts)
+                if info is None:
                     continue
-                info["restarts"] = restarts + 1
                 db.execute(
                     "UPDATE jobs SET state = 'queued', worker = NULL, stop_requested = 0,"
                     " info = ? WHERE id = ? AND state = 'running'",

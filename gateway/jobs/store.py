@@ -98,6 +98,27 @@ class LogLine(msgspec.Struct, kw_only=True):
     message: str
 
 
+def merge_info(stored: dict[str, Any], info: dict[str, Any] | None) -> dict[str, Any]:
+    """`stored` with `info` merged in, as `JobStore.update` keeps a job's own fields: a
+    key whose old and new values are both objects gets their union, any other is set."""
+    merged = dict(stored)
+    for key, value in (info or {}).items():
+        old = merged.get(key)
+        merged[key] = (
+            {**old, **value} if isinstance(old, dict) and isinstance(value, dict) else value
+        )
+    return merged
+
+
+def restarted(info: dict[str, Any], max_restarts: int) -> dict[str, Any] | None:
+    """A running job's info counting one more restart, as `requeue_running` stores it;
+    None when it was restarted `max_restarts` times already."""
+    restarts = int(info.get("restarts", 0))
+    if restarts >= max_restarts:
+        return None
+    return {**info, "restarts": restarts + 1}
+
+
 class JobStore(ABC):
     """Where jobs live. Methods that change a job check its state in the same
     transaction, so two processes never both claim, finish or cancel one job."""
