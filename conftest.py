@@ -75,20 +75,12 @@ def postgres() -> Iterator[Any]:
 
 
 @pytest.fixture(scope="session")
-def gateway_data_dir(data_dir: Path) -> Path:
-    """The plugin fixtures (`gateway.testing.fixtures`) share the session's data directory."""
-    return data_dir
-
-
-@pytest.fixture(scope="session")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One data directory per test session, so the default model is converted once.
-
-    Set TEST_GATEWAY_DATA_DIR to a folder to keep the converted model between sessions
-    (the name avoids the GATEWAY_ prefix, which the settings loader reads).
+def data_dir(gateway_data_dir: Path) -> Path:
+    """One data directory per test session, so the default model is converted once: the
+    plugin fixtures' `gateway_data_dir` (`gateway.testing.fixtures`), which
+    TEST_GATEWAY_DATA_DIR names to keep the converted model between sessions (the name
+    avoids the GATEWAY_ prefix, which the settings loader reads).
     """
-    kept = os.environ.get("TEST_GATEWAY_DATA_DIR")
-    folder = Path(kept) if kept else tmp_path_factory.mktemp("data")
     # tests that serve from a data directory of their own link this one's models in
-    (folder / "models").mkdir(parents=True, exist_ok=True)
-    return folder
+    (gateway_data_dir / "models").mkdir(parents=True, exist_ok=True)
+    return gateway_data_dir
