@@ -84,3 +84,15 @@ def data_dir(gateway_data_dir: Path) -> Path:
     # tests that serve from a data directory of their own link this one's models in
     (gateway_data_dir / "models").mkdir(parents=True, exist_ok=True)
     return gateway_data_dir
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[str]:
+    """The address of a real local Ray cluster (tests/ray_cluster.py), started once for
+    the session when a test asks for it."""
+    pytest.importorskip("ray", reason="Ray is in the test extra: pip install -e '.[test]'")
+    from ray_cluster import RayCluster
+
+    cluster = RayCluster().start()
+    yield cluster.address
+    cluster.stop()

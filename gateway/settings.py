@@ -187,6 +187,25 @@ class TrainingSettings(Struct, kw_only=True, forbid_unknown_fields=True):
     first. Workers renew it four times a lease at least."""
 
 
+class JobsSettings(Struct, kw_only=True, forbid_unknown_fields=True):
+    """`[jobs]`: where training, fine-tune and distillation jobs run.
+
+    `runner = "local"` (the default): worker processes on this machine, next to the server.
+    `runner = "ray"`: each job is a task on a Ray cluster (`pip install 'gateway[ray]'`):
+    `ray_address` is what `ray.init(address=...)` takes (`"auto"`, `"10.0.0.5:6379"`,
+    `"ray://head:10001"`; unset: the cluster `RAY_ADDRESS` names, else a local one started
+    by the server). A task takes `ray_cpus` CPUs (its torch threads) and `ray_gpus` GPUs.
+    Its node must reach the job store (`database_url`: PostgreSQL for a cluster of several
+    machines) and the data directory (a shared volume: adapters are written there); the
+    gateway's packages must be installed on every node, as on the server.
+    """
+
+    runner: Literal["local", "ray"] = "local"
+    ray_address: str | None = None
+    ray_cpus: Annotated[float, Meta(gt=0)] = 1.0
+    ray_gpus: Annotated[float, Meta(ge=0)] = 0.0
+
+
 class TenantSettings(Struct, kw_only=True, forbid_unknown_fields=True):
     budget: Annotated[float, Meta(ge=0)] | None = None
     """US dollars the tenant's distillation jobs may spend in all (None: no limit)."""
@@ -310,6 +329,7 @@ class Settings(Struct, kw_only=True, forbid_unknown_fields=True):
     llamacpp: LlamaCppSettings = field(default_factory=LlamaCppSettings)
     kobold: KoboldSettings = field(default_factory=KoboldSettings)
     training: TrainingSettings = field(default_factory=TrainingSettings)
+    jobs: JobsSettings = field(default_factory=JobsSettings)
     distillation: DistillationSettings = field(default_factory=DistillationSettings)
     recording: RecordingSettings = field(default_factory=RecordingSettings)
     plugin_sections: dict[str, Any] = field(default_factory=dict)

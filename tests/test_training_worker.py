@@ -301,8 +301,26 @@ async def test_replicas_sharing_postgres_run_each_job_once_and_reap_an_abandoned
             steps = [m.step for m in await b.training.metrics(job.id)]
             assert steps == list(range(1, done.total_steps + 1))  # ran once, by one worker
 
-        # A job whose worker died with its replica: its lease runs out, a replica fails it.
+        # A job whose worker died with its replica: its lease runs out and a replica
+        # takes it over, starting it over (it cannot resume)...
         store = a.training.jobs
+        store.submit(
+            NewJob(
+                id="orphan",
+                kind="steps",
+                model="echo",
+                output_name="o",
+                data=[1],
+                config={"steps": 2},
+            )
+        )
+        assert store.claim("echo", "a-dead-replicas-worker", frozenset({"steps"}))
+        taken = await wait_for(b, "orphan", JobState.COMPLETED, JobState.FAILED, timeout=30)
+        assert taken.state == JobState.COMPLETED, taken.error
+        assert taken.worker != "a-dead-replicas-worker"
+        said = [line.message for line in await b.training.logs("orphan")]
+        assert "its worker's lease ran out: queued again to start over" in said
+        # ... unless no replica has its trainer: then it fails.
         store.submit(NewJob(id="ghost", kind="ghost-kind", model="echo", output_name="g"))
         assert store.claim("echo", "a-dead-replicas-worker", frozenset({"ghost-kind"}))
         reaped = await wait_for(b, "ghost", JobState.FAILED, timeout=30)

@@ -56,7 +56,15 @@ class TrainingService:
         database = gateway.settings.database()
         self.jobs: JobStore = jobs or open_job_store(database)
         self.trainers: dict[str, Trainer] = collect_trainers(gateway.pm)
-        self.supervisor = Supervisor(
+        options: dict[str, Any] = {}
+        supervisor: type[Supervisor] = Supervisor
+        if gateway.settings.jobs.runner == "ray":
+            from gateway.training.ray_runner import RaySupervisor
+
+            supervisor = RaySupervisor
+            options = {"runner": gateway.settings.jobs, "kinds": frozenset(self.trainers)}
+        self.supervisor = supervisor(
+            **options,
             settings=self.settings,
             jobs=self.jobs,
             data_dir=data_dir,
@@ -92,20 +100,26 @@ class TrainingService:
         self._spawn(self._start_workers())
 
     async def _recover(self) -> list[Job]:
-        """Queue again (to resume) or fail the running jobs nobody runs any more: every
-        running job at the start of a server that owns its store alone; with a shared
-        store, those whose lease ran out (other replicas' workers are alive)."""
+        """Queue again or fail the running jobs nobody runs any more.
+
+        A server that owns its store alone, at its start: every running job; those that
+        can resume are queued again, the others fail (their client can submit them
+        again). With a shared store: the jobs whose lease ran out (their worker or its
+        replica died while the other replicas live on); every one is queued again, to
+        resume or to start over, so that another replica takes it over."""
         stale = self.settings.lease_seconds if self.jobs.shared else None
+        resumable = self.supervisor.resumable
         resumed = await asyncio.to_thread(
             self.jobs.requeue_running,
-            self.supervisor.resumable,
+            frozenset(self.trainers) if stale else resumable,
             max_restarts=MAX_RESTARTS,
             stale_after=stale,
         )
         cause = "its worker's lease ran out" if stale else "interrupted by a server restart"
         for job in resumed:
-            log.warning("job %s: %s: queued again to resume", job.id, cause)
-            await asyncio.to_thread(self.jobs.log, job.id, f"{cause}: queued again to resume")
+            again = "to resume" if job.kind in resumable else "to start over"
+            log.warning("job %s: %s: queued again %s", job.id, cause, again)
+            await asyncio.to_thread(self.jobs.log, job.id, f"{cause}: queued again {again}")
         interrupted = await asyncio.to_thread(
             self.jobs.fail_running, INTERRUPTED, webhook=True, stale_after=stale
         )
@@ -161,10 +175,7 @@ class TrainingService:
                 if job.state == JobState.RUNNING
             ],
             "queued": sum(job.state == JobState.QUEUED for job in active),
-            "workers": [
-                {"pid": w.pid, "model": w.model, "ready": w.ready.is_set()}
-                for w in self.supervisor.workers.values()
-            ],
+            "workers": self.supervisor.describe(),
         }
 
     # Submitting.

@@ -60,6 +60,10 @@ class WorkerProcess:
     def pid(self) -> int:
         return self.process.pid
 
+    def describe(self) -> dict[str, Any]:
+        """What /health shows of it."""
+        return {"pid": self.pid, "model": self.model, "ready": self.ready.is_set()}
+
     def wake(self) -> None:
         if self.process.stdin is not None and not self.process.stdin.is_closing():
             self.process.stdin.write(b"wake\n")
@@ -122,6 +126,10 @@ class Supervisor:
         self.failed_starts: dict[str, int] = {}
         self.stopping = False
 
+    def describe(self) -> list[dict[str, Any]]:
+        """Its workers, as /health shows them."""
+        return [worker.describe() for worker in self.workers.values()]
+
     def workers_of(self, model: str) -> list[WorkerProcess]:
         return [w for w in self.workers.values() if w.model == model]
 
@@ -145,22 +153,29 @@ class Supervisor:
         for worker in running:
             worker.wake()
 
-    async def _start(self, spec: ModelSpec, *, preload: bool) -> WorkerProcess:
-        worker_id = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        config = WorkerConfig(
-            worker=worker_id,
+    def config(
+        self, spec: ModelSpec, *, preload: bool, threads: int = 0, prefix: str = ""
+    ) -> WorkerConfig:
+        """What a new worker for `spec` is told; its id names this server's host and
+        process (`prefix` first)."""
+        return WorkerConfig(
+            worker=f"{prefix}{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
             model=spec,
             data_dir=str(self.data_dir),
             database=str(self.database),
             plugins=self.plugins,
             path=list(sys.path),
-            threads=self.settings.threads or worker_threads(),
+            threads=threads or self.settings.threads or worker_threads(),
             heartbeat=min(5.0, self.settings.lease_seconds / 4),
             preload=preload,
             log_level=self.log_level,
             settings=self.server_settings,
             models=self.served(),
         )
+
+    async def _start(self, spec: ModelSpec, *, preload: bool) -> WorkerProcess:
+        config = self.config(spec, preload=preload)
+        worker_id = config.worker
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",

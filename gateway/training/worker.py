@@ -16,6 +16,7 @@ import importlib
 import json
 import logging
 import os
+import socket
 import sys
 import threading
 import time
@@ -67,8 +68,11 @@ class WorkerConfig(msgspec.Struct, kw_only=True):
 
 
 class Worker:
-    def __init__(self, config: WorkerConfig):
+    def __init__(self, config: WorkerConfig, *, events: bool = True):
         self.config = config
+        self.events = events
+        """Whether `emit` writes event lines on stdout (the server reads them from a local
+        worker process; a Ray task reports through its result instead)."""
         self.data_dir = Path(config.data_dir)
         self.jobs = open_job_store(config.database)
         pm = GatewayPluginManager()
@@ -97,6 +101,8 @@ class Worker:
         return factory(spec, self.data_dir)
 
     def emit(self, event: str, **fields: Any) -> None:
+        if not self.events:
+            return
         sys.stdout.write(json.dumps({"event": event, **fields}) + "\n")
         sys.stdout.flush()
 
@@ -142,7 +148,11 @@ class Worker:
 
     def run_job(self, job: Job) -> None:
         self.emit("started", job=job.id)
-        self.jobs.log(job.id, f"started {job.kind} job on {job.model} (worker {os.getpid()})")
+        self.jobs.log(
+            job.id,
+            f"started {job.kind} job on {job.model} (worker {self.config.worker}, pid "
+            f"{os.getpid()} on {socket.gethostname()})",
+        )
         state, error, path = JobState.COMPLETED, None, None
         try:
             path = str(self.trainers[job.kind].run(job, self.context(job)))
@@ -161,11 +171,11 @@ class Worker:
         finished = self.jobs.finish(job.id, state, error=error, adapter_path=path, webhook=True)
         self.emit("finished", job=job.id, state=finished.state if finished else "gone")
 
-    def beat(self) -> None:
+    def beat(self, stop: threading.Event) -> None:
         """Renew the lease of the job this worker runs, every `config.heartbeat` seconds
-        (a trainer may go long between steps: loading a model, a teacher's answers)."""
-        while True:
-            time.sleep(self.config.heartbeat)
+        (a trainer may go long between steps: loading a model, a teacher's answers), until
+        `stop` is set."""
+        while not stop.wait(self.config.heartbeat):
             try:
                 self.jobs.heartbeat(self.config.worker)
             except Exception:  # a database that is away for a moment: the next beat
@@ -173,7 +183,8 @@ class Worker:
 
     def serve(self) -> None:
         kinds = frozenset(self.trainers)
-        threading.Thread(target=self.beat, name="heartbeat", daemon=True).start()
+        beating = threading.Thread(target=self.beat, args=(threading.Event(),), daemon=True)
+        beating.start()
         if self.config.preload:
             self.preload()
         self.emit("ready")
