@@ -186,9 +186,9 @@ class RaySupervisor(Supervisor):
                 await self._finished(job)
         else:
             log.info("job %s ended on the Ray cluster: %s", task.job, state)
-            job = await asyncio.to_thread(self.jobs.get, task.job)
-            if job is not None and job.state != JobState.RUNNING:
-                await self._finished(job)
+            ended = await asyncio.to_thread(self.jobs.get, task.job)
+            if ended is not None and ended.state != JobState.RUNNING:
+                await self._finished(ended)
         finally:
             if not self.stopping:
                 self.tasks.pop(task.worker, None)
