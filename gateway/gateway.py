@@ -62,7 +62,7 @@ class Gateway:
         self.started = time.time()
         self.generation = GenerationService(self)
         self.training = TrainingService(self)
-        self.recording = PromptRecorder(settings.recording, settings.data_path())
+        self.recording = PromptRecorder(settings.recording, settings.database())
         self.distillation = DistillationService(self)
 
     def _engine_stats(self) -> dict[str, EngineStats]:

@@ -1,7 +1,9 @@
 """`[recording]`: served prompts kept for distillation (gateway.recording).
 
 The HTTP tests run the EchoBackend; one runs the real default model. Each gateway gets a
-data directory of its own, so `gateway.db` holds only its records.
+data directory of its own, so `gateway.db` holds only its records; one test records to
+PostgreSQL. The recorder and store tests take `database_url`, parametrized over SQLite and
+PostgreSQL (a real server started for the session).
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +20,11 @@ from gateway_schemas.canonical import ChatMessage, GenerationChunk, GenerationRe
 from litestar.testing import TestClient
 
 from gateway.app import create_app
+from gateway.database import open_prompt_store
 from gateway.engine import ModelSpec
 from gateway.gateway import Gateway
 from gateway.plugins import make_plugin_manager
-from gateway.recording import PromptRecorder, PromptStore, RecordedPrompt
+from gateway.recording import PromptRecorder, PromptStore, RecordedPrompt, SqlitePromptStore
 from gateway.settings import DEFAULT_CHAT_MODEL, ApiKey, RecordingSettings, Settings
 
 MODELS = [ModelSpec(name="echo", backend="echo"), ModelSpec(name="other", backend="echo")]
@@ -30,6 +33,8 @@ KEYS = [
     ApiKey(key="ops-key-12345", name="ops", scopes=["admin"]),
 ]
 DAY = 86400.0
+DIGEST_ORDER = ["w", "z", "y", "x"]
+"""Prompts "w" to "z" in the order of their digests (the tie-break of `select`)."""
 
 
 def serve(data_dir: Path, **settings: Any) -> tuple[Gateway, TestClient]:
@@ -206,7 +211,7 @@ def test_a_failing_write_is_logged_and_the_response_unharmed(
 def test_old_records_go_on_the_first_write(tmp_path: Path):
     """Records left by an earlier run beyond `max_age_days` are pruned by the first write."""
     now = time.time()
-    earlier = PromptStore.in_data_dir(tmp_path, max_age_days=365)
+    earlier = SqlitePromptStore.in_data_dir(tmp_path, max_age_days=365)
     earlier.add([prompt("ancient", now - 40 * DAY), prompt("recent", now - 1 * DAY)])
     assert earlier.count() == 2
     gateway, client = serve(tmp_path, recording=on(max_age_days=30))
@@ -216,6 +221,18 @@ def test_old_records_go_on_the_first_write(tmp_path: Path):
             == 200
         )
     assert [r.prompt for r in gateway.recording.select()] == ["new", "recent"]
+
+
+def test_prompts_are_recorded_to_postgresql_when_database_url_names_it(postgres, tmp_path: Path):
+    url = postgres.database_for(str(tmp_path))
+    gateway, client = serve(tmp_path, recording=on(), database_url=url)
+    with client:
+        assert chat(client, "shared").status_code == 200
+        gateway.recording.flush()
+    other = open_prompt_store(url)  # another replica reads what this one recorded
+    assert [r.messages for r in other.select()] == [[{"role": "user", "content": "shared"}]]
+    other.close()
+    assert not table_exists(tmp_path / "gateway.db")
 
 
 @pytest.fixture
@@ -249,13 +266,35 @@ def test_a_live_chat_with_the_default_model_is_recorded(real_model_dir: Path):
 # The recorder and the store.
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The test's database: `gateway.db` in its folder, or a PostgreSQL database of its own."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'gateway.db'}"
+    return str(request.getfixturevalue("postgres").database_for(str(tmp_path)))
+
+
+@pytest.fixture
+def open_store(database_url: str) -> Iterator[Callable[..., PromptStore]]:
+    """Open the test's prompt store with the given options (closed after the test)."""
+    opened: list[PromptStore] = []
+
+    def make(**options: Any) -> PromptStore:
+        opened.append(open_prompt_store(database_url, **options))
+        return opened[-1]
+
+    yield make
+    for store in opened:
+        store.close()
+
+
 def finished(reason: str = "stop") -> GenerationChunk:
     return GenerationChunk(finish_reason=reason)  # type: ignore[arg-type]
 
 
-def test_the_recorder_decides_what_is_recorded(tmp_path: Path):
+def test_the_recorder_decides_what_is_recorded(database_url: str):
     now = [100.0]
-    recorder = PromptRecorder(on(models=["echo"]), tmp_path, clock=lambda: now[0])
+    recorder = PromptRecorder(on(models=["echo"]), database_url, clock=lambda: now[0])
     hi = [ChatMessage(role="user", content="hi")]
     chat_request = GenerationRequest(id="1", model="echo", messages=hi, tenant="t")
     assert recorder.record(chat_request, finished())
@@ -279,10 +318,11 @@ def test_the_recorder_decides_what_is_recorded(tmp_path: Path):
             time=100.0, model="echo", tenant="t", messages=[{"role": "user", "content": "hi"}]
         ),
     ]
+    recorder.store.close()
 
 
 def test_a_disabled_recorder_writes_nothing(tmp_path: Path):
-    recorder = PromptRecorder(RecordingSettings(), tmp_path)
+    recorder = PromptRecorder(RecordingSettings(), f"sqlite:///{tmp_path / 'gateway.db'}")
     request = GenerationRequest(id="1", model="echo", prompt="hello")
     assert not recorder.record(request, finished())
     recorder.close()
@@ -290,27 +330,31 @@ def test_a_disabled_recorder_writes_nothing(tmp_path: Path):
     assert not (tmp_path / "gateway.db").exists()
 
 
-def test_retention_keeps_the_newest_max_records(tmp_path: Path):
-    store = PromptStore.in_data_dir(tmp_path, max_records=3, prune_every=1, clock=lambda: 10.0)
+def test_retention_keeps_the_newest_max_records(open_store: Callable[..., PromptStore]):
+    store = open_store(max_records=3, prune_every=1, clock=lambda: 10.0)
     for at in range(1, 6):
         store.add([prompt(f"p{at}", float(at))])
     assert [r.prompt for r in store.select()] == ["p5", "p4", "p3"]
     assert store.count() == 3
 
 
-def test_retention_between_prunes_is_bounded_by_prune_every(tmp_path: Path):
-    store = PromptStore.in_data_dir(tmp_path, max_records=2, prune_every=3, clock=lambda: 10.0)
+def test_retention_between_prunes_is_bounded_by_prune_every(
+    open_store: Callable[..., PromptStore],
+):
+    store = open_store(max_records=2, prune_every=3, clock=lambda: 10.0)
     store.add([prompt("p1", 1.0)])  # the first write prunes
     store.add([prompt("p2", 2.0)])
     store.add([prompt("p3", 3.0)])
     assert store.count() == 3  # one over, until the third write since the prune
     store.add([prompt("p4", 4.0)])
     assert [r.prompt for r in store.select()] == ["p4", "p3"]
+    store.add([prompt("p5", 5.0), prompt("p6", 6.0)])
+    assert store.prune() == 2  # both deletions count
 
 
-def test_retention_drops_what_is_older_than_max_age(tmp_path: Path):
+def test_retention_drops_what_is_older_than_max_age(open_store: Callable[..., PromptStore]):
     now = [1000 * DAY]
-    store = PromptStore.in_data_dir(tmp_path, max_age_days=30, prune_every=1, clock=lambda: now[0])
+    store = open_store(max_age_days=30, prune_every=1, clock=lambda: now[0])
     store.add([prompt("old", now[0] - 29 * DAY), prompt("older", now[0] - 31 * DAY)])
     assert [r.prompt for r in store.select()] == ["old"]
     now[0] += 2 * DAY
@@ -319,8 +363,10 @@ def test_retention_drops_what_is_older_than_max_age(tmp_path: Path):
     assert store.prune() == 0
 
 
-def test_a_prompt_served_again_is_refreshed_not_duplicated(tmp_path: Path):
-    store = PromptStore.in_data_dir(tmp_path)
+def test_a_prompt_served_again_is_refreshed_not_duplicated(
+    open_store: Callable[..., PromptStore],
+):
+    store = open_store()
     store.add([RecordedPrompt(time=5.0, model="a", tenant="x", prompt="same")])
     store.add([RecordedPrompt(time=9.0, model="a", tenant="y", prompt="same")])
     store.add([RecordedPrompt(time=7.0, model="a", tenant="z", prompt="same")])  # late writer
@@ -332,9 +378,33 @@ def test_a_prompt_served_again_is_refreshed_not_duplicated(tmp_path: Path):
     assert store.count() == 2
 
 
+def test_a_prompt_served_by_several_models_is_selected_once_as_last_served(
+    open_store: Callable[..., PromptStore],
+):
+    store = open_store(clock=lambda: 10.0)
+    store.add([prompt("same", 1.0, "a"), prompt("same", 3.0, "b"), prompt("other", 2.0, "a")])
+    store.add([RecordedPrompt(time=4.0, model="a", tenant="t", prompt="same")])
+    assert store.select() == [
+        RecordedPrompt(time=4.0, model="a", tenant="t", prompt="same"),
+        prompt("other", 2.0, "a"),
+    ]
+    assert store.select(model="b") == [prompt("same", 3.0, "b")]
+    assert store.select(until=4.0) == [prompt("same", 3.0, "b"), prompt("other", 2.0, "a")]
+    assert store.count() == 2 and store.count(until=4.0) == 2 and store.count(model="b") == 1
+
+
+def test_prompts_served_at_the_same_time_come_in_digest_order(
+    open_store: Callable[..., PromptStore],
+):
+    store = open_store(clock=lambda: 10.0)
+    store.add([prompt(text, 5.0) for text in ("w", "x", "y", "z")])
+    assert [r.prompt for r in store.select()] == DIGEST_ORDER
+    assert [r.prompt for r in store.select(limit=2)] == DIGEST_ORDER[:2]
+
+
 @pytest.fixture
-def window(tmp_path: Path) -> Iterator[PromptStore]:
-    store = PromptStore.in_data_dir(tmp_path, clock=lambda: 100.0)
+def window(open_store: Callable[..., PromptStore]) -> Iterator[PromptStore]:
+    store = open_store(clock=lambda: 100.0)
     store.add(
         [
             prompt("a10", 10.0, "a"),

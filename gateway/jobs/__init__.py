@@ -2,7 +2,7 @@
 
 `JobStore` is the interface; `SqliteJobStore` keeps jobs in the data directory's
 `gateway.db` (the default), `gateway.jobs.postgres.PostgresJobStore` in PostgreSQL for
-replicas that share them; `gateway.jobs.open.open_job_store(database_url)` opens either.
+replicas that share them; `gateway.database.open_job_store(database_url)` opens either.
 The server and its training worker processes use the same store.
 """
 

@@ -5,24 +5,21 @@ The same rules as the SQLite store, made safe for many processes on many machine
 claim takes the oldest queued job with `FOR UPDATE SKIP LOCKED`, so two workers never
 take the same one and neither waits on the other; every state change is one `UPDATE ...
 WHERE state = ...`, so a claim, a cancel and a finish of the same job cannot both win;
-submissions that count the queue take a transaction-scoped advisory lock. The schema is
-versioned (`MIGRATIONS`): each process applies the missing versions at first use, under
-an advisory lock, so replicas starting together migrate once.
+submissions that count the queue take a transaction-scoped advisory lock.
 
-Needs `psycopg` and `psycopg-pool` (`pip install gateway[postgres]`); connections come
-from a small pool per process.
+The tables, their versioned schema and the connection pool are the gateway's database's
+(`gateway.database.postgres`), which the Kobold stories and the recorded prompts share.
+Needs `psycopg` and `psycopg-pool` (`pip install 'gateway[postgres]'`).
 """
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from typing import Any
 
-from gateway.errors import ConfigError
+from gateway.database.postgres import database
 from gateway.jobs.store import (
     TERMINAL_STATES,
     Job,
@@ -36,60 +33,8 @@ from gateway.jobs.store import (
     restarted,
 )
 
-MIGRATIONS: tuple[str, ...] = (
-    """
-    CREATE TABLE jobs (
-        id TEXT PRIMARY KEY,
-        seq BIGINT GENERATED ALWAYS AS IDENTITY,
-        kind TEXT NOT NULL,
-        model TEXT NOT NULL,
-        state TEXT NOT NULL,
-        output_name TEXT NOT NULL,
-        config JSONB NOT NULL,
-        data JSONB NOT NULL,
-        created_at DOUBLE PRECISION NOT NULL,
-        started_at DOUBLE PRECISION,
-        finished_at DOUBLE PRECISION,
-        step INTEGER NOT NULL DEFAULT 0,
-        total_steps INTEGER NOT NULL DEFAULT 0,
-        epoch DOUBLE PRECISION NOT NULL DEFAULT 0,
-        loss DOUBLE PRECISION,
-        learning_rate DOUBLE PRECISION,
-        error TEXT,
-        adapter_path TEXT,
-        stop_requested BOOLEAN NOT NULL DEFAULT FALSE,
-        worker TEXT,
-        webhook TEXT,
-        tenant TEXT,
-        info JSONB NOT NULL DEFAULT '{}',
-        cost DOUBLE PRECISION NOT NULL DEFAULT 0,
-        heartbeat_at DOUBLE PRECISION
-    );
-    CREATE INDEX jobs_state ON jobs (state, model, seq);
-    CREATE TABLE job_metrics (
-        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-        job_id TEXT NOT NULL,
-        step INTEGER NOT NULL,
-        epoch DOUBLE PRECISION NOT NULL,
-        loss DOUBLE PRECISION NOT NULL,
-        learning_rate DOUBLE PRECISION NOT NULL,
-        time DOUBLE PRECISION NOT NULL
-    );
-    CREATE INDEX job_metrics_job ON job_metrics (job_id, step);
-    CREATE TABLE job_logs (
-        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-        job_id TEXT NOT NULL,
-        time DOUBLE PRECISION NOT NULL,
-        message TEXT NOT NULL
-    );
-    CREATE INDEX job_logs_job ON job_logs (job_id, id);
-    """,
-)
-"""The schema, one entry per version (append; never edit a released one)."""
-
-MIGRATION_LOCK = 7_315_001
 SUBMIT_LOCK = 7_315_002
-"""Advisory lock keys: migrating, and counting the queue before a submission."""
+"""The advisory lock key held while counting the queue before a submission."""
 
 _COLUMNS = (
     "id, kind, model, state, output_name, config, created_at, started_at, finished_at, step,"
@@ -101,46 +46,19 @@ _COLUMNS = (
 class PostgresJobStore(JobStore):
     shared = True
 
-    def __init__(self, url: str, *, max_connections: int = 4):
-        try:
-            from psycopg.rows import dict_row
-            from psycopg_pool import ConnectionPool
-        except ImportError:
-            raise ConfigError(
-                "database_url names PostgreSQL, which needs its driver: "
-                "pip install 'gateway[postgres]' (psycopg and psycopg-pool)"
-            ) from None
+    def __init__(self, url: str):
         self.url = url
-        self._pool = ConnectionPool(
-            url,
-            min_size=1,
-            max_size=max_connections,
-            open=False,
-            kwargs={"autocommit": False, "row_factory": dict_row},
-        )
-        self._opened = False
-        self._lock = threading.Lock()
+        self.database = database(url)
+        self._closed = False
 
     def close(self) -> None:
-        if self._opened:
-            self._pool.close()
+        if not self._closed:
+            self._closed = True
+            self.database.release()
 
-    @contextmanager
-    def _db(self) -> Iterator[Any]:
+    def _db(self) -> AbstractContextManager[Any]:
         """A connection in a transaction (committed at the end, rolled back on error)."""
-        self._open()
-        with self._pool.connection() as connection:
-            yield connection
-
-    def _open(self) -> None:
-        """Open the pool and bring the schema up to date, once (other threads wait)."""
-        with self._lock:
-            if self._opened:
-                return
-            self._pool.open(wait=False)
-            with self._pool.connection() as db:
-                migrate(db)
-            self._opened = True
+        return self.database.transaction()
 
     # Submitting and reading.
 
@@ -455,31 +373,6 @@ class PostgresJobStore(JobStore):
         job = self._get(db, job_id)
         assert job is not None
         return job
-
-
-def migrate(db: Any) -> int:
-    """Apply the versions of `MIGRATIONS` the database lacks (under an advisory lock, so
-    replicas starting at once migrate once); the version it is at afterwards."""
-    db.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
-    db.execute(
-        "CREATE TABLE IF NOT EXISTS schema_migrations"
-        " (version INTEGER PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)"
-    )
-    row = db.execute(
-        "SELECT COALESCE(MAX(version), 0) AS version FROM schema_migrations"
-    ).fetchone()
-    current = int(row["version"])
-    for version, script in enumerate(MIGRATIONS, start=1):
-        if version <= current:
-            continue
-        db.execute(script)
-        db.execute(
-            "INSERT INTO schema_migrations (version, applied_at) VALUES (%s, %s)",
-            (version, time.time()),
-        )
-        current = version
-    db.commit()
-    return current
 
 
 def _job(row: dict[str, Any]) -> Job:

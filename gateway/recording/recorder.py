@@ -3,8 +3,9 @@
 `record` runs on the event loop once per finished generation: it decides whether the
 generation is recorded and puts the prompt on a queue, never waiting. A writer thread
 (started on the first record, stopped by `close` at shutdown) drains the queue into the
-`PromptStore` in batches; a write that fails is logged and dropped, and a full queue drops
-the new prompt, so recording can neither slow nor fail a response.
+`PromptStore` of the gateway's database in batches; a write that fails is logged and
+dropped, and a full queue drops the new prompt, so recording can neither slow nor fail a
+response.
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from gateway_schemas.canonical import GenerationChunk, GenerationRequest
 
-from gateway.recording.store import PromptStore, RecordedPrompt
+from gateway.database import open_prompt_store
+from gateway.recording.store import RecordedPrompt
 from gateway.settings import RecordingSettings
 
 log = logging.getLogger("gateway.recording")
@@ -51,13 +52,15 @@ def recorded_prompt(
 
 
 class PromptRecorder:
-    """Records served prompts when `[recording] enabled`; the distillation service reads
-    them back with `select` and `count` (see `PromptStore`)."""
+    """Records served prompts when `[recording] enabled` into the database `database_url`
+    names (`Settings.database()`); the distillation service reads them back with `select`
+    and `count` (see `PromptStore`). Nothing touches the database until the first write or
+    read."""
 
     def __init__(
         self,
         settings: RecordingSettings,
-        data_dir: Path,
+        database_url: str,
         *,
         clock: Callable[[], float] = time.time,
         queue_size: int = 10000,
@@ -65,8 +68,8 @@ class PromptRecorder:
     ):
         self.settings = settings
         self.clock = clock
-        self.store = PromptStore.in_data_dir(
-            data_dir,
+        self.store = open_prompt_store(
+            database_url,
             max_records=settings.max_records,
             max_age_days=settings.max_age_days,
             prune_every=prune_every,

@@ -1,15 +1,18 @@
-"""`PromptStore`: recorded prompts in SQLite (the data directory's `gateway.db`).
-
-The table `recorded_prompts` lives in the same file as the job store and follows its
-habits: one connection per call (the store may be used from any thread), WAL mode, the
-schema created on the first write. Reading never creates anything: a database or table
-that does not exist yet holds no prompts.
+"""`PromptStore`: recorded prompts (table `recorded_prompts`) in the gateway's database
+(`database_url`): `SqlitePromptStore` in the data directory's `gateway.db` (the default),
+`gateway.recording.postgres.PostgresPromptStore` in PostgreSQL, shared by replicas;
+`gateway.database.open_prompt_store(database_url, ...)` opens either. Calls block (the
+recorder writes from a thread of its own).
 
 A prompt is kept once per model: serving it again refreshes its time and tenant (an upsert
-on the model and a digest of the prompt). Retention drops prompts last served more than
-`max_age_days` ago and the oldest beyond `max_records`; it runs on the first write and then
-after every `prune_every` written prompts, so between two prunes the table may exceed
-`max_records` by fewer than `prune_every` rows.
+on the model and a digest of the prompt, keeping the newer time). Retention drops prompts
+last served more than `max_age_days` ago and the oldest beyond `max_records`; it runs on
+the first write and then after every `prune_every` written prompts, so between two prunes
+the table may exceed `max_records` by fewer than `prune_every` rows.
+
+The SQLite store follows the job store's habits: one connection per call (the store may be
+used from any thread), WAL mode, the schema created on the first write. Reading never
+creates anything: a database or table that does not exist yet holds no prompts.
 """
 
 from __future__ import annotations
@@ -17,10 +20,11 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import closing, contextmanager
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import closing
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import msgspec
 
@@ -37,6 +41,7 @@ CREATE TABLE IF NOT EXISTS recorded_prompts (
 );
 CREATE INDEX IF NOT EXISTS recorded_prompts_time ON recorded_prompts (time);
 """
+"""SQLite's table (PostgreSQL's is version 2 of `gateway.database.postgres.MIGRATIONS`)."""
 
 _UPSERT = (
     "INSERT INTO recorded_prompts (time, model, tenant, digest, messages, prompt)"
@@ -61,12 +66,18 @@ class RecordedPrompt(msgspec.Struct, kw_only=True, frozen=True):
     prompt: str | None = None
 
 
-class PromptStore:
-    """Recorded prompts, bounded by count and age."""
+class PromptStore(ABC):
+    """Recorded prompts, bounded by count and age. The statements both databases speak
+    (`?` placeholders) are written here; an implementation runs them and says how it
+    selects each prompt's latest record and the records beyond `max_records`."""
+
+    _SELECT: ClassVar[str]
+    """Each distinct prompt's most recent record (`{where}`: the filters), newest first."""
+    _PRUNE_EXCESS: ClassVar[str]
+    """Delete the records beyond the newest `?`."""
 
     def __init__(
         self,
-        path: Path,
         *,
         max_records: int = 10000,
         max_age_days: float = 30.0,
@@ -77,46 +88,22 @@ class PromptStore:
             raise ValueError(
                 "max_records and prune_every must be at least 1 and max_age_days above 0"
             )
-        self.path = path
         self.max_records = max_records
         self.max_age_days = max_age_days
         self.prune_every = prune_every
         self.clock = clock
-        self._ready = False
         self._since_prune = prune_every  # the first write prunes what earlier runs left
 
-    @classmethod
-    def in_data_dir(cls, data_dir: Path, **options: Any) -> PromptStore:
-        return cls(data_dir / "gateway.db", **options)
+    @abstractmethod
+    def _write(self, sql: str, rows: Sequence[tuple[Any, ...]]) -> int:
+        """Run `sql` once per row of arguments, in one transaction; the rows changed."""
 
-    @contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        """A connection for writing; creates the folder, the file and the table if needed."""
-        if not self._ready:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        with closing(sqlite3.connect(self.path, timeout=30)) as connection:
-            if not self._ready:
-                connection.execute("PRAGMA journal_mode=WAL")
-                connection.executescript(SCHEMA)
-                self._ready = True
-            with connection:
-                yield connection
+    @abstractmethod
+    def _read(self, sql: str, args: tuple[Any, ...]) -> list[dict[str, Any]]:
+        """The rows of a query (none when no prompt was ever recorded)."""
 
-    @contextmanager
-    def _reader(self) -> Iterator[sqlite3.Connection | None]:
-        """A connection for reading, or None when no prompt was ever recorded here."""
-        if not self._ready and not self.path.exists():
-            yield None
-            return
-        with closing(sqlite3.connect(self.path, timeout=30)) as connection:
-            connection.row_factory = sqlite3.Row
-            found = (
-                self._ready
-                or connection.execute(
-                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'recorded_prompts'"
-                ).fetchone()
-            )
-            yield connection if found else None
+    def close(self) -> None:
+        """Give back what the store holds (a PostgreSQL store's share of the pool)."""
 
     # Writing.
 
@@ -125,8 +112,9 @@ class PromptStore:
         tenant), then prune when `prune_every` prompts were written since the last prune."""
         if not records:
             return
-        with self._db() as db:
-            db.executemany(_UPSERT, [_row(record) for record in records])
+        # In (model, digest) order: replicas writing the same prompts lock them in one order.
+        rows = sorted((_row(record) for record in records), key=lambda row: (row[1], row[3]))
+        self._write(_UPSERT, rows)
         self._since_prune += len(records)
         if self._since_prune >= self.prune_every:
             self.prune()
@@ -135,13 +123,8 @@ class PromptStore:
         """Drop prompts older than `max_age_days` and the oldest beyond `max_records`;
         returns how many went. Both deletions walk the index on time, not the table."""
         cutoff = self.clock() - self.max_age_days * DAY
-        with self._db() as db:
-            dropped = db.execute("DELETE FROM recorded_prompts WHERE time < ?", (cutoff,)).rowcount
-            dropped += db.execute(
-                "DELETE FROM recorded_prompts WHERE id IN (SELECT id FROM recorded_prompts"
-                " ORDER BY time DESC, id DESC LIMIT -1 OFFSET ?)",
-                (self.max_records,),
-            ).rowcount
+        dropped = self._write("DELETE FROM recorded_prompts WHERE time < ?", [(cutoff,)])
+        dropped += self._write(self._PRUNE_EXCESS, [(self.max_records,)])
         self._since_prune = 0
         return dropped
 
@@ -155,7 +138,7 @@ class PromptStore:
         until: float | None = None,
         limit: int = 1000,
     ) -> list[RecordedPrompt]:
-        """Distinct prompts, newest first, at most `limit`.
+        """Distinct prompts, newest first, at most `limit` (ties: by digest).
 
         `model`: only that model's prompts (None: every model's, a prompt served to
         several models counted once, with the model that served it last). `since`
@@ -164,17 +147,7 @@ class PromptStore:
         if limit < 0:
             raise ValueError(f"limit must not be negative, got {limit}")
         where, args = _where(model, since, until)
-        with self._reader() as db:
-            if db is None:
-                return []
-            # With exactly one max() aggregate, SQLite takes the bare columns from the
-            # row holding the maximum: each prompt's most recent record.
-            rows = db.execute(
-                "SELECT max(time) AS latest, model, tenant, messages, prompt"
-                f" FROM recorded_prompts{where} GROUP BY digest"
-                " ORDER BY latest DESC, digest LIMIT ?",
-                (*args, limit),
-            ).fetchall()
+        rows = self._read(self._SELECT.format(where=where), (*args, limit))
         return [_record(row) for row in rows]
 
     def count(
@@ -182,13 +155,62 @@ class PromptStore:
     ) -> int:
         """How many distinct prompts `select` with the same filters finds, without a limit."""
         where, args = _where(model, since, until)
-        with self._reader() as db:
-            if db is None:
-                return 0
-            (found,) = db.execute(
-                f"SELECT COUNT(DISTINCT digest) FROM recorded_prompts{where}", args
-            ).fetchone()
-        return int(found)
+        rows = self._read(
+            f"SELECT COUNT(DISTINCT digest) AS found FROM recorded_prompts{where}", args
+        )
+        return int(rows[0]["found"]) if rows else 0
+
+
+class SqlitePromptStore(PromptStore):
+    """Recorded prompts in the SQLite database at `path`."""
+
+    # With exactly one max() aggregate, SQLite takes the bare columns from the row
+    # holding the maximum: each prompt's most recent record.
+    _SELECT = (
+        "SELECT max(time) AS latest, model, tenant, messages, prompt"
+        " FROM recorded_prompts{where} GROUP BY digest ORDER BY latest DESC, digest LIMIT ?"
+    )
+    _PRUNE_EXCESS = (
+        "DELETE FROM recorded_prompts WHERE id IN (SELECT id FROM recorded_prompts"
+        " ORDER BY time DESC, id DESC LIMIT -1 OFFSET ?)"
+    )
+
+    def __init__(self, path: Path, **options: Any):
+        super().__init__(**options)
+        self.path = path
+        self._ready = False
+
+    @classmethod
+    def in_data_dir(cls, data_dir: Path, **options: Any) -> SqlitePromptStore:
+        return cls(data_dir / "gateway.db", **options)
+
+    def _write(self, sql: str, rows: Sequence[tuple[Any, ...]]) -> int:
+        """Writes create the folder, the file and the table if needed."""
+        if not self._ready:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        with closing(sqlite3.connect(self.path, timeout=30)) as connection:
+            if not self._ready:
+                connection.execute("PRAGMA journal_mode=WAL")
+                connection.executescript(SCHEMA)
+                self._ready = True
+            with connection:
+                return connection.executemany(sql, rows).rowcount
+
+    def _read(self, sql: str, args: tuple[Any, ...]) -> list[dict[str, Any]]:
+        """Reads create nothing: no file or no table yet, no rows."""
+        if not self._ready and not self.path.exists():
+            return []
+        with closing(sqlite3.connect(self.path, timeout=30)) as connection:
+            connection.row_factory = sqlite3.Row
+            found = (
+                self._ready
+                or connection.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'recorded_prompts'"
+                ).fetchone()
+            )
+            if not found:
+                return []
+            return [dict(row) for row in connection.execute(sql, args).fetchall()]
 
 
 def _where(
@@ -226,7 +248,7 @@ def _row(record: RecordedPrompt) -> tuple[Any, ...]:
     )
 
 
-def _record(row: sqlite3.Row) -> RecordedPrompt:
+def _record(row: Mapping[str, Any]) -> RecordedPrompt:
     messages = row["messages"]
     return RecordedPrompt(
         time=row["latest"],

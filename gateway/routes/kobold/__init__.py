@@ -4,7 +4,8 @@ and the image, audio and web-search routes answered as KoboldCpp answers them wi
 features off (`probes`). Bodies are read as leniently as KoboldCpp reads them (`body`),
 values clamped as it clamps them (`translate`). Errors in KoboldAI's shape.
 Settings: `[kobold]` (see `gateway.settings.KoboldSettings`). Story saves and the
-multiplayer story live in the gateway's SQLite database (`stories`)."""
+multiplayer story (`stories`) live in the gateway's database (`database_url`: the data
+directory's `gateway.db`, or PostgreSQL shared by replicas; `gateway.storage`)."""
 
 from __future__ import annotations
 
@@ -27,15 +28,15 @@ FAMILY = "kobold"
 
 @hookimpl
 def register_routes(register: Callable[[RouteFamily], None], gateway: Gateway) -> None:
+    from gateway.database import open_story_store
     from gateway.routes.kobold.admin import KoboldAdminController
     from gateway.routes.kobold.controllers import KoboldController
     from gateway.routes.kobold.errors import EXCEPTION_HANDLERS
     from gateway.routes.kobold.probes import KoboldPropsController, ProbeController
     from gateway.routes.kobold.state import KoboldState
     from gateway.routes.kobold.stories import StoryController
-    from gateway.storage import Store
 
-    state = KoboldState(Store(gateway.settings.data_path() / "gateway.db"))
+    state = KoboldState(open_story_store(gateway.settings.database()))
 
     handlers: list[type] = [
         KoboldController,

@@ -10,7 +10,7 @@ from typing import Any
 
 from gateway_schemas.canonical import GenerationChunk, TokenLogprob
 
-from gateway.storage import Store
+from gateway.storage import StoryStore
 
 KEEP_FINISHED = 64
 MULTIPLAYER_BUSY_SECONDS = 6.0
@@ -53,7 +53,7 @@ class SavedState:
 class KoboldState:
     """Per-app state of the family (created when the family registers its routes)."""
 
-    def __init__(self, store: Store):
+    def __init__(self, store: StoryStore):
         self.store = store
         self.started = time.time()
         self.generations: OrderedDict[str, KoboldGeneration] = OrderedDict()
@@ -94,7 +94,7 @@ class KoboldState:
 
     async def erase_story(self, slot: int) -> None:
         """Empty a save slot (KoboldCpp's save with no data)."""
-        await self.store.execute("DELETE FROM kobold_saves WHERE slot = ?", (slot,))
+        await self.store.erase_story(slot)
 
     def find(self, genkey: str) -> KoboldGeneration | None:
         """The generation of `genkey`; without a key, the most recent one."""
