@@ -308,9 +308,11 @@ class StatsSettings(Struct, kw_only=True, forbid_unknown_fields=True):
 class Settings(Struct, kw_only=True, forbid_unknown_fields=True):
     data_dir: str | None = None
     database_url: str | None = None
-    """Where jobs are kept: `sqlite:///path/gateway.db`, or `postgresql://user@host/db` for
-    state that several gateway replicas and their workers share (`pip install
-    'gateway[postgres]'`). Unset: the data directory's `gateway.db`."""
+    """The gateway's database, which keeps the jobs, the Kobold stories (save slots and the
+    multiplayer story) and the recorded prompts (`gateway.database`):
+    `sqlite:///path/gateway.db`, or `postgresql://user@host/db` for state that several
+    gateway replicas and their workers share (`pip install 'gateway[postgres]'`). Unset:
+    the data directory's `gateway.db`."""
     model: str | None = None
     unknown_models: Literal["reject", "default"] = "reject"
     """What the OpenAI and llama.cpp families do with a request naming a model that is not
@@ -357,7 +359,7 @@ class Settings(Struct, kw_only=True, forbid_unknown_fields=True):
 
     def __post_init__(self) -> None:
         if self.database_url is not None:
-            from gateway.jobs.open import check_url
+            from gateway.database import check_url
 
             check_url(self.database_url)
 
