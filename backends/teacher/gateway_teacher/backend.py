@@ -24,6 +24,7 @@ from gateway_schemas.canonical import (
 
 from gateway.engine import Backend, Capability, ModelSpec
 from gateway.errors import InvalidRequest
+from gateway_teacher.affinity import prefix_key
 from gateway_teacher.client import UpstreamClient
 from gateway_teacher.failures import UpstreamProblem
 from gateway_teacher.prices import PriceTable
@@ -60,6 +61,7 @@ class TeacherBackend(Backend):
         super().__init__(spec, data_dir)
         self.settings = settings or TeacherSettings()
         groups = resolve_groups(spec, self.settings, os.environ if environ is None else environ)
+        self.options = msgspec.convert(spec.options, TeacherOptions, strict=False)
         self.router = Router(
             groups,
             cooldowns or Cooldowns(),
@@ -67,6 +69,7 @@ class TeacherBackend(Backend):
             cooldown_seconds=self.settings.cooldown_seconds,
             max_fallbacks=self.settings.max_fallbacks,
             backoff_seconds=self.settings.backoff_seconds,
+            balance=self.options.affinity_balance,
         )
         self.price_table = PriceTable(self.settings.prices)
         self.client = UpstreamClient(
@@ -74,9 +77,7 @@ class TeacherBackend(Backend):
         )
         self.accepted = frozenset.intersection(*(t.extra_params for t in self.router.targets))
         """Extra fields every upstream of the model accepts: only these are forwarded."""
-        self.system_prompt = msgspec.convert(
-            spec.options, TeacherOptions, strict=False
-        ).system_prompt
+        self.system_prompt = self.options.system_prompt
         self._aborted: set[str] = set()
         self._active: set[str] = set()
         self.served = 0
@@ -89,13 +90,17 @@ class TeacherBackend(Backend):
         await self.client.close()
 
     def health(self) -> dict[str, Any]:
-        return {
+        found: dict[str, Any] = {
             "upstreams": [[t.id for t in g.targets] for g in self.router.groups],
+            "routing": self.options.routing,
             "cooling": self.router.cooldowns.remaining(),
             "active": len(self._active),
             "served": self.served,
             "failed": self.failed,
         }
+        if self.options.routing == "prefix_affinity":
+            found["in_flight"] = dict(self.router.load)
+        return found
 
     def prices(self) -> tuple[float, float] | None:
         """USD per prompt token and per completion token of the model's first upstream."""
@@ -103,6 +108,10 @@ class TeacherBackend(Backend):
         return self.price_table.per_token(first.provider, first.model)
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationChunk]:
+        key = None
+        if self.options.routing == "prefix_affinity":
+            # The caller's prompt: the model's own system prompt starts every prompt alike.
+            key = prefix_key(request, self.options.affinity_prefix)
         if self.system_prompt and request.messages is not None:
             request = msgspec.structs.replace(
                 request, messages=with_system(request.messages, self.system_prompt)
@@ -111,7 +120,7 @@ class TeacherBackend(Backend):
             check_supported(request, self.accepted, self.spec.name)
         self._active.add(request.id)
         try:
-            _, stream, first = await self.router.open(lambda t: self._attempt(t, request))
+            _, stream, first = await self.router.open(lambda t: self._attempt(t, request), key)
             try:
                 yield first
                 async for chunk in stream:

@@ -3,8 +3,10 @@
 The router is the only retry loop (the HTTP client never retries by itself). One
 generation:
 
-1. takes its model's first group; picks a deployment round-robin among those not cooling
-   down and not yet tried by this generation;
+1. takes its model's first group; picks a deployment among those not cooling down and
+   not yet tried by this generation: round-robin, or, given a prompt's key (prefix
+   affinity), the first in the key's rendezvous order that is not overloaded
+   (`gateway_teacher.affinity`), so a retry goes to the next in that order;
 2. on a retryable failure tries again (`num_retries` times), at once when another
    deployment of the group is left, else after `Retry-After` or an exponential backoff;
    a failure that ends the group (401, 403, 404) or the last retry moves on to the next
@@ -23,9 +25,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections import Counter
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import TypeVar
 
+from gateway_teacher.affinity import bounded, rendezvous
 from gateway_teacher.failures import UpstreamProblem
 from gateway_teacher.targets import Group, Target
 
@@ -74,6 +78,7 @@ class Router:
         cooldown_seconds: float,
         max_fallbacks: int,
         backoff_seconds: float,
+        balance: float = 1.25,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ):
         self.groups = list(groups[: 1 + max_fallbacks])
@@ -81,6 +86,10 @@ class Router:
         self.num_retries = num_retries
         self.cooldown_seconds = cooldown_seconds
         self.backoff_seconds = backoff_seconds
+        self.balance = balance
+        """Prefix affinity's bound: a deployment's share of the generations in flight."""
+        self.load: Counter[str] = Counter()
+        """Generations in flight per deployment, counted for the ones opened with a key."""
         self._sleep = sleep
         self._turn = itertools.count()
 
@@ -89,22 +98,24 @@ class Router:
         return [t for g in self.groups for t in g.targets]
 
     async def open(
-        self, call: Callable[[Target], AsyncGenerator[T]]
+        self, call: Callable[[Target], AsyncGenerator[T]], key: str | None = None
     ) -> tuple[Target, AsyncGenerator[T], T]:
         """The first item of `call(target)` for the first deployment that produces one, with
-        the deployment and the rest of its stream. Raises the last failure's gateway error
-        (`UpstreamProblem.error`) when every retry and fallback failed."""
+        the deployment and the rest of its stream. `key`: the prompt's prefix, to pick by
+        affinity (then the stream counts in `load` until it is closed). Raises the last
+        failure's gateway error (`UpstreamProblem.error`) when every retry and fallback
+        failed."""
         turn = next(self._turn)
         attempts = 0
         last: UpstreamProblem | None = None
         for group in self.groups:
             tried: set[str] = set()
             for attempt in range(1 + self.num_retries):
-                target = self._pick(group, tried, turn)
+                target = self._pick(group, tried, turn, key)
                 if attempt and last is not None:
                     await self._pause(group, target, tried, last, attempt)
                 attempts += 1
-                stream = call(target)
+                stream = call(target) if key is None else self._counted(target, call(target))
                 try:
                     first = await anext(stream)
                 except UpstreamProblem as problem:
@@ -126,10 +137,12 @@ class Router:
         assert last is not None, "a model has at least one deployment"
         raise last.error(attempts)
 
-    def _pick(self, group: Group, tried: set[str], turn: int) -> Target:
-        count = len(group.targets)
-        start = turn % count
-        ordered = group.targets[start:] + group.targets[:start]
+    def _pick(self, group: Group, tried: set[str], turn: int, key: str | None) -> Target:
+        if key is None:
+            start = turn % len(group.targets)
+            ordered = list(group.targets[start:] + group.targets[:start])
+        else:
+            ordered = rendezvous(key, group.targets)
         fresh = [t for t in ordered if not self.cooldowns.cooling(t.id)]
         for candidates in (
             [t for t in fresh if t.id not in tried],
@@ -137,8 +150,22 @@ class Router:
             [t for t in ordered if t.id not in tried],
         ):
             if candidates:
-                return candidates[0]
+                if key is None:
+                    return candidates[0]
+                return bounded(candidates, self.load, group.targets, self.balance)
         return ordered[0]
+
+    async def _counted(self, target: Target, stream: AsyncGenerator[T]) -> AsyncGenerator[T]:
+        """`stream`, counted in `load` from its start until it ends or is closed."""
+        self.load[target.id] += 1
+        try:
+            async for item in stream:
+                yield item
+        finally:
+            self.load[target.id] -= 1
+            if not self.load[target.id]:
+                del self.load[target.id]
+            await stream.aclose()
 
     async def _pause(
         self, group: Group, target: Target, tried: set[str], last: UpstreamProblem, attempt: int

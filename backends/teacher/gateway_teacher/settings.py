@@ -115,8 +115,17 @@ class TeacherOptions(Struct, kw_only=True, forbid_unknown_fields=True):
     tried in order when the whole group fails; `system_prompt`: instructions the model
     gets before every chat (a system message put first, or joined to the first one):
     a persona or house rules for a teacher, which the student it teaches never sees.
+
+    `routing`: how a generation picks among the deployments: `round_robin` (in turn), or
+    `prefix_affinity` for replicas with a prompt cache: the deployment that the first
+    `affinity_prefix` characters of the prompt prefer (rendezvous hashing), unless it
+    already has more than `affinity_balance` times its share of the generations in flight
+    (`gateway_teacher.affinity`).
     """
 
     deployments: list[DeploymentSpec] = field(default_factory=list)
     fallbacks: list[str] = field(default_factory=list)
     system_prompt: str | None = None
+    routing: Literal["round_robin", "prefix_affinity"] = "round_robin"
+    affinity_prefix: Annotated[int, Meta(ge=1)] = 512
+    affinity_balance: Annotated[float, Meta(ge=1.0)] = 1.25
