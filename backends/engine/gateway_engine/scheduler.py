@@ -3,8 +3,9 @@
 Each step the scheduler
 
 1. admits waiting jobs into free slots, choosing the slot whose cached tokens share the
-   longest prefix with the prompt (the prompt cache) and otherwise the least recently
-   used one;
+   longest prefix with the prompt (the prompt cache), among those where that prefix is at
+   least `SLOT_PROMPT_SIMILARITY` of what the slot holds, and otherwise an empty or the
+   least recently used one;
 2. plans one batch: a one-token decode for every sequence that is generating, and prefill
    chunks for sequences still reading their prompt, at most `prefill_chunk` prompt tokens
    per step in all, so that a long prompt never stalls everyone's decode for long. A
@@ -52,6 +53,13 @@ from gateway_engine.sampling import make_generator, sample, transform
 from gateway_engine.sampling_extra import RowState
 
 log = logging.getLogger(__name__)
+
+SLOT_PROMPT_SIMILARITY = 0.1
+"""A free slot is reused for its cached tokens only when the new prompt shares at least
+this share of what the slot holds (llama-server's `--slot-prompt-similarity`, same
+default); otherwise the prompt goes to an empty or the least recently used slot, so a
+prompt that shares only a chat template's opening does not evict a long cached prompt
+another slot could have taken."""
 
 
 @dataclass
@@ -313,10 +321,15 @@ class Scheduler:
         if not free:
             return None
         if job.use_prompt_cache:
-            best = max(free, key=lambda s: (self._cached_prefix(s, job), -s))
-            if self._cached_prefix(best, job) > 0:
-                return best
+            similar = [s for s in free if self._similarity(s, job) >= SLOT_PROMPT_SIMILARITY]
+            if similar:
+                return max(similar, key=lambda s: (self._cached_prefix(s, job), -s))
         return min(free, key=lambda s: (len(self._slot_ids[s]) > 0, self._slot_used[s], s))
+
+    def _similarity(self, slot: int, job: Job) -> float:
+        """The share of what `slot` holds that `job`'s prompt would reuse (0: none)."""
+        held = len(self._slot_ids[slot])
+        return self._cached_prefix(slot, job) / held if held else 0.0
 
     def _cached_prefix(self, slot: int, job: Job) -> int:
         """How many of `job`'s prompt tokens `slot` holds, computed under its adapters."""

@@ -168,6 +168,34 @@ async def test_prompt_cache_reuses_a_shared_prefix(smol: TorchBackend) -> None:
 
 
 @pytest.mark.asyncio
+async def test_a_prompt_sharing_only_a_few_tokens_does_not_evict_a_cached_prompt(
+    smol: TorchBackend,
+) -> None:
+    system = ChatMessage(role="system", content="You are a meticulous harbour pilot. " * 20)
+    long = GenerationRequest(
+        id="long",
+        model="smol",
+        messages=[system, ChatMessage(role="user", content=FRANCE)],
+        sampling=SamplingParams(temperature=0.0),
+        max_tokens=4,
+    )
+    await collect(smol, long)
+    # Raw text that opens as the long prompt does: its longest match is that slot, by a
+    # few tokens of hundreds; it must take another slot and leave the long one cached.
+    brief = GenerationRequest(
+        id="brief",
+        model="smol",
+        prompt="<|im_start|>system\nYou are a meticulous zebra. Count to three:",
+        sampling=SamplingParams(temperature=0.0),
+        max_tokens=4,
+    )
+    await collect(smol, brief)
+    _, again = await collect(smol, long)
+    assert again[-1].usage is not None
+    assert again[-1].usage.cached_tokens == again[-1].usage.prompt_tokens - 1
+
+
+@pytest.mark.asyncio
 async def test_ignore_eos_generates_every_token(smol: TorchBackend) -> None:
     _, stopped = await collect(smol, chat(max_tokens=40))
     assert stopped[-1].finish_reason == "stop"
