@@ -10,6 +10,7 @@ import asyncio
 import os
 import re
 import signal
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -115,3 +116,13 @@ async def test_a_task_killed_on_its_node_fails_its_job_and_the_queue_goes_on(gw:
     assert failed.error is not None and "Ray task ended unexpectedly" in failed.error
     after, _ = await gw.training.submit("steps", [1], {"steps": 2})
     assert (await wait_for(gw, after.id, JobState.COMPLETED, JobState.FAILED)).step == 2
+
+
+def test_without_ray_installed_the_server_says_how_to_install_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from gateway.errors import ConfigError
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # what an import of a missing package does
+    with pytest.raises(ConfigError, match=r"pip install 'gateway\[ray\]'"):
+        make_gateway(tmp_path, "127.0.0.1:1")
