@@ -194,7 +194,9 @@ class JobsSettings(Struct, kw_only=True, forbid_unknown_fields=True):
     `runner = "ray"`: each job is a task on a Ray cluster (`pip install 'gateway[ray]'`):
     `ray_address` is what `ray.init(address=...)` takes (`"auto"`, `"10.0.0.5:6379"`,
     `"ray://head:10001"`; unset: the cluster `RAY_ADDRESS` names, else a local one started
-    by the server). A task takes `ray_cpus` CPUs (its torch threads) and `ray_gpus` GPUs.
+    by the server; `ray_connect_timeout`: seconds to wait for it, after which the jobs stay
+    queued and the server tries again). A task takes `ray_cpus` CPUs (its torch threads)
+    and `ray_gpus` GPUs.
     Its node must reach the job store (`database_url`: PostgreSQL for a cluster of several
     machines) and the data directory (a shared volume: adapters are written there); the
     gateway's packages must be installed on every node, as on the server.
@@ -204,6 +206,7 @@ class JobsSettings(Struct, kw_only=True, forbid_unknown_fields=True):
     ray_address: str | None = None
     ray_cpus: Annotated[float, Meta(gt=0)] = 1.0
     ray_gpus: Annotated[float, Meta(ge=0)] = 0.0
+    ray_connect_timeout: Annotated[float, Meta(gt=0)] = 60.0
 
 
 class TenantSettings(Struct, kw_only=True, forbid_unknown_fields=True):

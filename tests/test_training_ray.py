@@ -7,15 +7,18 @@ model's SFT job on the cluster, shared by two gateway replicas, is in test_repli
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from live import free_port
 
 import gateway.testing.trainers
 from gateway.engine import ModelSpec
@@ -126,3 +129,59 @@ def test_without_ray_installed_the_server_says_how_to_install_it(
     monkeypatch.setitem(sys.modules, "ray", None)  # what an import of a missing package does
     with pytest.raises(ConfigError, match=r"pip install 'gateway\[ray\]'"):
         make_gateway(tmp_path, "127.0.0.1:1")
+
+
+UNREACHABLE = """
+import asyncio, json, sys, time
+import gateway.testing.trainers
+from gateway.engine import ModelSpec
+from gateway.gateway import Gateway
+from gateway.jobs import JobState
+from gateway.plugins import make_plugin_manager
+from gateway.settings import JobsSettings, Settings
+
+async def main():
+    pm = make_plugin_manager()
+    pm.register(gateway.testing.trainers)
+    settings = Settings(
+        data_dir=sys.argv[1],
+        models=[ModelSpec(name="echo", backend="echo", options={"adapters": True})],
+        jobs=JobsSettings(runner="ray", ray_address=sys.argv[2], ray_connect_timeout=1),
+    )
+    gw = Gateway(settings, pm=pm)
+    await gw.startup()
+    job, _ = await gw.training.submit("steps", [1], {"steps": 1})
+    for _ in range(200):
+        said = [line.message for line in await gw.training.logs(job.id)]
+        if said:
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(2.5)  # more looks at the queue: the job stays queued
+    state = (await gw.training.get(job.id)).state
+    started = time.monotonic()
+    await gw.shutdown()
+    print(json.dumps({"state": state, "said": said, "shutdown": time.monotonic() - started}))
+
+asyncio.run(main())
+"""
+
+
+def test_an_unreachable_cluster_leaves_jobs_queued_saying_why(tmp_path: Path):
+    """`ray.init` waits for ever for a cluster that does not answer: the server gives up
+    after `ray_connect_timeout`, keeps the job queued, says why in its log, and stops
+    without waiting for the attempt (a process of its own: the attempt lingers)."""
+    address = f"127.0.0.1:{free_port()}"  # nothing listens there
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    done = subprocess.run(
+        [sys.executable, "-c", UNREACHABLE, str(tmp_path), address],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert found["state"] == "queued"
+    assert len(found["said"]) == 1, found  # said once, not at every look
+    assert "waiting for the Ray cluster, which cannot be reached" in found["said"][0]
+    assert "within 1 s" in found["said"][0]

@@ -25,6 +25,7 @@ import logging
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +33,7 @@ import msgspec
 
 from gateway.engine.backend import ModelSpec
 from gateway.errors import ConfigError
-from gateway.jobs import JobState
+from gateway.jobs import Job, JobState
 from gateway.settings import JobsSettings
 from gateway.training.supervisor import Supervisor
 from gateway.training.worker import POLL_SECONDS, Worker, WorkerConfig
@@ -71,6 +72,32 @@ def run_job(raw: bytes, job_id: str) -> str:
         worker.jobs.close()
 
 
+def _in_daemon_thread(call: Callable[[], None]) -> asyncio.Future[None]:
+    """`call()` in a daemon thread; a future of the running loop for its outcome."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def settle(error: BaseException | None) -> None:
+        if done.cancelled():
+            return
+        if error is None:
+            done.set_result(None)
+        else:
+            done.set_exception(error)
+
+    def run() -> None:
+        error: BaseException | None = None
+        try:
+            call()
+        except BaseException as exc:
+            error = exc
+        with contextlib.suppress(RuntimeError):  # the loop closed while `call` ran
+            loop.call_soon_threadsafe(settle, error)
+
+    threading.Thread(target=run, name="ray-connect", daemon=True).start()
+    return done
+
+
 @dataclass
 class RayTask:
     """One job running (or waiting for resources) on the cluster."""
@@ -99,15 +126,33 @@ class RaySupervisor(Supervisor):
         self._connect = asyncio.Lock()
         self._beating: asyncio.Task[None] | None = None
         self._polling: asyncio.Task[None] | None = None
+        self._connecting: asyncio.Future[None] | None = None
+        self._unreachable: str | None = None
 
     def describe(self) -> list[dict[str, Any]]:
         return [task.describe() for task in self.tasks.values()]
 
     async def _connected(self) -> Any:
-        """The remote function, connecting to the cluster on first use."""
+        """The remote function, connecting to the cluster on first use. `ray.init` may
+        wait for an unreachable cluster for ever: it runs in a daemon thread of its own
+        (which cannot hold up the process's exit), waited for `ray_connect_timeout`
+        seconds at a time; a later call waits for the same attempt again."""
         async with self._connect:
             if self._remote is None:
-                await asyncio.to_thread(self._init)
+                if self._connecting is None:
+                    self._connecting = _in_daemon_thread(self._init)
+                try:
+                    await asyncio.wait_for(
+                        asyncio.shield(self._connecting), self.runner.ray_connect_timeout
+                    )
+                except TimeoutError:
+                    raise ConnectionError(
+                        f"no answer from the Ray cluster ({self.runner.ray_address or 'local'})"
+                        f" within {self.runner.ray_connect_timeout:g} s"
+                    ) from None
+                except Exception:
+                    self._connecting = None  # it failed: the next call tries again
+                    raise
                 self._remote = self.ray.remote(run_job).options(
                     num_cpus=self.runner.ray_cpus,
                     num_gpus=self.runner.ray_gpus,
@@ -140,22 +185,20 @@ class RaySupervisor(Supervisor):
         while sum(t.model == spec.name for t in self.tasks.values()) < (
             self.settings.jobs_per_model
         ):
-            config = self.config(spec, preload=False, threads=threads, prefix="ray:")
-            job = await asyncio.to_thread(self.jobs.claim, spec.name, config.worker, self.kinds)
-            if job is None:
+            queued = await asyncio.to_thread(
+                self.jobs.find, states=frozenset({JobState.QUEUED}), model=spec.name
+            )
+            if not queued:
                 return
             try:
                 remote = await self._connected()
             except Exception as exc:
-                message = f"The Ray cluster could not be reached: {type(exc).__name__}: {exc}"
-                log.error("job %s: %s", job.id, message)
-                await asyncio.to_thread(
-                    self.jobs.fail_running, message, worker=config.worker, webhook=True
-                )
-                failed = await asyncio.to_thread(self.jobs.get, job.id)
-                if failed is not None:
-                    await self._finished(failed)
-                continue
+                await self._waiting(queued, f"{type(exc).__name__}: {exc}")
+                return
+            config = self.config(spec, preload=False, threads=threads, prefix="ray:")
+            job = await asyncio.to_thread(self.jobs.claim, spec.name, config.worker, self.kinds)
+            if job is None:
+                return
             ref = remote.remote(msgspec.json.encode(config), job.id)
             task = RayTask(worker=config.worker, model=spec.name, job=job.id, ref=ref)
             self.tasks[config.worker] = task
@@ -164,6 +207,17 @@ class RaySupervisor(Supervisor):
                 self.jobs.log, job.id, f"submitted to the Ray cluster as worker {config.worker}"
             )
             log.info("job %s runs on the Ray cluster (worker %s)", job.id, config.worker)
+
+    async def _waiting(self, queued: list[Job], reason: str) -> None:
+        """The cluster cannot be reached: the jobs stay queued (the next look tries again),
+        and say why in their log, once per new reason."""
+        if reason == self._unreachable:
+            return
+        self._unreachable = reason
+        log.error("the Ray cluster cannot be reached (%s); jobs stay queued", reason)
+        for job in queued:
+            message = f"waiting for the Ray cluster, which cannot be reached: {reason}"
+            await asyncio.to_thread(self.jobs.log, job.id, message)
 
     async def _watch_task(self, task: RayTask) -> None:
         try:
