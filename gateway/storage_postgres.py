@@ -10,20 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.database.postgres import database, placeholders
+from gateway.database.postgres import DatabaseUser, placeholders
 from gateway.storage import Row, StoryStore
 
 
-class PostgresStoryStore(StoryStore):
+class PostgresStoryStore(DatabaseUser, StoryStore):
     def __init__(self, url: str):
-        self.url = url
-        self.database = database(url)
-        self._closed = False
-
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self.database.release()
+        self.use_database(url)
 
     def _run(self, sql: str, args: tuple[Any, ...]) -> list[Row]:
         with self.database.transaction() as db:

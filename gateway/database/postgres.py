@@ -180,6 +180,25 @@ def database(url: str) -> Database:
         return found
 
 
+class DatabaseUser:
+    """A store's share of its process's `Database`: `use_database` takes it, `close`
+    gives it up (once; the last share closes the pool)."""
+
+    url: str
+    database: Database
+    _closed: bool
+
+    def use_database(self, url: str) -> None:
+        self.url = url
+        self.database = database(url)
+        self._closed = False
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.database.release()
+
+
 def migrate(db: Any) -> int:
     """Apply the versions of `MIGRATIONS` the database lacks (under an advisory lock, so
     replicas starting at once migrate once); the version it is at afterwards."""

@@ -19,12 +19,11 @@ import uuid
 from contextlib import AbstractContextManager
 from typing import Any
 
-from gateway.database.postgres import database
+from gateway.database.postgres import DatabaseUser, placeholders
+from gateway.jobs.sql import COLUMNS, SqlJobStore
 from gateway.jobs.store import (
-    TERMINAL_STATES,
     Job,
     JobState,
-    JobStore,
     LogLine,
     NewJob,
     QueueFull,
@@ -36,29 +35,23 @@ from gateway.jobs.store import (
 SUBMIT_LOCK = 7_315_002
 """The advisory lock key held while counting the queue before a submission."""
 
-_COLUMNS = (
-    "id, kind, model, state, output_name, config, created_at, started_at, finished_at, step,"
-    " total_steps, epoch, loss, learning_rate, error, adapter_path, stop_requested, worker,"
-    " webhook, tenant, info, cost, heartbeat_at"
-)
 
-
-class PostgresJobStore(JobStore):
+class PostgresJobStore(DatabaseUser, SqlJobStore):
     shared = True
 
     def __init__(self, url: str):
-        self.url = url
-        self.database = database(url)
-        self._closed = False
-
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self.database.release()
+        self.use_database(url)
 
     def _db(self) -> AbstractContextManager[Any]:
-        """A connection in a transaction (committed at the end, rolled back on error)."""
         return self.database.transaction()
+
+    def _execute(self, db: Any, sql: str, args: tuple[Any, ...]) -> Any:
+        return db.execute(placeholders(sql), args)
+
+    def _job(self, row: dict[str, Any]) -> Job:
+        fields = dict(row)
+        fields["state"] = JobState(fields["state"])
+        return Job(**fields)
 
     # Submitting and reading.
 
@@ -92,10 +85,6 @@ class PostgresJobStore(JobStore):
             )
             return self._one(db, job_id)
 
-    def get(self, job_id: str, *, with_data: bool = False) -> Job | None:
-        with self._db() as db:
-            return self._get(db, job_id, with_data=with_data)
-
     def find(
         self,
         *,
@@ -118,12 +107,12 @@ class PostgresJobStore(JobStore):
         if tenant is not None:
             where.append("tenant = %s")
             args.append(tenant)
-        sql = f"SELECT {_COLUMNS} FROM jobs"
+        sql = f"SELECT {COLUMNS} FROM jobs"
         if where:
             sql += " WHERE " + " AND ".join(where)
         with self._db() as db:
             rows = db.execute(sql + " ORDER BY seq", args).fetchall()
-        return [_job(row) for row in rows]
+        return [self._job(row) for row in rows]
 
     def position(self, job_id: str) -> int | None:
         with self._db() as db:
@@ -237,58 +226,6 @@ class PostgresJobStore(JobStore):
 
     # Ending jobs.
 
-    def finish(
-        self,
-        job_id: str,
-        state: JobState,
-        *,
-        error: str | None = None,
-        adapter_path: str | None = None,
-        webhook: bool = False,
-    ) -> Job | None:
-        if state not in TERMINAL_STATES:
-            raise ValueError(f"a job cannot finish in state {state.value!r}")
-        with self._db() as db:
-            updated = db.execute(
-                "UPDATE jobs SET state = %s, finished_at = %s, error = %s, adapter_path = %s,"
-                " webhook = %s WHERE id = %s AND state = 'running'",
-                (
-                    state.value,
-                    time.time(),
-                    error,
-                    adapter_path,
-                    "pending" if webhook else None,
-                    job_id,
-                ),
-            ).rowcount
-            return self._get(db, job_id) if updated else None
-
-    def cancel_queued(self, job_id: str, *, webhook: bool = False) -> Job | None:
-        with self._db() as db:
-            updated = db.execute(
-                "UPDATE jobs SET state = 'cancelled', finished_at = %s, webhook = %s,"
-                " error = 'Cancelled while queued.' WHERE id = %s AND state = 'queued'",
-                (time.time(), "pending" if webhook else None, job_id),
-            ).rowcount
-            return self._get(db, job_id) if updated else None
-
-    def request_stop(self, job_id: str) -> Job | None:
-        with self._db() as db:
-            updated = db.execute(
-                "UPDATE jobs SET stop_requested = TRUE WHERE id = %s AND state = 'running'",
-                (job_id,),
-            ).rowcount
-            return self._get(db, job_id) if updated else None
-
-    def heartbeat(self, worker: str) -> int:
-        with self._db() as db:
-            return int(
-                db.execute(
-                    "UPDATE jobs SET heartbeat_at = %s WHERE worker = %s AND state = 'running'",
-                    (time.time(), worker),
-                ).rowcount
-            )
-
     def fail_running(
         self,
         message: str,
@@ -348,34 +285,3 @@ class PostgresJobStore(JobStore):
                 )
                 requeued.append(self._one(db, row["id"]))
             return requeued
-
-    def fail_queued(self, model: str, message: str) -> list[Job]:
-        with self._db() as db:
-            rows = db.execute(
-                "UPDATE jobs SET state = 'failed', finished_at = %s, error = %s,"
-                " webhook = 'pending' WHERE state = 'queued' AND model = %s RETURNING id",
-                (time.time(), message, model),
-            ).fetchall()
-            return [self._one(db, row["id"]) for row in rows]
-
-    def set_webhook(self, job_id: str, status: str) -> None:
-        with self._db() as db:
-            db.execute("UPDATE jobs SET webhook = %s WHERE id = %s", (status, job_id))
-
-    # Rows.
-
-    def _get(self, db: Any, job_id: str, *, with_data: bool = False) -> Job | None:
-        columns = _COLUMNS + (", data" if with_data else "")
-        row = db.execute(f"SELECT {columns} FROM jobs WHERE id = %s", (job_id,)).fetchone()
-        return None if row is None else _job(row)
-
-    def _one(self, db: Any, job_id: str) -> Job:
-        job = self._get(db, job_id)
-        assert job is not None
-        return job
-
-
-def _job(row: dict[str, Any]) -> Job:
-    fields = dict(row)
-    fields["state"] = JobState(fields["state"])
-    return Job(**fields)

@@ -17,11 +17,10 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
+from gateway.jobs.sql import COLUMNS, SqlJobStore
 from gateway.jobs.store import (
-    TERMINAL_STATES,
     Job,
     JobState,
-    JobStore,
     LogLine,
     NewJob,
     QueueFull,
@@ -76,11 +75,6 @@ CREATE TABLE IF NOT EXISTS job_logs (
 CREATE INDEX IF NOT EXISTS job_logs_job ON job_logs (job_id, time);
 """
 
-_COLUMNS = (
-    "id, kind, model, state, output_name, config, created_at, started_at, finished_at, step,"
-    " total_steps, epoch, loss, learning_rate, error, adapter_path, stop_requested, worker,"
-    " webhook, tenant, info, cost, heartbeat_at"
-)
 _ADDED_COLUMNS = (
     ("tenant", "TEXT"),
     ("info", "TEXT NOT NULL DEFAULT '{}'"),
@@ -90,7 +84,7 @@ _ADDED_COLUMNS = (
 """Columns added after the first release: a database made before gets them on open."""
 
 
-class SqliteJobStore(JobStore):
+class SqliteJobStore(SqlJobStore):
     def __init__(self, path: Path):
         self.path = path
         self._ready = False
@@ -112,6 +106,19 @@ class SqliteJobStore(JobStore):
                 self._ready = True
             with connection:
                 yield connection
+
+    def _execute(self, db: sqlite3.Connection, sql: str, args: tuple[Any, ...]) -> Any:
+        return db.execute(sql, args)
+
+    def _job(self, row: sqlite3.Row) -> Job:
+        fields = dict(row)
+        fields["config"] = json.loads(fields["config"])
+        fields["info"] = json.loads(fields["info"])
+        if "data" in fields:
+            fields["data"] = json.loads(fields["data"])
+        fields["state"] = JobState(fields["state"])
+        fields["stop_requested"] = bool(fields["stop_requested"])
+        return Job(**fields)
 
     # Submitting and reading.
 
@@ -146,10 +153,6 @@ class SqliteJobStore(JobStore):
             )
             return self._one(db, job_id)
 
-    def get(self, job_id: str, *, with_data: bool = False) -> Job | None:
-        with self._db() as db:
-            return self._get(db, job_id, with_data=with_data)
-
     def find(
         self,
         *,
@@ -172,12 +175,12 @@ class SqliteJobStore(JobStore):
         if tenant is not None:
             where.append("tenant = ?")
             args.append(tenant)
-        sql = f"SELECT {_COLUMNS} FROM jobs"
+        sql = f"SELECT {COLUMNS} FROM jobs"
         if where:
             sql += " WHERE " + " AND ".join(where)
         with self._db() as db:
             rows = db.execute(sql + " ORDER BY seq", args).fetchall()
-        return [_job(row) for row in rows]
+        return [self._job(row) for row in rows]
 
     def position(self, job_id: str) -> int | None:
         with self._db() as db:
@@ -280,56 +283,6 @@ class SqliteJobStore(JobStore):
 
     # Ending jobs.
 
-    def finish(
-        self,
-        job_id: str,
-        state: JobState,
-        *,
-        error: str | None = None,
-        adapter_path: str | None = None,
-        webhook: bool = False,
-    ) -> Job | None:
-        if state not in TERMINAL_STATES:
-            raise ValueError(f"a job cannot finish in state {state.value!r}")
-        with self._db() as db:
-            updated = db.execute(
-                "UPDATE jobs SET state = ?, finished_at = ?, error = ?, adapter_path = ?,"
-                " webhook = ? WHERE id = ? AND state = 'running'",
-                (
-                    state.value,
-                    time.time(),
-                    error,
-                    adapter_path,
-                    "pending" if webhook else None,
-                    job_id,
-                ),
-            ).rowcount
-            return self._get(db, job_id) if updated else None
-
-    def cancel_queued(self, job_id: str, *, webhook: bool = False) -> Job | None:
-        with self._db() as db:
-            updated = db.execute(
-                "UPDATE jobs SET state = 'cancelled', finished_at = ?, webhook = ?,"
-                " error = 'Cancelled while queued.' WHERE id = ? AND state = 'queued'",
-                (time.time(), "pending" if webhook else None, job_id),
-            ).rowcount
-            return self._get(db, job_id) if updated else None
-
-    def request_stop(self, job_id: str) -> Job | None:
-        with self._db() as db:
-            updated = db.execute(
-                "UPDATE jobs SET stop_requested = 1 WHERE id = ? AND state = 'running'",
-                (job_id,),
-            ).rowcount
-            return self._get(db, job_id) if updated else None
-
-    def heartbeat(self, worker: str) -> int:
-        with self._db() as db:
-            return db.execute(
-                "UPDATE jobs SET heartbeat_at = ? WHERE worker = ? AND state = 'running'",
-                (time.time(), worker),
-            ).rowcount
-
     def fail_running(
         self,
         message: str,
@@ -391,45 +344,9 @@ class SqliteJobStore(JobStore):
                 requeued.append(self._one(db, row["id"]))
             return requeued
 
-    def fail_queued(self, model: str, message: str) -> list[Job]:
-        with self._db() as db:
-            rows = db.execute(
-                "UPDATE jobs SET state = 'failed', finished_at = ?, error = ?,"
-                " webhook = 'pending' WHERE state = 'queued' AND model = ? RETURNING id",
-                (time.time(), message, model),
-            ).fetchall()
-            return [self._one(db, row["id"]) for row in rows]
-
-    def set_webhook(self, job_id: str, status: str) -> None:
-        with self._db() as db:
-            db.execute("UPDATE jobs SET webhook = ? WHERE id = ?", (status, job_id))
-
-    # Rows.
-
-    def _get(self, db: sqlite3.Connection, job_id: str, *, with_data: bool = False) -> Job | None:
-        columns = _COLUMNS + (", data" if with_data else "")
-        row = db.execute(f"SELECT {columns} FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return None if row is None else _job(row)
-
-    def _one(self, db: sqlite3.Connection, job_id: str) -> Job:
-        job = self._get(db, job_id)
-        assert job is not None
-        return job
-
 
 def _add_columns(db: sqlite3.Connection) -> None:
     present = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
     for name, declaration in _ADDED_COLUMNS:
         if name not in present:
             db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {declaration}")
-
-
-def _job(row: sqlite3.Row) -> Job:
-    fields = dict(row)
-    fields["config"] = json.loads(fields["config"])
-    fields["info"] = json.loads(fields["info"])
-    if "data" in fields:
-        fields["data"] = json.loads(fields["data"])
-    fields["state"] = JobState(fields["state"])
-    fields["stop_requested"] = bool(fields["stop_requested"])
-    return Job(**fields)

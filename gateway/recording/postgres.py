@@ -12,11 +12,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from gateway.database.postgres import database, placeholders
+from gateway.database.postgres import DatabaseUser, placeholders
 from gateway.recording.store import PromptStore
 
 
-class PostgresPromptStore(PromptStore):
+class PostgresPromptStore(DatabaseUser, PromptStore):
     # The latest record of each prompt (ties: the last written), then SQLite's order.
     _SELECT = (
         "SELECT latest, model, tenant, messages, prompt FROM (SELECT DISTINCT ON (digest)"
@@ -31,14 +31,7 @@ class PostgresPromptStore(PromptStore):
 
     def __init__(self, url: str, **options: Any):
         super().__init__(**options)
-        self.url = url
-        self.database = database(url)
-        self._closed = False
-
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self.database.release()
+        self.use_database(url)
 
     def _write(self, sql: str, rows: Sequence[tuple[Any, ...]]) -> int:
         with self.database.transaction() as db, db.cursor() as cursor:
