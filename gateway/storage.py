@@ -20,6 +20,8 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+from gateway.database.sqlite import SqliteFile, schema
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS kobold_saves (
     slot INTEGER PRIMARY KEY,
@@ -112,17 +114,11 @@ class SqliteStoryStore(StoryStore):
 
     def __init__(self, path: Path):
         self.path = path
-        self._ready = False
+        self._file = SqliteFile(path, schema(SCHEMA))
 
     def _connect(self) -> sqlite3.Connection:
-        if not self._ready:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        connection = sqlite3.connect(self.path, timeout=30)
+        connection = self._file.connect()
         connection.row_factory = _dict_row
-        if not self._ready:
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.executescript(SCHEMA)
-            self._ready = True
         return connection
 
     def _run(self, sql: str, args: tuple[Any, ...]) -> list[Row]:

@@ -17,6 +17,7 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
+from gateway.database.sqlite import SqliteFile
 from gateway.jobs.sql import COLUMNS, SqlJobStore
 from gateway.jobs.store import (
     Job,
@@ -87,7 +88,7 @@ _ADDED_COLUMNS = (
 class SqliteJobStore(SqlJobStore):
     def __init__(self, path: Path):
         self.path = path
-        self._ready = False
+        self._file = SqliteFile(path, _prepare)
 
     @classmethod
     def in_data_dir(cls, data_dir: Path) -> SqliteJobStore:
@@ -95,15 +96,8 @@ class SqliteJobStore(SqlJobStore):
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
-        if not self._ready:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        with closing(sqlite3.connect(self.path, timeout=30)) as connection:
+        with closing(self._file.connect()) as connection:
             connection.row_factory = sqlite3.Row
-            if not self._ready:
-                connection.execute("PRAGMA journal_mode=WAL")
-                connection.executescript(SCHEMA)
-                _add_columns(connection)
-                self._ready = True
             with connection:
                 yield connection
 
@@ -343,6 +337,11 @@ class SqliteJobStore(SqlJobStore):
                 )
                 requeued.append(self._one(db, row["id"]))
             return requeued
+
+
+def _prepare(db: sqlite3.Connection) -> None:
+    db.executescript(SCHEMA)
+    _add_columns(db)
 
 
 def _add_columns(db: sqlite3.Connection) -> None:

@@ -28,6 +28,8 @@ from typing import Any, ClassVar
 
 import msgspec
 
+from gateway.database.sqlite import TIMEOUT, SqliteFile, schema
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS recorded_prompts (
     id INTEGER PRIMARY KEY,
@@ -178,7 +180,7 @@ class SqlitePromptStore(PromptStore):
     def __init__(self, path: Path, **options: Any):
         super().__init__(**options)
         self.path = path
-        self._ready = False
+        self._file = SqliteFile(path, schema(SCHEMA))
 
     @classmethod
     def in_data_dir(cls, data_dir: Path, **options: Any) -> SqlitePromptStore:
@@ -186,24 +188,17 @@ class SqlitePromptStore(PromptStore):
 
     def _write(self, sql: str, rows: Sequence[tuple[Any, ...]]) -> int:
         """Writes create the folder, the file and the table if needed."""
-        if not self._ready:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        with closing(sqlite3.connect(self.path, timeout=30)) as connection:
-            if not self._ready:
-                connection.execute("PRAGMA journal_mode=WAL")
-                connection.executescript(SCHEMA)
-                self._ready = True
-            with connection:
-                return connection.executemany(sql, rows).rowcount
+        with closing(self._file.connect()) as connection, connection:
+            return connection.executemany(sql, rows).rowcount
 
     def _read(self, sql: str, args: tuple[Any, ...]) -> list[dict[str, Any]]:
         """Reads create nothing: no file or no table yet, no rows."""
-        if not self._ready and not self.path.exists():
+        if not self._file.ready and not self.path.exists():
             return []
-        with closing(sqlite3.connect(self.path, timeout=30)) as connection:
+        with closing(sqlite3.connect(self.path, timeout=TIMEOUT)) as connection:
             connection.row_factory = sqlite3.Row
             found = (
-                self._ready
+                self._file.ready
                 or connection.execute(
                     "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'recorded_prompts'"
                 ).fetchone()
