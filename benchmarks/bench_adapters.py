@@ -119,7 +119,7 @@ async def _bench(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
             await _round(backend, _assignments(case, rank, args.concurrency), 4)
         # Round-robin: every round measures every case once, so the machine's drift over
         # the run (turbo, neighbours) moves all cases alike instead of skewing the ratios.
-        rates: dict[int, list[float]] = {i: [] for i in range(len(cases))}
+        rates: list[list[float]] = [[] for _ in cases]
         for round_index in range(args.rounds):
             for i, (case, rank) in enumerate(cases):
                 adapters = _assignments(case, rank, args.concurrency)

@@ -210,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for how in HOWS
         for place in ("alone", "in a step")
     ]
-    times: dict[int, list[float]] = {i: [] for i in range(len(cases))}
+    times: list[list[float]] = [[] for _ in cases]
     with torch.inference_mode():
         for _ in range(args.repeats + 1):  # the first repetition warms up, untimed
             for i, (_, setup, how, base) in enumerate(cases):

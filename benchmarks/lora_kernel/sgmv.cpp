@@ -89,16 +89,16 @@ void shrink_tile(const float* const* x, int rows, const W* tile, int64_t n,
     for (int q = 0; q < kRanks; ++q) out[i][q] = _mm512_reduce_add_ps(acc[i][q]);
 }
 
-// y_i[0:n] += sum over q of h[i][q] * w_q[0:n], for `rows` rows and `ranks` rank rows:
-// row by row of w, so that w streams from memory in order while y stays in L1.
+// y_i[0:n] += sum over q of h[i][q] * w_q[0:n], w_q = w + q * ws, for `rows` rows and
+// `ranks` rank rows: row by row of w, so that w streams from memory in order while y stays in L1.
 template <typename W>
-void expand_tile(float* const* y, int rows, const float* h, int64_t hs, const W* const* w,
-                 int64_t ranks, int64_t n) {
+void expand_tile(float* const* y, int rows, const float* h, int64_t hs, const W* w,
+                 int64_t ws, int64_t ranks, int64_t n) {
   for (int64_t q = 0; q < ranks; ++q) {
     __m512 f[kRows];
     for (int i = 0; i < rows; ++i) f[i] = _mm512_set1_ps(h[i * hs + q]);
-    const W* wq = w[q];
-    const W* next = q + 1 < ranks ? w[q + 1] : wq;
+    const W* wq = w + q * ws;
+    const W* next = q + 1 < ranks ? wq + ws : wq;
     for (int64_t j = 0; j < n; j += kColumns) {
       const __mmask16 mask = tail(n - j);
       _mm_prefetch(reinterpret_cast<const char*>(next + j), _MM_HINT_T0);
@@ -125,12 +125,12 @@ void shrink_tile(const float* const* x, int rows, const W* tile, int64_t n,
 }
 
 template <typename W>
-void expand_tile(float* const* y, int rows, const float* h, int64_t hs, const W* const* w,
-                 int64_t ranks, int64_t n) {
+void expand_tile(float* const* y, int rows, const float* h, int64_t hs, const W* w,
+                 int64_t ws, int64_t ranks, int64_t n) {
   for (int i = 0; i < rows; ++i)
     for (int64_t q = 0; q < ranks; ++q) {
       const float f = h[i * hs + q];
-      const W* wq = w[q];
+      const W* wq = w + q * ws;
       float* yi = y[i];
 #pragma omp simd
       for (int64_t j = 0; j < n; ++j) yi[j] += f * widen(wq[j]);
@@ -218,16 +218,13 @@ void run(const at::Tensor& x, at::Tensor& y, at::TensorList a, at::TensorList b,
         const int64_t start = std::max(lo, run.col);
         const int64_t stop = std::min(hi, run.col + run.width);
         if (start >= stop) continue;
-        const int64_t count = run.last - run.first;
-        std::vector<const W*> w(count);
-        for (int64_t q = 0; q < count; ++q)
-          w[q] = bp + (run.first + q) * stride + (start - run.col);
+        const W* w = bp + run.first * stride + (start - run.col);
         for (int64_t m0 = s.first; m0 < s.last; m0 += kRows) {
           const int nm = static_cast<int>(std::min<int64_t>(kRows, s.last - m0));
           float* yr[kRows];
           for (int i = 0; i < nm; ++i) yr[i] = yp + rows[m0 + i] * ys + start;
-          expand_tile(yr, nm, h.data() + m0 * ranks + run.first, ranks, w.data(), count,
-                      stop - start);
+          expand_tile(yr, nm, h.data() + m0 * ranks + run.first, ranks, w, stride,
+                      run.last - run.first, stop - start);
         }
       }
     }
